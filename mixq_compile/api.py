@@ -1,0 +1,122 @@
+"""Public entry points: quantize, penalty, freeze, bitops, sites."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from .capture import capture
+from .config import QuantConfig
+from .cost.bitops import BitOpsReport, as_report, check_convention, fp32_bitops, model_bytes, quantized_bitops
+from .cost.ops import record_shapes
+from .cost.penalty import compute_penalty
+from .model import QuantizedModel
+from .passes.find_sites import find_sites
+from .passes.pipeline import run_pipeline, search_pipeline
+from .report import SiteTable, site_table
+
+
+def quantize(
+    model: nn.Module,
+    example_inputs: Sequence[Tensor],
+    bit_widths: Sequence[int] = (2, 4, 8),
+    *,
+    config: QuantConfig | None = None,
+    dynamic_shapes: object | None = None,
+    strict: bool | None = None,
+) -> QuantizedModel:
+    """Capture an FP32 PyG model and put a MixQ mixed quantizer at every quantizable point.
+
+    Args:
+        model: any FP32 ``nn.Module`` whose forward takes tensors (e.g. ``(x, edge_index[, batch])``).
+        example_inputs: a representative input tuple; used to capture, to size per-channel quantizers and to
+            calibrate every quantizer's initial range.
+        bit_widths: candidate bit-widths of every site (ignored if ``config`` is given).
+        config: full :class:`QuantConfig` (kinds, specs, per-site candidates, skips).
+        dynamic_shapes / strict: passed to ``torch.export`` (default: every dim automatic, non-strict then strict).
+
+    Returns a :class:`QuantizedModel` in the model's original train/eval mode. Feature ops with no rule stay in
+    float; they are listed in ``sites(qmodel)`` and a warning names how many.
+    """
+    config = config or QuantConfig(bit_widths=tuple(bit_widths))
+    gm, input_specs = capture(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+    gm = run_pipeline(gm, search_pipeline(config))
+    qmodel = QuantizedModel(gm, input_specs, config)
+    qmodel.calibrate(tuple(example_inputs))
+    qmodel.train(model.training)
+    float_ops = qmodel.plan.float_ops
+    if float_ops:
+        warnings.warn(
+            f"{len(float_ops)} feature op(s) have no quantization rule and stay in float "
+            f"(e.g. {', '.join(float_ops[:3])}); see mixq_compile.sites(qmodel).float_ops",
+            stacklevel=2,
+        )
+    return qmodel
+
+
+def penalty(qmodel: QuantizedModel, *, scaling: str = "relative", budget: float | None = None) -> Tensor:
+    """Differentiable expected cost for the search loss ``task_loss + λ * penalty(qmodel)``.
+
+    See :mod:`mixq_compile.cost.penalty` for the ``"relative"`` (default, in (0, 1]), ``"paper"`` and budget forms.
+    """
+    _require_quantized(qmodel, "penalty")
+    return compute_penalty(qmodel, scaling=scaling, budget=budget)
+
+
+def freeze(qmodel: QuantizedModel, bits: Mapping[str, int] | None = None) -> QuantizedModel:
+    """A copy of ``qmodel`` with each site fixed at its argmax bit-width (or ``bits[site]``), ready for QAT."""
+    _require_quantized(qmodel, "freeze")
+    frozen = copy.deepcopy(qmodel)
+    frozen.freeze_(bits)
+    return frozen
+
+
+def bitops(
+    model: nn.Module,
+    example_inputs: Sequence[Tensor],
+    *,
+    convention: str = "wa",
+    bits: Mapping[str, int] | None = None,
+) -> BitOpsReport:
+    """BitOPs of ``model`` on ``example_inputs``.
+
+    ``model`` may be a :class:`QuantizedModel` (mixed: its argmax bits; frozen: its fixed bits; ``bits`` overrides
+    any site) or a plain FP32 model (captured here; every width 32). ``convention`` is ``"wa"`` or ``"paper"``
+    (see :mod:`mixq_compile.cost.bitops`).
+    """
+    check_convention(convention)
+    args = tuple(example_inputs)
+    if isinstance(model, QuantizedModel):
+        model.check_inputs(args)
+        chosen = model.chosen_bits()
+        unknown = set(bits or {}) - set(chosen)
+        if unknown:
+            raise ValueError(f"bits names unknown sites {sorted(unknown)}; known sites: {sorted(chosen)}")
+        chosen.update(bits or {})
+        shapes = record_shapes(model.graph_module, args)
+        costs = quantized_bitops(model.graph_module, model.plan, shapes, chosen, convention)
+        weight_bits = model.weight_bits(chosen)
+        avg = sum(chosen.values()) / len(chosen)
+        return as_report(convention, costs, avg, model_bytes(model, weight_bits))
+    gm, _ = capture(model, args)
+    gm = find_sites(gm, QuantConfig())
+    shapes = record_shapes(gm, args)
+    costs = fp32_bitops(gm, gm.meta["mixq_plan"], shapes, convention)
+    return as_report(convention, costs, 32.0, model_bytes(model))
+
+
+def sites(qmodel: QuantizedModel) -> SiteTable:
+    """A printable table of every quantization site: name, kind, shape, candidates, probabilities or bits."""
+    _require_quantized(qmodel, "sites")
+    return site_table(qmodel)
+
+
+def _require_quantized(model: object, what: str) -> None:
+    if not isinstance(model, QuantizedModel):
+        raise TypeError(
+            f"{what}() needs a model returned by mixq_compile.quantize(), got {type(model).__name__}; "
+            "call mixq_compile.quantize(model, example_inputs) first"
+        )

@@ -1,0 +1,96 @@
+"""User intent as data: which kinds of quantization points to quantize, with which candidates and specs.
+
+Nothing here touches a graph. Passes read a :class:`QuantConfig`; users build or ``replace()`` one to override
+defaults, e.g. ``QuantConfig(kinds=frozenset({"weight", "linear_out"}))`` or per-site candidates by name pattern.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .quant.spec import QuantSpec, check_candidates
+
+#: Every kind of quantization point the site finder knows, and what it means.
+SITE_KINDS: Mapping[str, str] = dict(
+    {
+        "input": "a model input (node features) entering a dense op or a message",
+        "activation": "an intermediate tensor entering a dense op (matmul / linear) that is not yet quantized",
+        "weight": "a parameter entering a dense op",
+        "linear_out": "the output of a dense op (linear, matmul, addmm, bmm)",
+        "message": "node features gathered along edges (x_j) entering an aggregation, when not yet quantized",
+        "edge_weight": "the per-edge factor multiplying x_j inside a message (e.g. GCN normalisation, attention)",
+        "aggregate": "the output of a sum/mean aggregation over edges (scatter, index_add, segment)",
+        "pool_input": "node features entering a graph-level pooling (readout), when not yet quantized",
+        "pool": "the output of a sum/mean graph-level pooling",
+    }
+)
+
+
+def _default_specs() -> Mapping[str, QuantSpec]:
+    # Weights: symmetric per-output-channel, so integer matmuls need no weight zero-point terms.
+    # Activations: affine per-tensor; a per-feature scale would vary along a matmul's reduction axis and could
+    # not be factored out of an integer dot product. Edge weights: unsigned (GCN normalisation, attention >= 0).
+    activation = QuantSpec(signed=True)
+    return dict(
+        {
+            "input": activation,
+            "activation": activation,
+            "weight": QuantSpec(signed=True, symmetric=True, granularity="channel", axis=0),
+            "linear_out": activation,
+            "message": activation,
+            "edge_weight": QuantSpec(signed=False),
+            "aggregate": activation,
+            "pool_input": activation,
+            "pool": activation,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How ``quantize()`` places quantizers.
+
+    Attributes:
+        bit_widths: candidate bit-widths of every site (the MixQ search space).
+        kinds: which site kinds get a quantizer (see :data:`SITE_KINDS`).
+        specs: the :class:`QuantSpec` per kind (its ``bits`` is replaced by each candidate). Activations produced by
+            a non-negative op (ReLU, sigmoid, softmax) switch to the unsigned range automatically when
+            ``unsigned_after_relu`` is set.
+        site_bit_widths: per-site candidate overrides, ``{glob pattern on site name: bit_widths}``; first match wins.
+        skip: glob patterns of site names to leave in float.
+        unsigned_after_relu: use unsigned codes for activations known to be non-negative.
+    """
+
+    bit_widths: tuple[int, ...] = (2, 4, 8)
+    kinds: frozenset[str] = frozenset(SITE_KINDS)
+    specs: Mapping[str, QuantSpec] = field(default_factory=_default_specs)
+    site_bit_widths: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+    unsigned_after_relu: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bit_widths", check_candidates(self.bit_widths))
+        unknown = set(self.kinds) - set(SITE_KINDS)
+        if unknown:
+            raise ValueError(f"unknown site kinds {sorted(unknown)}; known kinds: {sorted(SITE_KINDS)}")
+        missing = set(SITE_KINDS) - set(self.specs)
+        if missing:
+            object.__setattr__(self, "specs", {**_default_specs(), **self.specs})
+        for pattern, bits in self.site_bit_widths.items():
+            check_candidates(bits)
+            if not isinstance(pattern, str):
+                raise ValueError(f"site_bit_widths keys must be glob patterns (str), got {pattern!r}")
+
+    def candidates_for(self, site_name: str) -> tuple[int, ...]:
+        for pattern, bits in self.site_bit_widths.items():
+            if fnmatch.fnmatchcase(site_name, pattern):
+                return check_candidates(bits)
+        return self.bit_widths
+
+    def skipped(self, site_name: str) -> bool:
+        return any(fnmatch.fnmatchcase(site_name, pattern) for pattern in self.skip)
+
+    def replace(self, **changes: object) -> QuantConfig:
+        return replace(self, **changes)

@@ -1,0 +1,75 @@
+"""The search penalty: a differentiable expected cost of the mixed-precision model.
+
+Three forms, chosen by arguments of :func:`mixq_compile.penalty`:
+
+- ``scaling="relative"`` (default): expected BitOPs (``"wa"`` convention, each site at its expected bit-width
+  ``E[b] = sum_k p_k b_k``) divided by the BitOPs with every site at its highest candidate. It lies in (0, 1], so
+  one λ means the same on every model and data set.
+- ``scaling="paper"``: the reference's ``sum_t E[b_t] * numel(t) / 8192``, with terms of sites inside a PyG
+  ``MessagePassing`` layer divided by 8192 once more (MIXQ_METHOD.md §3.1), so the paper's λ values mean what they
+  meant there, quirks included. ``numel(t)`` is the size seen in the latest forward pass.
+- ``budget=B``: a hinge ``relu(E[BitOPs] / B - 1)`` that is zero once the expected cost meets the budget, with
+  ``B`` in ``"wa"`` BitOPs, or as a fraction of the all-highest-bits cost when ``0 < B <= 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..quant.mixed import MixedQuantizer
+from .bitops import quantized_bitops
+
+KIB_BITS = 8192.0
+SCALINGS = ("relative", "paper")
+
+
+def site_expected_bits(qmodel) -> dict[str, Tensor]:
+    bits = {}
+    for name, q in qmodel.quantizers():
+        if isinstance(q, MixedQuantizer):
+            bits[name] = q.expected_bits()
+        else:
+            bits[name] = torch.tensor(float(q.bits))
+    return bits
+
+
+def site_max_bits(qmodel) -> dict[str, float]:
+    return {
+        name: float(max(q.bit_widths) if isinstance(q, MixedQuantizer) else q.bits) for name, q in qmodel.quantizers()
+    }
+
+
+def expected_bitops(qmodel) -> Tensor:
+    """Differentiable expected BitOPs (``"wa"``) on the shapes recorded from the example inputs."""
+    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, site_expected_bits(qmodel), "wa")
+    return sum((torch.as_tensor(c.bitops) for c in costs), torch.zeros(()))
+
+
+def max_bitops(qmodel) -> float:
+    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, site_max_bits(qmodel), "wa")
+    return float(sum(c.bitops for c in costs))
+
+
+def paper_penalty(qmodel) -> Tensor:
+    total = torch.zeros(())
+    expected = site_expected_bits(qmodel)
+    for site in qmodel.plan.sites:
+        q = qmodel.quantizer(site.name)
+        numel = getattr(q, "last_numel", 0)
+        scale = KIB_BITS * (KIB_BITS if site.in_message_passing else 1.0)
+        total = total + expected[site.name] * numel / scale
+    return total
+
+
+def compute_penalty(qmodel, scaling: str = "relative", budget: float | None = None) -> Tensor:
+    if budget is not None:
+        if budget <= 0:
+            raise ValueError(f"budget must be positive (BitOPs, or a fraction in (0, 1]), got {budget}")
+        target = budget * max_bitops(qmodel) if budget <= 1 else float(budget)
+        return torch.relu(expected_bitops(qmodel) / target - 1.0)
+    if scaling == "relative":
+        return expected_bitops(qmodel) / max_bitops(qmodel)
+    if scaling == "paper":
+        return paper_penalty(qmodel)
+    raise ValueError(f"unknown penalty scaling {scaling!r}; use one of {SCALINGS}")

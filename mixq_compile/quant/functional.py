@@ -1,0 +1,47 @@
+"""Differentiable fake quantization with straight-through estimators (LSQ+).
+
+The whole gradient follows from writing the quantizer with two STE primitives and letting autograd do the rest:
+``x_hat = s * (clamp(round_ste(x / s + z), qmin, qmax) - z)``. Inside the range this gives
+``d x_hat / dx = 1``, ``d x_hat / ds = round(u) - u`` (the rounding error, as in LSQ) and ``d x_hat / dz = 0``;
+outside it gives ``0``, ``qmin|qmax - z`` and ``-s``. :func:`grad_scale` applies LSQ's gradient scaling
+``1 / sqrt(numel * qmax)`` to the scale so that its step size matches the weights'. This replaces the reference
+code's heuristic scale/zero-point gradients (MIXQ_METHOD.md §1.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to nearest with an identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: Tensor, factor: float) -> Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``factor`` in the backward pass."""
+    scaled = x * factor
+    return (x - scaled).detach() + scaled
+
+
+def lsq_grad_factor(numel_per_scale: int, qmax: int) -> float:
+    """LSQ's scale-gradient factor ``1 / sqrt(N * Q_P)``."""
+    return 1.0 / math.sqrt(max(numel_per_scale, 1) * max(qmax, 1))
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Quantize-dequantize ``x``; ``scale`` and ``zero_point`` broadcast against ``x``.
+
+    ``zero_point`` is used as given: callers round it (with :func:`round_ste`) so that it is an integer.
+    """
+    codes = torch.clamp(round_ste(x / scale + zero_point), qmin, qmax)
+    return (codes - zero_point) * scale
+
+
+def quantize_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Integer codes of ``x`` (as a float tensor holding integral values), no gradient."""
+    with torch.no_grad():
+        return torch.clamp(torch.round(x / scale + zero_point), qmin, qmax)

@@ -1,0 +1,50 @@
+"""Shared test fixtures: small random graphs and the location of the shared data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    root = os.environ.get("MIXQ_DATA")
+    path = Path(root) if root else REPO.parent / "shared" / "datasets"
+    return path if path.is_dir() else None
+
+
+def random_graph(num_nodes: int, num_edges: int, features: int, seed: int = 0, self_loops: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_nodes, features, generator=gen)
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    dst = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    if not self_loops:
+        dst = torch.where(dst == src, (dst + 1) % num_nodes, dst)
+    return x, torch.stack([src, dst])
+
+
+def random_batch(graphs: int, nodes_per_graph: int, features: int, seed: int = 0):
+    """A batch of ``graphs`` random graphs (ring plus chords) with a sorted batch vector."""
+    gen = torch.Generator().manual_seed(seed)
+    xs, edges, batch = [], [], []
+    for g in range(graphs):
+        n = nodes_per_graph + g % 3
+        offset = sum(t.shape[0] for t in xs)
+        ring = torch.arange(n)
+        chords = torch.randint(0, n, (n,), generator=gen)
+        src = torch.cat([ring, (ring + 1) % n, ring])
+        dst = torch.cat([(ring + 1) % n, ring, chords])
+        keep = src != dst
+        edges.append(torch.stack([src[keep], dst[keep]]) + offset)
+        xs.append(torch.randn(n, features, generator=gen))
+        batch.append(torch.full((n,), g))
+    return torch.cat(xs), torch.cat(edges, 1), torch.cat(batch)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
