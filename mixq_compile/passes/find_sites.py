@@ -197,11 +197,14 @@ class _SiteFinder:
             return QuantSpec(**(spec.to_dict() | {"signed": False}))
         return spec
 
-    def request(self, value: fx.Node, kind: str, path: str, weight_axis: int | None = None) -> tuple[str | None, bool]:
+    def request(
+        self, value: fx.Node, kind: str, owner: fx.Node, weight_axis: int | None = None
+    ) -> tuple[str | None, bool]:
         """Make sure ``value`` is quantized; return (site whose grid it lies on, whether the site is new).
 
-        ``path`` is the module path the site is named after (the consuming layer for operands).
+        ``owner`` is the op the site serves: the site is named after its layer (the consuming layer for operands).
         """
+        path = _module_path(owner)
         existing = self.on_grid(value)
         if existing is not None:
             return existing, False
@@ -229,7 +232,7 @@ class _SiteFinder:
             shape=_shape(root),
             spec=self.spec_for(kind, root, weight_axis),
             candidates=self.config.candidates_for(name),
-            in_message_passing=_inside_message_passing(value),
+            in_message_passing=_inside_message_passing(owner),
         )
         self.sites.append(site)
         self.site_at[root] = name
@@ -247,11 +250,11 @@ class _SiteFinder:
                 kind, axis = "weight", weight_axis
             else:
                 kind, axis = "activation", None
-            site, new = self.request(value, kind, _module_path(node), axis)
+            site, new = self.request(value, kind, node, axis)
             grids.append(site)
             if new:
                 owned.append(site)
-        out, new = self.request(node, "linear_out", _module_path(node))
+        out, new = self.request(node, "linear_out", node)
         if new:
             owned.append(out)
         output = out if new else None
@@ -259,7 +262,6 @@ class _SiteFinder:
 
     def visit_aggregation(self, node: fx.Node, src: fx.Node, reduce: str) -> None:
         message, edge_weight = self.split_message(src)
-        path = _module_path(node)
         owned, grids = [], []
         ew_site = None
         if message is None:  # pooling: a graph-level readout
@@ -269,11 +271,11 @@ class _SiteFinder:
             category, in_kind, out_kind = "message_passing", "message", "aggregate"
             operand = message
             if edge_weight is not None:
-                ew_site, new = self.request(edge_weight, "edge_weight", path)
+                ew_site, new = self.request(edge_weight, "edge_weight", node)
                 self.handled.add(src)
                 if new:
                     owned.append(ew_site)
-        site, new = self.request(operand, in_kind, path)
+        site, new = self.request(operand, in_kind, node)
         grids.append(site)
         if new:
             owned.append(site)
@@ -284,7 +286,7 @@ class _SiteFinder:
             if site is not None:
                 self.grid[node] = site
         else:
-            out, new = self.request(node, out_kind, path)
+            out, new = self.request(node, out_kind, node)
             if new:
                 owned.append(out)
             else:

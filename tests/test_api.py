@@ -1,0 +1,156 @@
+"""quantize() behaviour as a module, the pass pipeline's contracts, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import random_graph
+from torch import nn
+from torch_geometric.nn import GCNConv
+
+import mixq_compile as mq
+from mixq_compile.models import ArxivGCN, PlanetoidGCN
+from mixq_compile.passes.train_mode import ModeBatchNorm, ModeDropout
+
+
+def _quiet_quantize(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(*args, **kwargs)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = GCNConv(4, 4)
+
+    def forward(self, x, edge_index):
+        if x.sum() > 0:  # Python control flow on a tensor value cannot be exported
+            return self.conv(x, edge_index)
+        return x
+
+
+def test_train_and_eval_really_switch_dropout_and_batch_norm():
+    x, ei = random_graph(60, 240, 8)
+    q = _quiet_quantize(ArxivGCN(8, 3, hidden=16), (x, ei), (8,))
+    assert any(isinstance(m, ModeBatchNorm) for m in q.modules())
+    bn_mean = next(b for n, b in q.named_buffers() if n.endswith("running_mean"))
+    before = bn_mean.clone()
+    q.train()
+    q(x, ei)
+    assert not torch.equal(bn_mean, before), "training must update batch-norm running statistics"
+    q.eval()
+    frozen_stats = bn_mean.clone()
+    a, b = q(x, ei), q(x, ei)
+    assert torch.equal(a, b) and torch.equal(bn_mean, frozen_stats)
+
+    d = _quiet_quantize(PlanetoidGCN(8, 3, hidden=16), (x, ei), (8,))
+    assert sum(isinstance(m, ModeDropout) for m in d.modules()) == 2
+    d.train()
+    assert not torch.equal(d(x, ei), d(x, ei)), "dropout must be active in train mode"
+    d.eval()
+    assert torch.equal(d(x, ei), d(x, ei))
+
+
+def test_quantize_keeps_the_model_mode_and_parameters_and_state_dict_round_trips():
+    x, ei = random_graph(30, 90, 8)
+    model = PlanetoidGCN(8, 3, hidden=16).eval()
+    q = _quiet_quantize(model, (x, ei))
+    assert not q.training
+    names = [n for n, _ in q.named_parameters()]
+    assert any(n.endswith("conv1.lin.weight") for n in names) and any(n.endswith(".alpha") for n in names)
+    q2 = _quiet_quantize(PlanetoidGCN(8, 3, hidden=16).eval(), (x, ei))
+    q2.load_state_dict(q.state_dict())
+    assert torch.equal(q2(x, ei), q(x, ei))
+
+
+def test_every_quantizer_sits_in_the_graph_and_sites_print_as_a_table():
+    x, ei = random_graph(30, 90, 8)
+    q = _quiet_quantize(PlanetoidGCN(8, 3, hidden=16), (x, ei))
+    targets = {n.target for n in q.graph_module.graph.nodes if n.op == "call_module"}
+    assert {f"mixq.{s.module_key}" for s in q.plan.sites} <= targets
+    text = str(mq.sites(q))
+    assert "conv1.lin.weight" in text and "0.29 0.29 0.42" in text and "9 sites" in text
+
+
+def test_capture_error_names_the_problem_and_the_fixes():
+    x, ei = random_graph(20, 40, 4)
+    with pytest.raises(mq.CaptureError) as info:
+        mq.quantize(DataDependent(), (x, ei))
+    message = str(info.value)
+    assert "DataDependent" in message and "Usual fixes" in message
+    assert len(message) < 3000
+
+
+@pytest.mark.parametrize("bits", [(), (0, 4), (4, 33), (2, 2), "8"])
+def test_bad_bit_widths_raise_value_error(bits):
+    x, ei = random_graph(20, 40, 4)
+    with pytest.raises(ValueError):
+        mq.quantize(GCNConv(4, 4), (x, ei), bits)
+
+
+def test_wrong_inputs_at_run_time_raise_clear_errors():
+    x, ei = random_graph(20, 40, 4)
+    q = _quiet_quantize(GCNConv(4, 4), (x, ei))
+    with pytest.raises(mq.InputSignatureError, match="rank"):
+        q(x.unsqueeze(0), ei)
+    with pytest.raises(mq.InputSignatureError, match="fixed at 4"):
+        q(torch.randn(20, 5), ei)
+    with pytest.raises(mq.InputSignatureError, match="takes 2 inputs"):
+        q(x)
+    with pytest.raises(mq.InputSignatureError, match="dtype"):
+        q(x, ei.float())
+
+
+def test_model_without_quantizable_ops_is_rejected():
+    with pytest.raises(mq.NoQuantizableOpError, match="no quantizable operation"):
+        mq.quantize(nn.ReLU(), (torch.randn(5, 3),))
+
+
+def test_nan_example_inputs_are_rejected():
+    x, ei = random_graph(20, 40, 4)
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        mq.quantize(GCNConv(4, 4), (x, ei))
+
+
+def test_config_kinds_restrict_sites_and_overrides_apply():
+    x, ei = random_graph(30, 90, 8)
+    config = mq.QuantConfig(kinds=frozenset({"weight"}), site_bit_widths={"conv2.*": (4, 8)})
+    q = _quiet_quantize(PlanetoidGCN(8, 3, hidden=16), (x, ei), config=config)
+    rows = list(mq.sites(q))
+    assert [r.kind for r in rows] == ["weight", "weight"]
+    assert rows[1].candidates == (4, 8) and rows[0].candidates == (2, 4, 8)
+    with pytest.raises(ValueError, match="unknown site kinds"):
+        mq.QuantConfig(kinds=frozenset({"weights"}))
+
+
+def test_freeze_with_explicit_bits_and_off_candidate_bits():
+    x, ei = random_graph(30, 90, 8)
+    q = _quiet_quantize(PlanetoidGCN(8, 3, hidden=16), (x, ei))
+    frozen = mq.freeze(q, bits={"conv1.lin.weight": 2, "conv2.lin.weight": 6})
+    bits = frozen.chosen_bits()
+    assert bits["conv1.lin.weight"] == 2 and bits["conv2.lin.weight"] == 6 and bits["conv1.aggregate"] == 8
+    with pytest.raises(ValueError, match="unknown sites"):
+        mq.freeze(q, bits={"conv9.weight": 4})
+    with pytest.raises(TypeError, match="quantize"):
+        mq.freeze(PlanetoidGCN(8, 3))
+
+
+def test_unsigned_range_after_relu():
+    x, ei = random_graph(30, 90, 8)
+
+    class ReluThenLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x).relu())
+
+    q = _quiet_quantize(ReluThenLinear(), (x,))
+    signed = {s.name: s.spec.signed for s in q.plan.sites}
+    assert signed["a.output"] is True
+    assert "b.input" not in signed, "ReLU keeps a.output's grid: no second quantizer"
