@@ -140,7 +140,7 @@ def test_freeze_with_explicit_bits_and_off_candidate_bits():
 
 
 def test_unsigned_range_after_relu():
-    x, ei = random_graph(30, 90, 8)
+    x, _ = random_graph(30, 90, 8)
 
     class ReluThenLinear(nn.Module):
         def __init__(self):

@@ -48,7 +48,7 @@ def test_site_order_matches_the_paper_slots(cora_sized):
 
 
 def test_wa_convention_counts_macs_times_both_operand_widths():
-    x, edge_index = random_graph(30, 90, 5, seed=1)
+    x, _ = random_graph(30, 90, 5, seed=1)
     model = torch.nn.Linear(5, 3, bias=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
