@@ -197,3 +197,26 @@ def test_mixed_output_is_the_probability_weighted_sum_and_alpha_gets_gradients()
 def test_bad_candidate_lists_raise_value_error(candidates):
     with pytest.raises(ValueError):
         MixedQuantizer(QuantSpec(), candidates)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fused_quantizer_matches_the_composite_ste_formulation(granularity, symmetric):
+    torch.manual_seed(1)
+    spec = QuantSpec(bits=3, granularity=granularity, axis=1, symmetric=symmetric)
+    q = FakeQuantizer(spec)
+    q.calibrate(torch.randn(40, 6) * 0.5)  # narrower than the data below, so some values clamp
+    x = (torch.randn(40, 6) * 2).requires_grad_()
+    fused = q(x)
+    fused.backward(torch.linspace(-1, 1, 240).reshape(40, 6))
+    grads = [t.grad.clone() for t in (x, q.scale)] + ([] if symmetric else [q.zero_point.grad.clone()])
+    for t in (x, q.scale, q.zero_point):
+        t.grad = None
+    scale, zp = q.scale_and_zero_point(x)
+    composite = fake_quantize(x, scale, zp, spec.qmin, spec.qmax)
+    composite.backward(torch.linspace(-1, 1, 240).reshape(40, 6))
+    assert torch.allclose(fused, composite, atol=1e-6)
+    assert torch.allclose(grads[0], x.grad)
+    assert torch.allclose(grads[1], q.scale.grad, atol=1e-5)
+    if not symmetric:
+        assert torch.allclose(grads[2], q.zero_point.grad, atol=1e-5)

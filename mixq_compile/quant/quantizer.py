@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import fake_quantize, grad_scale, lsq_grad_factor, quantize_codes, round_ste
+from .functional import grad_scale, lsq_fake_quantize, lsq_grad_factor, quantize_codes, round_ste
 from .spec import QuantSpec
 
 _MIN_SCALE = 1e-8
@@ -107,11 +107,13 @@ class FakeQuantizer(nn.Module):
         shape[self.spec.axis] = -1
         return p.reshape(shape)
 
+    def _grad_factor(self, x: Tensor) -> float:
+        return lsq_grad_factor(x.numel() // max(self.scale.numel(), 1), self.spec.qmax)
+
     def scale_and_zero_point(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Effective (broadcastable) scale and integral zero-point used for ``x``."""
+        """Effective (broadcastable) scale and integral zero-point used for ``x`` (composite STE form)."""
         spec = self.spec
-        per_scale = x.numel() // max(self.scale.numel(), 1)
-        scale = grad_scale(self.scale, lsq_grad_factor(per_scale, spec.qmax)).abs().clamp_min(_MIN_SCALE)
+        scale = grad_scale(self.scale, self._grad_factor(x)).abs().clamp_min(_MIN_SCALE)
         if spec.symmetric:
             zero_point = self.zero_point.detach() * 0
         else:
@@ -121,8 +123,10 @@ class FakeQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not bool(self.initialized):
             self.calibrate(x)
-        scale, zero_point = self.scale_and_zero_point(x)
-        return fake_quantize(x, scale, zero_point, self.spec.qmin, self.spec.qmax)
+        spec = self.spec
+        scale = self._broadcast(self.scale.abs().clamp_min(_MIN_SCALE), x)
+        zero_point = self._broadcast(self.zero_point.detach() * 0 if spec.symmetric else self.zero_point, x)
+        return lsq_fake_quantize(x, scale, zero_point, spec.qmin, spec.qmax, self._grad_factor(x))
 
     def codes(self, x: Tensor) -> Tensor:
         """Integer codes of ``x`` under this quantizer (float tensor of integral values)."""
