@@ -119,7 +119,8 @@ def main() -> None:
         writer.writerows(zoo)
     print(f"\n{name}: training step (median of {args.steps})")
     print(
-        f"  FP32 {t_fp32 * 1e3:8.2f} ms   MixQ search {t_mixq * 1e3:8.2f} ms   ratio {t_mixq / t_fp32:.2f}x (target <= 3x)"
+        f"  FP32 {t_fp32 * 1e3:8.2f} ms   MixQ search {t_mixq * 1e3:8.2f} ms   "
+        f"ratio {t_mixq / t_fp32:.2f}x (target <= 3x)"
     )
     print("\ncapture + passes per zoo model:")
     for row in zoo:

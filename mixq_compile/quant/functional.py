@@ -52,7 +52,7 @@ class _LSQFakeQuantize(torch.autograd.Function):
     composite STE formulation, in a handful of kernels (the search runs K of these per site and step)."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):  # noqa: ANN001, ANN205
+    def forward(ctx, x, scale, zero_point, qmin, qmax, grad_factor):
         z = torch.clamp(torch.round(zero_point), qmin, qmax)
         codes = torch.clamp(torch.round(x / scale + z), qmin, qmax)
         ctx.save_for_backward(x, scale, z)
@@ -60,7 +60,7 @@ class _LSQFakeQuantize(torch.autograd.Function):
         return (codes - z) * scale
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, scale, z = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
         u = x / scale + z
