@@ -130,3 +130,25 @@ def test_paper_penalty_and_budget_hinge():
         mq.penalty(q, budget=-1)
     with pytest.raises(ValueError, match="scaling"):
         mq.penalty(q, scaling="kib")
+
+
+def test_paper_numbers_on_the_real_cora_graph(tmp_path):
+    from conftest import data_root
+
+    from mixq_compile.data import DatasetNotFoundError, load_dataset
+
+    root = data_root()
+    try:
+        data = load_dataset("Cora", root, cache=tmp_path).dataset[0] if root else None
+    except DatasetNotFoundError:
+        data = None
+    if data is None:
+        pytest.skip("Cora raw files are absent: set MIXQ_DATA")
+    model = PlanetoidGCN(1433, 7).eval()
+    args = (data.x, data.edge_index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, args)
+    names = [s.name for s in qmodel.plan.sites]
+    assert mq.bitops(qmodel, args, convention="paper", bits=dict.fromkeys(names, 8)).bitops == 4_015_909_440
+    assert mq.bitops(model, args, convention="paper").bitops == 16_110_067_712
