@@ -103,8 +103,8 @@ ALL = {
     **{k: (v, _graph_inputs) for k, v in GRAPH_MODELS.items()},
 }
 
-#: Relative L2 error of the 8-bit model vs FP32, per model (measured, with margin; random weights and inputs).
-MAX_8BIT_ERROR = 0.08
+#: Relative L2 error of the 8-bit model vs FP32 (measured 0.003-0.019 across the zoo; random weights and inputs).
+MAX_8BIT_ERROR = 0.04
 
 
 def _quantize(name, bit_widths=(2, 4, 8)):
