@@ -19,6 +19,8 @@ Feature computations that match no rule stay in float and are listed in ``SitePl
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import fx
 
@@ -185,16 +187,13 @@ class _SiteFinder:
     def spec_for(self, kind: str, node: fx.Node, weight_axis: int | None) -> QuantSpec:
         spec = self.config.specs[kind]
         if kind == "weight":
-            if weight_axis is None or spec.granularity != "channel":
-                return spec if weight_axis is not None else QuantSpec(**(spec.to_dict() | {"granularity": "tensor"}))
-            return QuantSpec(**(spec.to_dict() | {"axis": weight_axis}))
-        if (
-            self.config.unsigned_after_relu
-            and spec.signed
-            and node.op == "call_function"
-            and node.target in NON_NEGATIVE_OPS
-        ):
-            return QuantSpec(**(spec.to_dict() | {"signed": False}))
+            if spec.granularity != "channel":
+                return spec
+            # A weight reached through a reshape has no known output-channel axis: fall back to one scale.
+            return replace(spec, granularity="tensor") if weight_axis is None else replace(spec, axis=weight_axis)
+        non_negative = node.op == "call_function" and node.target in NON_NEGATIVE_OPS
+        if self.config.unsigned_after_relu and spec.signed and non_negative:
+            return replace(spec, signed=False)
         return spec
 
     def request(
