@@ -5,8 +5,10 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 """
 
 from .api import bitops, freeze, penalty, quantize, sites
+from .artifact import Artifact, ArtifactError, export, load_artifact
 from .config import SITE_KINDS, QuantConfig
 from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableOpError
+from .integer.program import IntegerProgram, lower
 from .io import SavedModelError, load, save
 from .model import QuantizedModel
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec
@@ -15,9 +17,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SITE_KINDS",
+    "Artifact",
+    "ArtifactError",
     "CaptureError",
     "FakeQuantizer",
     "InputSignatureError",
+    "IntegerProgram",
     "MixQError",
     "MixedQuantizer",
     "NoQuantizableOpError",
@@ -26,8 +31,11 @@ __all__ = [
     "QuantizedModel",
     "SavedModelError",
     "bitops",
+    "export",
     "freeze",
     "load",
+    "load_artifact",
+    "lower",
     "penalty",
     "quantize",
     "save",

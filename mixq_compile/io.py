@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .api import freeze, quantize
+from .atomic import write_directory
 from .config import QuantConfig
 from .errors import MixQError
 from .model import QuantizedModel
@@ -62,7 +62,6 @@ def save(model: QuantizedModel, path: str | os.PathLike) -> Path:
     if not isinstance(model, QuantizedModel):
         raise TypeError(f"save() needs a QuantizedModel from mixq_compile.quantize/freeze, got {type(model).__name__}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format_version": FORMAT_VERSION,
         "frozen": not model.is_mixed,
@@ -72,19 +71,12 @@ def save(model: QuantizedModel, path: str | os.PathLike) -> Path:
         "plan": model.plan.to_dict(),
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    save_file(tensors, str(staging / WEIGHTS_FILE))
-    (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old")
-        os.replace(target, backup)
-        os.replace(staging, target)
-        for f in backup.iterdir():
-            f.unlink()
-        backup.rmdir()
-    else:
-        os.replace(staging, target)
-    return target
+
+    def fill(staging: Path) -> None:
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    return write_directory(target, fill)
 
 
 def _synthetic_inputs(inputs: list[dict]) -> tuple[torch.Tensor, ...]:

@@ -98,7 +98,6 @@ _LAYOUT_CHANGING = {aten.permute.default, aten.transpose.int, aten.t.default}
 class _Lowering:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.source = gm
-        self.quantizers: nn.ModuleDict = getattr(gm, QUANTIZER_ROOT)
         self.graph = fx.Graph()
         self.graph._codegen = copy.deepcopy(gm.graph._codegen)  # keep the captured input/output pytree signature
         self.root = nn.Module()

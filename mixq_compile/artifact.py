@@ -1,0 +1,213 @@
+"""Deployable artifacts: ``export`` a frozen (or FP32) model to a backend, ``load_artifact`` it back, verified.
+
+An artifact is a directory with the backend's files and ``manifest.json``: backend, input signature (dynamic dims),
+per-site bits, BitOPs under both conventions, model bytes, library versions and the sha256 of every file. It is
+written atomically, and loading refuses a directory whose files are missing, altered or truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils import _pytree as pytree
+
+from .api import bitops
+from .atomic import write_directory
+from .capture import InputSpec, capture
+from .errors import InputSignatureError, MixQError
+from .integer.program import IntegerProgram, lower
+from .model import QuantizedModel
+from .runtimes import get_backend
+from .runtimes.base import Runner
+
+MANIFEST = "manifest.json"
+FORMAT = "mixq-artifact"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(MixQError, ValueError):
+    """An artifact directory is missing, corrupt, truncated or was made for something else."""
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """An FP32 model as captured (the lowering input for FP32 baseline artifacts)."""
+
+    graph_module: fx.GraphModule
+    input_specs: tuple[InputSpec, ...]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cost_entries(model: nn.Module, args: tuple[Tensor, ...]) -> dict:
+    reports = {c: bitops(model, args, convention=c) for c in ("wa", "paper")}
+    return {
+        "bitops": {c: r.bitops for c, r in reports.items()},
+        "avg_bits": reports["wa"].avg_bits,
+        "model_bytes": reports["wa"].model_bytes,
+    }
+
+
+def lower_for_export(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tuple[IntegerProgram, str]:
+    """The program to export and its precision: a frozen model's integer program, or an FP32 model's float one."""
+    if isinstance(model, QuantizedModel):
+        if model.is_mixed:
+            raise ValueError("export() needs a frozen model: call mixq_compile.freeze(qmodel) first")
+        model.check_inputs(example_inputs)
+        return lower(model.eval()), "integer"
+    gm, specs = capture(model.eval(), example_inputs)
+    return lower(_Captured(gm.eval(), specs)), "fp32"
+
+
+def export(
+    model: nn.Module,
+    example_inputs: Sequence[Tensor],
+    path: str | os.PathLike,
+    backend: str = "torch",
+) -> Path:
+    """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
+
+    Writes the artifact directory ``path`` atomically and returns it. ``backend`` is one of
+    ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed).
+    """
+    runtime = get_backend(backend)
+    args = tuple(example_inputs)
+    program, precision = lower_for_export(model, args)
+    costs = _cost_entries(model, args)
+
+    def fill(directory: Path) -> None:
+        entries = runtime.export(program, args, directory)
+        files = sorted(p for p in directory.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backend": runtime.name,
+            "precision": precision,
+            "backend_entries": entries,
+            "inputs": [spec.to_dict() for spec in program.input_specs],
+            "output_spec": pytree.treespec_dumps(program.out_spec) if program.out_spec is not None else None,
+            "frontier": list(program.frontier),
+            "site_bits": program.site_bits,
+            "float_ops": list(program.float_ops),
+            **costs,
+            "versions": {"mixq_compile": _version(), "torch": torch.__version__, **runtime.versions()},
+            "files": {str(p.relative_to(directory)): _sha256(p) for p in files},
+        }
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    return write_directory(path, fill)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _spec_from_dict(data: dict) -> InputSpec:
+    return InputSpec(data["name"], getattr(torch, data["dtype"]), tuple(data["shape"]), tuple(data["dynamic_dims"]))
+
+
+class Artifact:
+    """A loaded, verified artifact: call it like the model (``artifact(x, edge_index)``).
+
+    With ``cache_structure=True`` the structure part (self loops, normalisation, edge-weight codes) is computed once
+    per graph and reused while the same topology tensors (same objects, unmodified) and input shapes come back — the
+    transductive setting of PyG's ``cached=True``.
+    """
+
+    def __init__(self, path: Path, manifest: dict, structure: Runner, features: Runner, cache_structure: bool) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.input_specs = tuple(_spec_from_dict(d) for d in manifest["inputs"])
+        spec = manifest.get("output_spec")
+        self.out_spec = pytree.treespec_loads(spec) if spec else None
+        self._structure, self._features = structure, features
+        self.cache_structure = cache_structure
+        self._cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    def __repr__(self) -> str:
+        return f"Artifact({str(self.path)!r}, backend={self.backend!r}, precision={self.manifest['precision']!r})"
+
+    def check_inputs(self, args: tuple) -> None:
+        if len(args) != len(self.input_specs):
+            names = ", ".join(s.name for s in self.input_specs)
+            raise InputSignatureError(f"the artifact takes {len(self.input_specs)} inputs ({names}), got {len(args)}")
+        for spec, value in zip(self.input_specs, args):
+            spec.check(value)
+
+    def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        if not self.cache_structure:
+            return tuple(self._structure(*inputs))
+        key = tuple(
+            (id(t), t._version, tuple(t.shape)) if not t.is_floating_point() else tuple(t.shape) for t in inputs
+        )
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, tuple(self._structure(*inputs)))
+        return self._cache[1]
+
+    def __call__(self, *inputs: Tensor) -> object:
+        self.check_inputs(inputs)
+        outputs = list(self._features(*inputs, *self.structure(*inputs)))
+        if self.out_spec is None:
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return pytree.tree_unflatten(outputs, self.out_spec)
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[Path, dict]:
+    """The verified manifest of the artifact at ``path`` (every file present and matching its checksum)."""
+    folder = Path(path)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{folder} is not a mixq_compile artifact: {MANIFEST} is missing (export it again)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{manifest_path} is corrupt ({error}); export the artifact again") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path} is not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder} has artifact format version {manifest.get('format_version')}, this mixq_compile reads "
+            f"{FORMAT_VERSION}; export it again with this version"
+        )
+    for name, expected in manifest.get("files", {}).items():
+        file = folder / name
+        if not file.is_file():
+            raise ArtifactError(f"artifact {folder} is incomplete: {name} is missing; export it again")
+        if _sha256(file) != expected:
+            raise ArtifactError(
+                f"artifact file {file} does not match its checksum (corrupt, truncated or modified); export it again"
+            )
+    return folder, manifest
+
+
+def load_artifact(path: str | os.PathLike, *, cache_structure: bool = False) -> Artifact:
+    """Load an exported artifact after verifying its manifest and checksums."""
+    folder, manifest = read_manifest(path)
+    runtime = get_backend(manifest["backend"])
+    runtime.require()
+    try:
+        structure, features = runtime.load(folder, manifest["backend_entries"])
+    except MixQError:
+        raise
+    except Exception as error:
+        raise ArtifactError(f"the {runtime.name} runtime could not load {folder}: {error}") from error
+    return Artifact(folder, manifest, structure, features, cache_structure)

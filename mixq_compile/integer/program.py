@@ -1,0 +1,88 @@
+"""The integer program: what ``freeze`` + lowering produce, and the PyTorch reference executor of it.
+
+An :class:`IntegerProgram` is two ``torch.fx`` graphs over :mod:`mixq_compile.integer.kernels` and ATen ops:
+``structure`` (topology-only preprocessing: self loops, normalisation, edge-weight codes) and ``features`` (the
+integer computation on node features). Calling the program runs both with real integer kernels; it is the ground
+truth every exported backend is compared with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils import _pytree as pytree
+
+from ..capture import InputSpec
+from ..errors import InputSignatureError
+from ..passes.lower_integer import FLOAT_OPS_KEY, SITES_KEY, lower_integer
+from ..passes.split_structure import split_structure
+
+
+class IntegerProgram(nn.Module):
+    """Structure and feature programs of a lowered model, with its input signature.
+
+    Attributes:
+        structure: ``structure(*inputs) -> frontier`` tensors (depends only on topology and input shapes).
+        features: ``features(*inputs, *frontier) -> outputs`` (integer kernels; float only where listed).
+        input_specs: the captured input signature (names, dtypes, dynamic dims).
+        site_bits: site name -> bit-width of every quantizer that was lowered.
+        float_ops: ops that read quantized values but run in float (dequantized), e.g. batch norm.
+        frontier: names of the structure tensors handed from ``structure`` to ``features``.
+    """
+
+    def __init__(
+        self,
+        structure: fx.GraphModule,
+        features: fx.GraphModule,
+        input_specs: tuple[InputSpec, ...],
+        site_bits: dict[str, int],
+        float_ops: tuple[str, ...],
+        frontier: tuple[str, ...],
+        out_spec: pytree.TreeSpec | None,
+    ) -> None:
+        super().__init__()
+        self.structure = structure
+        self.features = features
+        self.input_specs = input_specs
+        self.site_bits = site_bits
+        self.float_ops = float_ops
+        self.frontier = frontier
+        self.out_spec = out_spec
+
+    def check_inputs(self, args: tuple) -> None:
+        if len(args) != len(self.input_specs):
+            names = ", ".join(s.name for s in self.input_specs)
+            raise InputSignatureError(f"the program takes {len(self.input_specs)} inputs ({names}), got {len(args)}")
+        for spec, value in zip(self.input_specs, args):
+            spec.check(value)
+
+    def unflatten(self, outputs: tuple | list) -> object:
+        outputs = list(outputs)
+        if self.out_spec is None:
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return pytree.tree_unflatten(outputs, self.out_spec)
+
+    @torch.no_grad()
+    def forward(self, *inputs: Tensor) -> object:
+        self.check_inputs(inputs)
+        frontier = self.structure(*inputs)
+        return self.unflatten(self.features(*inputs, *frontier))
+
+
+def lower(frozen: nn.Module) -> IntegerProgram:
+    """Lower a frozen :class:`~mixq_compile.model.QuantizedModel` (or any captured model wrapper with
+    ``graph_module`` and ``input_specs``) to an :class:`IntegerProgram`."""
+    gm = lower_integer(frozen.graph_module)
+    codegen = gm.graph._codegen
+    out_spec = codegen.pytree_info.out_spec if getattr(codegen, "pytree_info", None) is not None else None
+    split = split_structure(gm)
+    site_bits = {name: info["bits"] for name, info in gm.meta[SITES_KEY].items()}
+    return IntegerProgram(
+        split.structure,
+        split.features,
+        tuple(frozen.input_specs),
+        site_bits,
+        gm.meta[FLOAT_OPS_KEY],
+        split.frontier,
+        out_spec,
+    )
