@@ -14,6 +14,7 @@ from .errors import InputSignatureError
 from .passes.freeze import freeze_quantizers
 from .passes.insert_quantizers import QUANTIZER_ROOT
 from .passes.plan import PLAN_KEY, SitePlan
+from .passes.quantize_bias import quantize_bias
 from .quant.mixed import MixedQuantizer
 from .quant.quantizer import FakeQuantizer
 
@@ -47,7 +48,7 @@ class QuantizedModel(nn.Module):
 
     def freeze_(self, bits: Mapping[str, int] | None = None) -> None:
         """In place: fix every site at its argmax (or ``bits[site]``) bit-width."""
-        freeze_quantizers(self.graph_module, bits)
+        quantize_bias(freeze_quantizers(self.graph_module, bits))
 
     def weight_bits(self, bits: Mapping[str, int]) -> dict[str, int]:
         """Parameter path -> bit-width, for the weight sites."""

@@ -85,3 +85,13 @@ def lsq_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, q
     ``fake_quantize(x, grad_scale(scale, f), round_ste(clamp(zero_point)), qmin, qmax)``.
     """
     return _LSQFakeQuantize.apply(x, scale, zero_point, qmin, qmax, grad_factor)
+
+
+def bias_fake_quantize(bias: Tensor, x_scale: Tensor, w_scale: Tensor) -> Tensor:
+    """Fake-quantize a linear bias onto the accumulator grid ``s_x * s_w`` (per output channel), as int32 bias.
+
+    Integer inference adds the bias to the int32 accumulator, so the bias must lie on that grid; modelling it in
+    QAT keeps the fake-quant model and the integer program equal. Straight-through gradient for the bias.
+    """
+    step = x_scale.abs().clamp_min(1e-8).reshape(()) * w_scale.abs().clamp_min(1e-8).reshape(-1)
+    return round_ste(bias / step) * step

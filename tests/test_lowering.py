@@ -1,0 +1,131 @@
+"""Integer lowering: the integer program equals the frozen fake-quant model, on the zoo and on adversarial graphs."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_zoo import ALL
+
+import mixq_compile as mq
+from mixq_compile.integer import kernels as K
+from mixq_compile.models import PlanetoidGCN
+from mixq_compile.passes.lower_integer import LoweringError
+
+
+def _frozen(name: str, seed: int = 0):
+    factory, inputs = ALL[name]
+    torch.manual_seed(seed)
+    model = factory().eval()
+    args = inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, args, (2, 4, 8))
+    rng = random.Random(seed)
+    bits = {site: rng.choice((2, 4, 8)) for site in qmodel.chosen_bits()}
+    return mq.freeze(qmodel, bits).eval(), args, inputs
+
+
+def _output_step(frozen) -> float:
+    """One step of the grid of the last activation quantizer in graph order (the tolerance of the comparison)."""
+    last = [q for name, q in frozen.quantizers() if frozen.plan.site(name).kind != "weight"][-1]
+    return float(last.scale.detach().abs().max())
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_integer_program_matches_fake_quant_on_two_graph_sizes(name):
+    frozen, args, inputs = _frozen(name)
+    program = mq.lower(frozen)
+    with torch.no_grad():
+        for graph in (args, inputs(seed=1)):
+            expected, got = frozen(*graph), program(*graph)
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max() <= _output_step(frozen) + 1e-5, name
+
+
+def test_integer_program_uses_integer_kernels_and_integer_dtypes():
+    frozen, args, _ = _frozen("paper_gcn")
+    program = mq.lower(frozen)
+    targets = {n.target for n in program.features.graph.nodes if n.op == "call_function"}
+    assert {K.linear_int, K.scatter_sum_int, K.mul_int, K.requantize} <= targets
+    assert program.float_ops == ()
+    weights = [b for name, b in program.features.named_buffers() if name.startswith("wt_")]
+    assert weights and all(w.dtype == torch.int8 for w in weights)
+    frontier = program.structure(*args)
+    assert any(t.dtype == torch.int32 for t in frontier), "edge-weight codes should be preprocessed integers"
+
+
+def test_edge_weight_product_uses_both_zero_points():
+    """An affine edge-weight grid (z_e != 0) must still be exact: the product is (q_e - z_e)(q_x - z_x)."""
+    frozen, args, _ = _frozen("paper_gcn")
+    quantizer = frozen.quantizer("conv1.edge_weight")
+    with torch.no_grad():
+        quantizer.zero_point.fill_(3.0)  # shift the grid: real zero is code 3
+    program = mq.lower(frozen)
+    with torch.no_grad():
+        assert (program(*args) - frozen(*args)).abs().max() <= _output_step(frozen) + 1e-5
+
+
+def test_lowering_refuses_a_mixed_model():
+    torch.manual_seed(0)
+    x, edge_index = ALL["paper_gcn"][1]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(PlanetoidGCN(8, 4, hidden=16).eval(), (x, edge_index))
+    with pytest.raises(LoweringError, match="freeze"):
+        mq.lower(qmodel)
+
+
+def test_kernels_requantize_fixed_point_matches_float_multiplier():
+    acc = torch.randint(-(2**20), 2**20, (1000,), dtype=torch.int32)
+    multiplier = torch.tensor(0.0123456)
+    shift = torch.tensor(38, dtype=torch.int64)
+    mantissa = torch.round(multiplier.double() * 2.0**38).to(torch.int64)
+    zero = torch.tensor(5, dtype=torch.int32)
+    fixed = K.requantize_fixed_point(acc, mantissa, shift, zero, -128, 127).int()
+    floating = K.requantize(acc, multiplier, zero, -128, 127).int()
+    assert (fixed - floating).abs().max() <= 1
+
+
+@st.composite
+def adversarial_graphs(draw):
+    """Graphs with isolated nodes, self loops, duplicate edges, no edges at all, and high-degree hubs."""
+    n = draw(st.integers(2, 40))
+    kind = draw(st.sampled_from(["random", "empty", "hub", "duplicates"]))
+    if kind == "empty":
+        pairs = []
+    elif kind == "hub":
+        pairs = [(i, 0) for i in range(n)] + [(0, i) for i in range(n)]
+    else:
+        pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4 * n))
+        if kind == "duplicates" and pairs:
+            pairs = pairs * 3
+    edge_index = torch.tensor(pairs, dtype=torch.long).t().reshape(2, -1)
+    seed = draw(st.integers(0, 2**16))
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)) * draw(st.sampled_from([0.01, 1.0, 30.0]))
+    return x, edge_index
+
+
+_PROGRAMS: dict[str, tuple] = {}
+
+
+def _program(name: str):
+    if name not in _PROGRAMS:
+        frozen, _, _ = _frozen(name)
+        _PROGRAMS[name] = (frozen, mq.lower(frozen))
+    return _PROGRAMS[name]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=adversarial_graphs(), name=st.sampled_from(["paper_gcn", "sage_sum", "graphconv", "gat"]))
+def test_integer_program_matches_on_adversarial_graphs(graph, name):
+    frozen, program = _program(name)
+    x, edge_index = graph
+    with torch.no_grad():
+        expected, got = frozen(x, edge_index), program(x, edge_index)
+    assert torch.isfinite(got).all()
+    assert (got - expected).abs().max() <= _output_step(frozen) + 1e-5
