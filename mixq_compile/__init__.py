@@ -11,6 +11,7 @@ from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableO
 from .integer.program import IntegerProgram, lower
 from .io import SavedModelError, load, save
 from .model import QuantizedModel
+from .profiling import ProfileReport, profile
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "MixQError",
     "MixedQuantizer",
     "NoQuantizableOpError",
+    "ProfileReport",
     "QuantConfig",
     "QuantSpec",
     "QuantizedModel",
@@ -37,6 +39,7 @@ __all__ = [
     "load_artifact",
     "lower",
     "penalty",
+    "profile",
     "quantize",
     "save",
     "sites",

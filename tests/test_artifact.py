@@ -1,0 +1,141 @@
+"""export / load_artifact / profile with the torch backend: manifest, checksums, dynamic sizes, bad artifacts."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from conftest import random_graph
+
+import mixq_compile as mq
+from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes import BackendUnavailableError, get_backend
+
+
+@pytest.fixture(scope="module")
+def frozen_gcn():
+    torch.manual_seed(0)
+    args = random_graph(60, 240, 12)
+    model = PlanetoidGCN(12, 5, hidden=16).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, args)
+    frozen = mq.freeze(qmodel, {"conv1.lin.weight": 4, "conv2.lin.weight": 2, "conv2.edge_weight": 4}).eval()
+    return model, frozen, args
+
+
+@pytest.fixture(scope="module")
+def torch_artifact(frozen_gcn, tmp_path_factory):
+    _, frozen, args = frozen_gcn
+    return mq.export(frozen, args, tmp_path_factory.mktemp("a") / "gcn", backend="torch")
+
+
+def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn, torch_artifact):
+    _, frozen, args = frozen_gcn
+    manifest = json.loads((torch_artifact / "manifest.json").read_text())
+    assert manifest["backend"] == "torch" and manifest["precision"] == "integer"
+    assert [i["name"] for i in manifest["inputs"]] == ["x", "edge_index"]
+    assert manifest["inputs"][0]["dynamic_dims"] == [0] and manifest["inputs"][1]["dynamic_dims"] == [1]
+    assert manifest["site_bits"] == frozen.chosen_bits()
+    for convention in ("wa", "paper"):
+        assert manifest["bitops"][convention] == pytest.approx(mq.bitops(frozen, args, convention=convention).bitops)
+    assert manifest["model_bytes"] < 12 * 16 * 4  # sub-8-bit weights are counted at their width
+    assert {"torch", "mixq_compile"} <= set(manifest["versions"])
+    assert set(manifest["files"]) == {"structure.pt2", "features.pt2"}
+    assert all(len(digest) == 64 for digest in manifest["files"].values())
+
+
+def test_loaded_artifact_matches_the_reference_executor_on_a_new_graph_size(frozen_gcn, torch_artifact):
+    _, frozen, args = frozen_gcn
+    artifact = mq.load_artifact(torch_artifact)
+    program = mq.lower(frozen)
+    other = random_graph(97, 500, 12, seed=4)
+    for graph in (args, other):
+        assert torch.equal(artifact(*graph), program(*graph))
+
+
+def test_structure_cache_reuses_until_the_topology_changes(frozen_gcn, torch_artifact):
+    _, frozen, args = frozen_gcn
+    artifact = mq.load_artifact(torch_artifact, cache_structure=True)
+    first = artifact(*args)
+    cached = artifact._cache
+    assert torch.equal(artifact(*args), first) and artifact._cache is cached
+    other = random_graph(60, 240, 12, seed=9)
+    assert torch.equal(artifact(*other), mq.lower(frozen)(*other))
+    assert artifact._cache is not cached
+
+
+def test_fp32_artifact_matches_the_fp32_model(frozen_gcn, tmp_path):
+    model, _, args = frozen_gcn
+    artifact = mq.load_artifact(mq.export(model, args, tmp_path / "fp32", backend="torch"))
+    assert artifact.manifest["precision"] == "fp32"
+    with torch.no_grad():
+        assert torch.allclose(artifact(*args), model(*args), atol=1e-5)
+
+
+def test_corrupt_truncated_or_incomplete_artifacts_are_refused(torch_artifact, tmp_path):
+    import shutil
+
+    for damage in ("flip", "truncate", "delete", "manifest"):
+        copy = tmp_path / damage
+        shutil.copytree(torch_artifact, copy)
+        target = copy / "features.pt2"
+        if damage == "flip":
+            data = bytearray(target.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            target.write_bytes(bytes(data))
+        elif damage == "truncate":
+            target.write_bytes(target.read_bytes()[:100])
+        elif damage == "delete":
+            target.unlink()
+        else:
+            (copy / "manifest.json").write_text("{not json")
+        with pytest.raises(mq.ArtifactError, match="export"):
+            mq.load_artifact(copy)
+    with pytest.raises(mq.ArtifactError, match=r"manifest\.json is missing"):
+        mq.load_artifact(tmp_path / "nowhere")
+
+
+def test_export_errors_name_the_fix(frozen_gcn, tmp_path):
+    model, frozen, args = frozen_gcn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mixed = mq.quantize(model, args)
+    with pytest.raises(ValueError, match="freeze"):
+        mq.export(mixed, args, tmp_path / "m", backend="torch")
+    with pytest.raises(ValueError, match="unknown backend"):
+        mq.export(frozen, args, tmp_path / "m", backend="tensorrt")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(mq.InputSignatureError):
+        mq.export(frozen, (args[0],), tmp_path / "m", backend="torch")
+
+
+def test_wrong_inputs_to_an_artifact_raise_a_clear_error(torch_artifact):
+    artifact = mq.load_artifact(torch_artifact)
+    x, edge_index = random_graph(10, 20, 12)
+    with pytest.raises(mq.InputSignatureError, match="rank"):
+        artifact(x[0], edge_index)
+    with pytest.raises(mq.InputSignatureError, match="dim 1"):
+        artifact(torch.randn(10, 7), edge_index)
+
+
+def test_profile_reports_latency_percentiles_memory_and_costs(frozen_gcn, torch_artifact):
+    model, _, args = frozen_gcn
+    report = mq.profile(torch_artifact, args, warmup=2, repeats=7)
+    assert 0 < report.p10_ms <= report.median_ms <= report.p90_ms
+    assert report.throughput_per_s == pytest.approx(1e3 / report.median_ms)
+    assert report.bitops_wa > 0 and report.bitops_paper > 0 and report.model_bytes > 0
+    assert report.peak_rss_mib > 0 and report.backend == "torch" and report.precision == "integer"
+    eager = mq.profile(model, args, warmup=1, repeats=3, name="pyg")
+    assert eager.bitops_wa is None and eager.backend == "eager"
+    with pytest.raises(ValueError, match="repeats"):
+        mq.profile(model, args, repeats=0)
+
+
+def test_unavailable_backend_reason_is_raised_as_a_clear_error():
+    backend = get_backend("torch")
+    backend.unavailable_reason = lambda: "no such runtime here; install it with pip"
+    with pytest.raises(BackendUnavailableError, match="install it"):
+        backend.require()
