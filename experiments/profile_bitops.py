@@ -1,0 +1,239 @@
+"""Latency vs BitOPs: ≥ 8 bit configurations of the Cora GCN (hidden 128), exported to every available backend.
+
+One process run measures, side by side: PyG FP32 eager, each backend's FP32 artifact, and each backend's integer
+artifact for every bit configuration (structure cached, the transductive setting of PyG ``cached=True``; the
+uncached integer latency of the 8-bit model is measured too). Writes ``results/profile_bitops/latency.csv``,
+``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
+
+    python experiments/profile_bitops.py [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
+
+Latency depends on shapes and bit-widths only, so the model is randomly initialised and calibrated on the graph
+(no training). bitBLAS needs a CUDA GPU: where none is present it is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import mixq_compile as mq
+from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes import BACKENDS, get_backend
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "profile_bitops"
+KIND_GROUPS = {
+    "weights": {"weight"},
+    "activations": {"activation", "linear_out"},
+    "message_passing": {"edge_weight", "aggregate"},
+}
+
+
+def bit_configs(sites: dict[str, str], seeds: int = 2) -> dict[str, dict[str, int]]:
+    """Named site -> bits assignments: uniform 8/4/2, one group lowered at a time, and random mixes."""
+
+    def assign(default: int, **groups: int) -> dict[str, int]:
+        out = {}
+        for name, kind in sites.items():
+            out[name] = next((b for g, b in groups.items() if kind in KIND_GROUPS[g]), default)
+        return out
+
+    configs = {
+        "all8": assign(8),
+        "all4": assign(4),
+        "all2": assign(2),
+        "w4": assign(8, weights=4),
+        "w2": assign(8, weights=2),
+        "act4": assign(8, activations=4),
+        "mp4": assign(8, message_passing=4),
+        "w2_mp4": assign(8, weights=2, message_passing=4),
+        "w4_act4": assign(8, weights=4, activations=4),
+    }
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        configs[f"random{seed}"] = {name: rng.choice((2, 4, 8)) for name in sites}
+    return configs
+
+
+def load_graph(data_root: str | None, smoke: bool) -> tuple[str, tuple[torch.Tensor, torch.Tensor], int]:
+    if smoke:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(300, 64, generator=gen)
+        edge_index = torch.randint(0, 300, (2, 1200), generator=gen)
+        return "synthetic", (x, edge_index), 4
+    from mixq_compile.data import load_dataset
+
+    data = load_dataset("Cora", data_root).dataset[0]
+    return "Cora", (data.x, data.edge_index), int(data.y.max()) + 1
+
+
+def available_backends(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    usable, skipped = [], {}
+    for name in wanted:
+        if name not in BACKENDS:
+            skipped[name] = "not built into this mixq_compile"
+            continue
+        reason = get_backend(name).unavailable_reason()
+        if reason is None:
+            usable.append(name)
+        else:
+            skipped[name] = reason
+    return usable, skipped
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(xs, ys).statistic) if len(xs) > 2 else float("nan")
+
+
+def plot(rows: list[dict], rho: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    backends = sorted({r["backend"] for r in rows if r["precision"] == "integer"})
+    for i, backend in enumerate(backends):
+        pts = [r for r in rows if r["backend"] == backend and r["precision"] == "integer" and r["cached"]]
+        color = colors[i % len(colors)]
+        ax.scatter([r["gbitops_wa"] for r in pts], [r["median_ms"] for r in pts], color=color,
+                   label=f"{backend} integer (Spearman ρ = {rho.get(backend, float('nan')):.2f})")  # fmt: skip
+        for r in pts:
+            ax.annotate(r["config"], (r["gbitops_wa"], r["median_ms"]), fontsize=6, alpha=0.7)
+        fp32 = [r for r in rows if r["backend"] == backend and r["precision"] == "fp32"]
+        if fp32:
+            ax.axhline(fp32[0]["median_ms"], color=color, linestyle="--", linewidth=1, label=f"{backend} FP32 artifact")
+    eager = [r for r in rows if r["backend"] == "eager"]
+    if eager:
+        ax.axhline(eager[0]["median_ms"], color="black", linestyle=":", label="PyG FP32 eager")
+    ax.set_xlabel("GBitOPs (weights × activations convention)")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title("Cora GCN (hidden 128): latency vs BitOPs per backend")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "tvm", "bitblas"])
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.warmup, args.repeats = 1, 3
+
+    torch.manual_seed(0)
+    dataset, inputs, classes = load_graph(args.data_root, args.smoke)
+    model = PlanetoidGCN(inputs[0].shape[1], classes, hidden=args.hidden).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, inputs, (2, 4, 8))
+    sites = {row.name: row.kind for row in mq.sites(qmodel)}
+    configs = bit_configs(sites)
+    if args.smoke:
+        configs = {k: configs[k] for k in ("all8", "w2_mp4")}
+    backends, skipped = available_backends(args.backends)
+    for name, reason in skipped.items():
+        print(f"skipping backend {name}: {reason}", file=sys.stderr)
+
+    rows: list[dict] = []
+    work = tempfile.mkdtemp(prefix="mixq_profile_")
+    started = time.perf_counter()
+
+    def measure(target, name: str, backend: str, precision: str, config: str, cached: bool) -> None:
+        report = mq.profile(target, inputs, warmup=args.warmup, repeats=args.repeats, name=name)
+        rows.append({
+            "dataset": dataset, "backend": backend, "precision": precision, "config": config, "cached": cached,
+            "median_ms": report.median_ms, "p10_ms": report.p10_ms, "p90_ms": report.p90_ms,
+            "throughput_per_s": report.throughput_per_s, "peak_rss_mib": report.peak_rss_mib,
+            "gbitops_wa": (report.bitops_wa or 0) / 1e9, "gbitops_paper": (report.bitops_paper or 0) / 1e9,
+            "avg_bits": report.avg_bits, "model_bytes": report.model_bytes,
+        })  # fmt: skip
+
+    try:
+        total = 1 + len(backends) * (len(configs) + 2)
+        with tqdm(total=total, desc="profile") as bar:
+            measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32", False)
+            bar.update()
+            for backend in backends:
+                path = mq.export(model, inputs, Path(work) / f"{backend}_fp32", backend=backend)
+                measure(mq.load_artifact(path, cache_structure=True), "fp32", backend, "fp32", "fp32", True)
+                bar.update()
+                for config, bits in configs.items():
+                    frozen = mq.freeze(qmodel, bits).eval()
+                    path = mq.export(frozen, inputs, Path(work) / f"{backend}_{config}", backend=backend)
+                    measure(mq.load_artifact(path, cache_structure=True), config, backend, "integer", config, True)
+                    if config == "all8":
+                        measure(mq.load_artifact(path), config, backend, "integer", config, False)
+                        bar.update()
+                    bar.update()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    eager_ms = rows[0]["median_ms"]
+    rho, ratios = {}, {}
+    for backend in backends:
+        pts = [r for r in rows if r["backend"] == backend and r["precision"] == "integer" and r["cached"]]
+        rho[backend] = spearman([r["gbitops_wa"] for r in pts], [r["median_ms"] for r in pts])
+        fp32_ms = next(r["median_ms"] for r in rows if r["backend"] == backend and r["precision"] == "fp32")
+        best = min(pts, key=lambda r: r["median_ms"])
+        int8 = next(r for r in pts if r["config"] == "all8")
+        ratios[backend] = {
+            "best_config": best["config"],
+            "eager_over_best_integer": eager_ms / best["median_ms"],
+            "eager_over_int8": eager_ms / int8["median_ms"],
+            "own_fp32_over_int8": fp32_ms / int8["median_ms"],
+            "own_fp32_over_best_integer": fp32_ms / best["median_ms"],
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "latency.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "dataset": dataset,
+        "hidden": args.hidden,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "configs": configs,
+        "skipped_backends": skipped,
+        "spearman_rho_latency_vs_bitops": rho,
+        "ratios": ratios,
+        "wall_s": time.perf_counter() - started,
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(rows, rho, args.out / "latency_vs_bitops.png")
+
+    print(f"\n{'backend':<8}{'precision':<10}{'config':<10}{'cached':<7}{'median ms':>10}{'GBitOPs wa':>12}")
+    for r in rows:
+        print(f"{r['backend']:<8}{r['precision']:<10}{r['config']:<10}{r['cached']!s:<7}"
+              f"{r['median_ms']:>10.3f}{r['gbitops_wa']:>12.3f}")  # fmt: skip
+    for backend, ratio in ratios.items():
+        print(f"{backend}: ρ={rho[backend]:.2f}; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                               for k, v in ratio.items()))  # fmt: skip
+    print(f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

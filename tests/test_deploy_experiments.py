@@ -1,0 +1,50 @@
+"""Smoke runs of the deployment benchmarks: they finish, write their CSV/JSON/PNG and report sane numbers."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
+    assert _script("profile_bitops").main(["--smoke", "--backends", "torch", "nope", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
+    assert {r["backend"] for r in rows} == {"eager", "torch"}
+    integer = [r for r in rows if r["precision"] == "integer"]
+    assert {r["config"] for r in integer} == {"all8", "w2_mp4"}
+    assert all(float(r["median_ms"]) > 0 for r in rows)
+    all8 = next(r for r in integer if r["config"] == "all8")
+    mixed = next(r for r in integer if r["config"] == "w2_mp4")
+    assert float(mixed["gbitops_wa"]) < float(all8["gbitops_wa"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["skipped_backends"] == {"nope": "not built into this mixq_compile"}
+    assert summary["ratios"]["torch"]["eager_over_int8"] > 0
+    assert (tmp_path / "latency_vs_bitops.png").stat().st_size > 1000
+
+
+def test_bit_configs_cover_at_least_eight_distinct_assignments():
+    sites = {"a.weight": "weight", "a.output": "linear_out", "a.edge_weight": "edge_weight", "a.aggregate": "aggregate"}
+    configs = _script("profile_bitops").bit_configs(sites)
+    assert len({tuple(sorted(c.items())) for c in configs.values()}) >= 8
+    assert configs["w2"] == {"a.weight": 2, "a.output": 8, "a.edge_weight": 8, "a.aggregate": 8}
+
+
+def test_mp_precision_smoke_writes_speedups(tmp_path):
+    assert _script("mp_precision").main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "mp_precision.csv").open()))
+    assert [r["path"] for r in rows] == ["fp32", "int32", "int16", "int8", "int8->int32 (exact)"]
+    assert float(rows[0]["speedup"]) == 1.0 and all(float(r["mean_ms"]) > 0 for r in rows)
+    assert (tmp_path / "mp_precision.png").exists()
