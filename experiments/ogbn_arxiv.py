@@ -1,4 +1,4 @@
-"""`mixq-compile experiment ogbn_arxiv` as a script; the experiment itself is mixq_compile/experiments/ogbn_arxiv.py."""
+"""`mixq-compile experiment ogbn_arxiv` as a script (the experiment: mixq_compile/experiments/ogbn_arxiv.py)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`mixq-compile experiment planetoid` as a script; the experiment itself is mixq_compile/experiments/planetoid.py."""
+"""`mixq-compile experiment planetoid` as a script (the experiment: mixq_compile/experiments/planetoid.py)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`mixq-compile experiment planetoid_dq` as a script; the experiment itself is mixq_compile/experiments/planetoid_dq.py."""
+"""`mixq-compile experiment planetoid_dq` as a script (the experiment: mixq_compile/experiments/planetoid_dq.py)."""
 
 import sys
 

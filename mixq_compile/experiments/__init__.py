@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ("planetoid", "planetoid_dq", "ogbn_arxiv")
+EXPERIMENTS = ("planetoid", "planetoid_dq", "tudataset", "csl", "ablation", "explore_all", "ogbn_arxiv")
 
 
 def get(name: str):

@@ -54,7 +54,11 @@ def costs(model: nn.Module, inputs: Sequence[Tensor], prefix: str = "") -> dict[
     """GBitOPs in both conventions and the average bit-width of a (frozen or FP32) model."""
     paper = mq.bitops(model, tuple(inputs), convention="paper")
     wa = mq.bitops(model, tuple(inputs), convention="wa")
-    return {f"{prefix}gbitops_paper": paper.gbitops, f"{prefix}gbitops_wa": wa.gbitops, f"{prefix}avg_bits": wa.avg_bits}
+    return {
+        f"{prefix}gbitops_paper": paper.gbitops,
+        f"{prefix}gbitops_wa": wa.gbitops,
+        f"{prefix}avg_bits": wa.avg_bits,
+    }
 
 
 def bits_summary(bits: Mapping[str, int]) -> list[int]:

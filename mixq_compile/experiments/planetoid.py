@@ -61,26 +61,41 @@ def configs(args: argparse.Namespace, *, name: str = NAME, degree_quant: bool = 
         variants = variants[:1]
     suffix = "_dq" if degree_quant else ""
     return [
-        {
-            "experiment": name,
-            "dataset": ds,
-            "setting": setting + suffix,
-            "lambda": lam,
-            "scaling": scaling,
-            "budget": budget,
-            "degree_quant": degree_quant,
-            "seed": args.seed + i,
-            "hidden": 128,
-            "bit_widths": [2, 4, 8],
-            "search_epochs": epochs,
-            "fp_epochs": epochs,
-            "qat_epochs": epochs,
-            "qat_lr": 1e-3,
-        }
+        node_config(name, ds, setting + suffix, lam, scaling, args.seed + i, epochs, budget, degree_quant)
         for ds in datasets
         for setting, lam, scaling, budget in variants
         for i in range(runs)
     ]
+
+
+def node_config(
+    name: str,
+    dataset: str,
+    setting: str,
+    lam: float,
+    scaling: str,
+    seed: int,
+    epochs: int,
+    budget: float | None = None,
+    degree_quant: bool = False,
+) -> dict[str, Any]:
+    """The exact config of one Table-1-protocol run (also used by the λ ablation)."""
+    return {
+        "experiment": name,
+        "dataset": dataset,
+        "setting": setting,
+        "lambda": lam,
+        "scaling": scaling,
+        "budget": budget,
+        "degree_quant": degree_quant,
+        "seed": seed,
+        "hidden": 128,
+        "bit_widths": [2, 4, 8],
+        "search_epochs": epochs,
+        "fp_epochs": epochs,
+        "qat_epochs": epochs,
+        "qat_lr": 1e-3,
+    }
 
 
 def summarize(records: list[dict], published: dict = PUBLISHED) -> list[dict]:

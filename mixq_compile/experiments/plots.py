@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def acc_vs_cost(
@@ -37,9 +37,7 @@ def acc_vs_cost(
     plt.close(fig)
 
 
-def lambda_curves(
-    series: Mapping[str, Sequence[tuple[float, float, float, float]]], path: Path, *, title: str
-) -> None:
+def lambda_curves(series: Mapping[str, Sequence[tuple[float, float, float, float]]], path: Path, *, title: str) -> None:
     """Accuracy and average bits vs λ: ``series[label]`` = [(λ, acc, acc_std, bits)] (ours and the paper's)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     for label, points in series.items():

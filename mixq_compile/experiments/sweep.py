@@ -61,10 +61,10 @@ def execute(run: Callable[[Config], dict], config: Config, threads: int = 1) -> 
     import torch
 
     torch.set_num_threads(threads)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         result, status, error = run(config), "ok", None
-    except Exception as exc:  # noqa: BLE001 - a failed run is data, the sweep must continue
+    except Exception as exc:
         result, status, error = None, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     return {
         "key": config_key(config),
@@ -73,6 +73,7 @@ def execute(run: Callable[[Config], dict], config: Config, threads: int = 1) -> 
         "result": result,
         "error": error,
         "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
