@@ -124,7 +124,7 @@ def test_planetoid_smoke_end_to_end_and_resume(tmp_path, capsys):
     assert 2 <= float(row["avg_bits"]) <= 8
     assert 0 < float(row["gbitops_paper"]) < float(row["fp32_gbitops_paper"])
     assert 0 < float(row["gbitops_wa"]) < float(row["fp32_gbitops_wa"])
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])
     assert config["configs"][0]["seed"] == 0 and config["configs"][0]["dataset"] == "Cora"
     assert (out / "acc_vs_gbitops_Cora.png").stat().st_size > 0
     assert main(argv) == 0  # resumed: nothing re-run

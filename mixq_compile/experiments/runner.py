@@ -66,7 +66,8 @@ def run_experiment(module, args: argparse.Namespace) -> int:
         "git_commit": _git_commit(),
         "configs": configs,
     }
-    (out / "config.json").write_text(json.dumps(meta, indent=1, default=str))
+    with (out / "invocations.jsonl").open("a") as f:
+        f.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}, default=str) + "\n")
     start = time.perf_counter()
     records = run_sweep(
         module.run,
@@ -79,7 +80,9 @@ def run_experiment(module, args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     with (out / "timing.jsonl").open("a") as f:
-        f.write(json.dumps({"configs": len(configs), "workers": args.workers, "elapsed_s": elapsed}) + "\n")
+        f.write(
+            json.dumps({"configs": len(configs), "workers": args.workers, "elapsed_s": elapsed, **meta["argv"]}) + "\n"
+        )
     all_ok = [r for r in read_records(out / "runs.jsonl") if r["status"] == "ok"]
     rows = module.summarize(_latest(all_ok))
     stats.write_table(rows, out)
