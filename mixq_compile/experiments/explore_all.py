@@ -3,7 +3,8 @@
 
 ``--sample N`` evaluates the three uniform assignments plus N others drawn with a fixed seed. The FP32 phase does
 not depend on the assignment, so each worker trains it once per seed and reuses it (the reference retrained it
-for every assignment with no seed — same distribution, far less compute).
+for every assignment with no seed — same distribution, far less compute); the quantized model is likewise built
+once and frozen per assignment.
 """
 
 from __future__ import annotations
@@ -55,29 +56,28 @@ def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def _fp32_state(dataset: str, seed: int, epochs: int) -> dict:
-    """FP32 GCN trained once per (data set, seed, epochs) in this worker; its best-val state."""
+def _searchable(dataset: str, seed: int, epochs: int):
+    """The FP32 GCN trained once per (data set, seed, epochs) in this worker, quantized with all candidates:
+    each assignment freezes a copy of it."""
     from mixq_compile.models import PlanetoidGCN
     from mixq_compile.training import train_node
 
     data = node_data(dataset)
     seed_everything(seed)
     model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1)
-    return train_node(model, data, epochs=epochs, progress=False).best_state
+    model.load_state_dict(train_node(model, data, epochs=epochs, progress=False).best_state)
+    return quantize(model, data.inputs, CANDIDATES)
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
-    from mixq_compile.models import PlanetoidGCN
     from mixq_compile.training import train_node
 
     data = node_data(config["dataset"])
-    model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1)
-    model.load_state_dict(_fp32_state(config["dataset"], config["seed"], config["epochs"]))
-    seed_everything(config["seed"])
-    qmodel = quantize(model, data.inputs, CANDIDATES)
+    qmodel = _searchable(config["dataset"], config["seed"], config["epochs"])
     bits = dict(zip(qmodel.chosen_bits(), config["assignment"]))
     frozen = mq.freeze(qmodel, bits=bits)
+    seed_everything(config["seed"])
     result = train_node(frozen, data, epochs=config["epochs"], lr=0.01, weight_decay=2e-4, progress=False)
     frozen.load_state_dict(result.best_state)
     return {"acc": result.test_at_best_val * 100, **costs(frozen, data.inputs), "sites": list(bits)}
