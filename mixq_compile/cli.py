@@ -95,7 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="5 epochs per phase")
     p.set_defaults(func=demo)
+    _add_experiments(sub)
     return parser
+
+
+def experiment(args: argparse.Namespace) -> int:
+    """Run one of the paper's experiments (see ``mixq_compile.experiments``)."""
+    from .experiments import get
+    from .experiments.runner import run_experiment
+
+    return run_experiment(get(args.experiment), args)
+
+
+def _add_experiments(sub) -> None:
+    from .experiments import EXPERIMENTS, get
+    from .experiments.runner import add_common_arguments
+
+    p = sub.add_parser("experiment", help="run a paper experiment: results/<name>/, resumable sweeps")
+    names = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name in EXPERIMENTS:
+        module = get(name)
+        q = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        add_common_arguments(q)
+        module.add_arguments(q)
+        q.set_defaults(func=experiment)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,66 @@
+"""Helpers every experiment shares: seeding, quiet quantization, cost reports and data caching per process."""
+
+from __future__ import annotations
+
+import functools
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import mixq_compile as mq
+from mixq_compile.config import QuantConfig
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch seeds: every run records its seed, so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@functools.cache
+def load(name: str):
+    """The data set, loaded once per worker process (root from ``$MIXQ_DATA``, set by the runner)."""
+    from mixq_compile.data import load_dataset
+
+    return load_dataset(name)
+
+
+def supports_degree_quant() -> bool:
+    """Whether this build's :class:`QuantConfig` has the Degree-Quant option (added on another branch)."""
+    return "degree_quant" in {f.name for f in fields(QuantConfig)}
+
+
+def quant_config(bit_widths: Sequence[int], degree_quant: bool = False) -> QuantConfig:
+    if degree_quant and not supports_degree_quant():
+        raise RuntimeError("this mixq_compile has no QuantConfig.degree_quant option yet (Degree-Quant branch)")
+    extra = {"degree_quant": True} if degree_quant else {}
+    return QuantConfig(bit_widths=tuple(bit_widths), **extra)
+
+
+def quantize(model: nn.Module, inputs: Sequence[Tensor], bit_widths: Sequence[int], degree_quant: bool = False):
+    """``mq.quantize`` without the warning about ops left in float (the site report lists them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(model, tuple(inputs), config=quant_config(bit_widths, degree_quant))
+
+
+def costs(model: nn.Module, inputs: Sequence[Tensor], prefix: str = "") -> dict[str, float]:
+    """GBitOPs in both conventions and the average bit-width of a (frozen or FP32) model."""
+    paper = mq.bitops(model, tuple(inputs), convention="paper")
+    wa = mq.bitops(model, tuple(inputs), convention="wa")
+    return {
+        f"{prefix}gbitops_paper": paper.gbitops,
+        f"{prefix}gbitops_wa": wa.gbitops,
+        f"{prefix}avg_bits": wa.avg_bits,
+    }
+
+
+def bits_summary(bits: Mapping[str, int]) -> list[int]:
+    """Bit-widths in site order (the order of ``mq.sites``), for compact records."""
+    return [int(b) for b in bits.values()]

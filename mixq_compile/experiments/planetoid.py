@@ -1,0 +1,125 @@
+"""Table 1: 2-layer GCN on Planetoid, MixQ at the paper's λ (paper penalty scaling), our scale-free λ and a
+BitOPs budget; 10 runs of search 50 → FP32 50 → QAT 50 each (MIXQ_METHOD.md §5.1)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import paper, plots
+from .node import planetoid_run
+
+NAME = "planetoid"
+PAPER_LAMBDAS = (-1e-8, 0.1, 1.0)
+SETTINGS = ("mixq", "relative", "budget")
+METRICS = ("acc", "fp32_acc", "avg_bits", "gbitops_paper", "gbitops_wa", "fp32_gbitops_paper", "fp32_gbitops_wa")
+TABLE_COLUMNS = ("dataset", "setting", "lambda", "runs", "acc_mean", "acc_std", "avg_bits", "gbitops_paper",
+                 "gbitops_wa", "fp32_acc_mean", "wall_s")  # fmt: skip
+PUBLISHED = paper.PLANETOID
+
+run = planetoid_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", nargs="+", default=["Cora", "CiteSeer", "PubMed"])
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(PAPER_LAMBDAS), help="paper-scaled λ")
+    parser.add_argument("--relative-lambdas", type=float, nargs="+", default=[0.1, 1.0], help="scale-free λ")
+    parser.add_argument("--budget", type=float, default=0.25, help="BitOPs budget: fraction of all-8-bit wa cost")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs of each phase (search, FP32, QAT)")
+
+
+def _available(datasets: list[str]) -> list[str]:
+    """Data sets whose raw files exist (PubMed's are not in the shared data; it is skipped with a message)."""
+    from mixq_compile.data import DatasetNotFoundError
+
+    from .common import load
+
+    found = []
+    for name in datasets:
+        try:
+            load(name)
+            found.append(name)
+        except DatasetNotFoundError as error:
+            print(f"{NAME}: skipping {name}: {error}")
+    return found
+
+
+def configs(args: argparse.Namespace, *, name: str = NAME, degree_quant: bool = False) -> list[dict[str, Any]]:
+    """One config per (data set, setting, λ, run); ``degree_quant`` adds the Degree-Quant option (``_dq``)."""
+    datasets = _available(args.datasets[:1] if args.smoke else args.datasets)
+    runs = 1 if args.smoke else (args.runs or 10)
+    epochs = 3 if args.smoke else args.epochs
+    variants: list[tuple[str, float, str, float | None]] = []
+    if "mixq" in args.settings:
+        variants += [("mixq", lam, "paper", None) for lam in args.lambdas]
+    if "relative" in args.settings:
+        variants += [("relative", lam, "relative", None) for lam in args.relative_lambdas]
+    if "budget" in args.settings:
+        variants.append(("budget", 1.0, "relative", args.budget))
+    if args.smoke:
+        variants = variants[:1]
+    suffix = "_dq" if degree_quant else ""
+    return [
+        node_config(name, ds, setting + suffix, lam, scaling, args.seed + i, epochs, budget, degree_quant)
+        for ds in datasets
+        for setting, lam, scaling, budget in variants
+        for i in range(runs)
+    ]
+
+
+def node_config(
+    name: str,
+    dataset: str,
+    setting: str,
+    lam: float,
+    scaling: str,
+    seed: int,
+    epochs: int,
+    budget: float | None = None,
+    degree_quant: bool = False,
+) -> dict[str, Any]:
+    """The exact config of one Table-1-protocol run (also used by the λ ablation)."""
+    return {
+        "experiment": name,
+        "dataset": dataset,
+        "setting": setting,
+        "lambda": lam,
+        "scaling": scaling,
+        "budget": budget,
+        "degree_quant": degree_quant,
+        "seed": seed,
+        "hidden": 128,
+        "bit_widths": [2, 4, 8],
+        "search_epochs": epochs,
+        "fp_epochs": epochs,
+        "qat_epochs": epochs,
+        "qat_lr": 1e-3,
+    }
+
+
+def summarize(records: list[dict], published: dict = PUBLISHED) -> list[dict]:
+    from .stats import summarize as group_summary
+
+    rows = group_summary(records, ("dataset", "setting", "lambda", "budget"), METRICS, with_std=("acc", "fp32_acc"))
+    for row in rows:
+        for metric in METRICS[2:]:
+            row[metric] = row.pop(f"{metric}_mean")
+        found = published.get((row["dataset"], row["lambda"])) if row["setting"].startswith("mixq") else None
+        row["paper_acc"] = found[0] if found else None
+        row["paper_gbitops"] = found[3] if found else None
+    return rows
+
+
+def plot(rows: list[dict], records: list[dict], out_dir, published: dict = PUBLISHED, name: str = NAME) -> None:
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        ours = [(f"{r['setting']} λ={r['lambda']:g}", r["gbitops_paper"], r["acc_mean"], r["acc_std"]) for r in mine]
+        published = [(f"λ={lam:g}", v[3], v[0]) for (ds, lam), v in published.items() if ds == dataset]
+        plots.acc_vs_cost(
+            ours,
+            published,
+            out_dir / f"acc_vs_gbitops_{dataset}.png",
+            title=f"{name}: {dataset} GCN",
+            fp32=mine[0]["fp32_acc_mean"] if mine else None,
+        )

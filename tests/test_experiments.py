@@ -1,0 +1,145 @@
+"""Experiments machinery: resumable sweeps, failure records, executors, summaries and --smoke runs end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from mixq_compile.cli import main
+from mixq_compile.experiments import ablation, explore_all, report_sections
+from mixq_compile.experiments.sweep import config_key, read_records, run_sweep
+from tests.conftest import data_root
+
+CALLS: list[dict] = []
+
+
+def square(config: dict) -> dict:
+    """A module-level run function (picklable for worker processes)."""
+    CALLS.append(config)
+    if config.get("fail"):
+        raise ValueError(f"bad config {config['x']}")
+    return {"y": config["x"] ** 2}
+
+
+def test_config_key_ignores_field_order():
+    assert config_key({"a": 1, "b": [2, 3]}) == config_key({"b": [2, 3], "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+
+
+def test_resumed_sweep_skips_finished_runs(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    CALLS.clear()
+    first = run_sweep(square, [{"x": 1}, {"x": 2}], path)
+    assert [r["result"]["y"] for r in first] == [1, 4] and len(CALLS) == 2
+    CALLS.clear()
+    again = run_sweep(square, [{"x": 1}, {"x": 2}, {"x": 3}], path)
+    assert CALLS == [{"x": 3}]
+    assert [r["result"]["y"] for r in again] == [1, 4, 9]
+    assert len(read_records(path)) == 3
+
+
+def test_failed_run_is_recorded_and_sweep_continues(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    CALLS.clear()
+    ok = run_sweep(square, [{"x": 1, "fail": True}, {"x": 2}], path)
+    assert [r["config"]["x"] for r in ok] == [2]
+    failed = [r for r in read_records(path) if r["status"] == "error"]
+    assert len(failed) == 1 and "ValueError: bad config 1" in failed[0]["error"]
+    assert failed[0]["wall_s"] >= 0 and "Traceback" in failed[0]["error"]
+    CALLS.clear()
+    run_sweep(square, [{"x": 1, "fail": True}, {"x": 2}], path)
+    assert CALLS == [{"x": 1, "fail": True}]  # the failure is retried, the finished run is not
+
+
+def test_torn_last_line_is_ignored(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    run_sweep(square, [{"x": 5}], path)
+    with path.open("a") as f:
+        f.write('{"key": "trunc')
+    CALLS.clear()
+    assert run_sweep(square, [{"x": 5}], path)[0]["result"] == {"y": 25} and CALLS == []
+
+
+def test_process_pool_executor(tmp_path):
+    records = run_sweep(square, [{"x": i} for i in range(4)], tmp_path / "runs.jsonl", workers=2)
+    assert sorted(r["result"]["y"] for r in records) == [0, 1, 4, 9]
+    assert all(r["cpu_s"] >= 0 for r in records)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed")
+def test_ray_executor_without_ray_says_how_to_install(tmp_path):
+    with pytest.raises(RuntimeError, match=r"mixq-compile\[ray\]"):
+        run_sweep(square, [{"x": 1}], tmp_path / "runs.jsonl", executor="ray")
+
+
+def test_pareto_front_keeps_strict_improvements():
+    points = [(2.0, 40.0), (2.0, 45.0), (3.0, 44.0), (4.0, 80.0), (5.0, 79.0), (6.0, 81.0)]
+    assert explore_all.pareto_front(points) == [(2.0, 45.0), (4.0, 80.0), (6.0, 81.0)]
+
+
+def test_ablation_grid_is_the_papers_40_values():
+    grid = ablation.paper_grid()
+    assert len(grid) == 40 and len(set(grid)) == 40
+    assert {-0.1, -0.01, 0.0, 0.05, 0.1} <= set(grid)
+
+
+def test_explore_all_sample_keeps_uniform_assignments():
+    chosen = explore_all.assignments(5, seed=0)
+    assert chosen[:3] == [(8,) * 9, (4,) * 9, (2,) * 9] and len(set(chosen)) == 8
+    assert len(explore_all.assignments(None, 0)) == 3**9
+
+
+@pytest.mark.parametrize("name", ["planetoid_dq", "ogbn_arxiv"])
+def test_unavailable_experiments_exit_cleanly(name, tmp_path, capsys):
+    from mixq_compile.experiments.common import supports_degree_quant
+
+    if name == "planetoid_dq" and supports_degree_quant():
+        pytest.skip("this build has QuantConfig.degree_quant")
+    if name == "ogbn_arxiv" and importlib.util.find_spec("ogb") is not None:
+        pytest.skip("ogb is installed")
+    assert main(["experiment", name, "--smoke", "--out", str(tmp_path)]) == 0
+    assert "skipped:" in capsys.readouterr().out
+
+
+def _summary(out) -> list[dict]:
+    with (out / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.skipif(data_root() is None, reason="shared data sets (MIXQ_DATA) not available")
+def test_planetoid_smoke_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "planetoid"
+    argv = ["experiment", "planetoid", "--smoke", "--data-root", str(data_root()), "--out", str(out)]
+    assert main(argv) == 0
+    rows = _summary(out)
+    required = {"dataset", "lambda", "setting", "runs", "acc_mean", "acc_std", "avg_bits", "gbitops_paper",
+                "gbitops_wa", "fp32_acc_mean", "wall_s"}  # fmt: skip
+    assert required <= set(rows[0]) and len(rows) == 1
+    row = rows[0]
+    assert row["dataset"] == "Cora" and row["setting"] == "mixq" and row["runs"] == "1"
+    assert 0 <= float(row["acc_mean"]) <= 100 and 0 <= float(row["fp32_acc_mean"]) <= 100
+    assert 2 <= float(row["avg_bits"]) <= 8
+    assert 0 < float(row["gbitops_paper"]) < float(row["fp32_gbitops_paper"])
+    assert 0 < float(row["gbitops_wa"]) < float(row["fp32_gbitops_wa"])
+    config = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])
+    assert config["configs"][0]["seed"] == 0 and config["configs"][0]["dataset"] == "Cora"
+    assert (out / "acc_vs_gbitops_Cora.png").stat().st_size > 0
+    assert main(argv) == 0  # resumed: nothing re-run
+    assert "1 of 1 runs already finished" in capsys.readouterr().out
+    assert len(read_records(out / "runs.jsonl")) == 1
+    text = report_sections.render(tmp_path)
+    assert "Table 1" in text and "| Cora | mixq |" in text and "81.58 ± 0.75" in text
+
+
+@pytest.mark.skipif(data_root() is None, reason="shared data sets (MIXQ_DATA) not available")
+def test_tudataset_smoke_end_to_end(tmp_path):
+    out = tmp_path / "tudataset"
+    assert main(["experiment", "tudataset", "--smoke", "--data-root", str(data_root()), "--out", str(out)]) == 0
+    (row,) = _summary(out)
+    assert row["dataset"] == "IMDB-BINARY" and row["setting"] == "mixq" and row["epochs"] == "2"
+    assert 0 <= float(row["acc_mean"]) <= 100 and 4 <= float(row["avg_bits"]) <= 8
+    (record,) = read_records(out / "runs.jsonl")
+    assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
