@@ -201,3 +201,29 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, cache=None
         raise DatasetNotFoundError(
             f"could not download {name} ({error}); set MIXQ_DATA or pass --data-root to a folder with PyG's raw files"
         ) from error
+
+
+#: Skip lengths of the 10 CSL classes (Murphy et al. 2019), on cycles of 41 nodes.
+CSL_SKIPS = (2, 3, 4, 5, 6, 9, 11, 12, 13, 16)
+
+
+def generate_csl(graphs_per_class: int = 15, nodes: int = 41, seed: int = 0) -> LoadedDataset:
+    """Circular Skip Link graphs generated in memory (no files needed): class c is a 41-cycle plus chords of length
+    ``CSL_SKIPS[c]``, node order randomly permuted; 50-dim Laplacian PE features; 5 stratified splits (3:1:1)."""
+    from torch_geometric.data import Data
+
+    gen = torch.Generator().manual_seed(seed)
+    graphs = []
+    ring = torch.arange(nodes)
+    for label, skip in enumerate(CSL_SKIPS):
+        for _ in range(graphs_per_class):
+            perm = torch.randperm(nodes, generator=gen)
+            src = torch.cat([ring, ring])
+            dst = torch.cat([(ring + 1) % nodes, (ring + skip) % nodes])
+            edge_index = perm[torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])]
+            graphs.append(Data(x=laplacian_pe(edge_index, nodes), edge_index=edge_index, y=torch.tensor([label])))
+    labels = [int(g.y) for g in graphs]
+    splits = []
+    for train, val, test in stratified_folds(labels, n_folds=5, seed=seed)[:5]:
+        splits.append({"train": torch.as_tensor(train), "val": torch.as_tensor(val), "test": torch.as_tensor(test)})
+    return LoadedDataset("CSL (generated)", "graph", graphs, CSL_PE_DIM, len(CSL_SKIPS), splits)

@@ -84,7 +84,7 @@ def linear_int(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Te
     """
     lead = q_x.shape[:-1]
     flat = q_x.reshape(-1, q_x.shape[-1])
-    if flat.dtype == torch.int8 and w_t.dtype == torch.int8 and flat.shape[0] > 0:
+    if flat.dtype == torch.int8 and w_t.dtype == torch.int8:
         acc = torch._int_mm(flat, w_t)
     else:
         acc = flat.to(torch.int32) @ w_t.to(torch.int32)

@@ -281,9 +281,10 @@ class _Lowering:
             return None
         x_grid, w_grid = x[1], w[1]
         codes = self.constants[w[0]].to(torch.int32) - w_grid.zero.reshape(-1, 1).to(torch.int32)
-        if codes.abs().max() > 127 and w_grid.bits <= 8:
+        fits_int8 = bool(codes.min() >= -128 and codes.max() <= 127)
+        if not fits_int8 and w_grid.bits <= 8:
             raise LoweringError(f"weight site {w_grid.site!r} has codes outside int8 after centering")
-        w_dtype = torch.int8 if codes.abs().max() <= 127 and codes.min() >= -128 else torch.int32
+        w_dtype = torch.int8 if fits_int8 else torch.int32
         acc_scale = (x_grid.scale * w_grid.scale.reshape(-1)).float()
         w_t = self.const(codes.t().contiguous().to(w_dtype), f"wt_{w_grid.site}")
         w_sum = self.const(codes.sum(dim=1).to(torch.int32), f"wsum_{w_grid.site}")

@@ -1,0 +1,177 @@
+"""``mixq-compile demo``: the whole product in one command.
+
+quantize → MixQ search → freeze → QAT → export to every available backend → check each artifact's accuracy →
+profile (latency vs PyG FP32 eager) → one final table. Runs on Cora (node classification, data root from
+``--data-root`` / ``$MIXQ_DATA``) or, with no data root, on CSL graphs generated in memory (graph classification).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import mixq_compile as mq
+
+from .runtimes import BACKENDS, get_backend
+
+
+@dataclass
+class Task:
+    """What the demo trains and measures: model factory, example inputs, and accuracy of any callable."""
+
+    name: str
+    model: nn.Module
+    inputs: tuple[Tensor, ...]  # the graph (or batch) that calibrates, exports and is profiled
+    train: object  # (model, epochs, lam, lr, weight_decay, desc) -> None; loads the best state into the model
+    accuracy: object  # callable -> test accuracy in [0, 1]
+
+
+def node_task(root: str, hidden: int) -> Task:
+    from .data import load_dataset
+    from .models import PlanetoidGCN
+    from .training import NodeData, train_node
+
+    data = NodeData.from_pyg(load_dataset("Cora", root).dataset[0])
+    classes = int(data.y.max()) + 1
+
+    def train(model, epochs, lam, lr, weight_decay, desc):
+        result = train_node(model, data, epochs=epochs, lam=lam, lr=lr, weight_decay=weight_decay, desc=desc)
+        model.load_state_dict(result.best_state)
+
+    @torch.no_grad()
+    def accuracy(fn) -> float:
+        pred = fn(*data.inputs).argmax(-1)
+        return float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
+
+    model = PlanetoidGCN(data.x.shape[1], classes, hidden=hidden)
+    return Task("Cora (GCN)", model, data.inputs, train, accuracy)
+
+
+def csl_task(hidden: int, seed: int) -> Task:
+    from torch_geometric.loader import DataLoader
+
+    from .data import generate_csl
+    from .models import CSLGCN
+    from .training import train_graph
+
+    loaded = generate_csl(seed=seed)
+    split = loaded.splits[0]
+    parts = [[loaded.dataset[int(i)] for i in split[k]] for k in ("train", "val", "test")]
+    gen = torch.Generator().manual_seed(seed)
+    loaders = (DataLoader(parts[0], batch_size=8, shuffle=True, generator=gen),
+               DataLoader(parts[1], batch_size=64), DataLoader(parts[2], batch_size=64))  # fmt: skip
+    test = next(iter(DataLoader(parts[2], batch_size=len(parts[2]))))
+
+    def train(model, epochs, lam, lr, weight_decay, desc):
+        result = train_graph(model, loaders, epochs=epochs, lam=lam, lr=lr * 0.5, weight_decay=0.0,
+                             schedule="plateau", desc=desc)  # fmt: skip
+        model.load_state_dict(result.best_state)
+
+    @torch.no_grad()
+    def accuracy(fn) -> float:
+        return float((fn(test.x, test.edge_index, test.batch).argmax(-1) == test.y).float().mean())
+
+    model = CSLGCN(loaded.num_features, loaded.num_classes, hidden=hidden)
+    return Task("CSL generated (GCN, residual)", model, (test.x, test.edge_index, test.batch), train, accuracy)
+
+
+def _backends(wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    usable, skipped = [], {}
+    for name in wanted or list(BACKENDS):
+        reason = get_backend(name).unavailable_reason() if name in BACKENDS else "unknown backend"
+        (skipped.__setitem__(name, reason) if reason else usable.append(name))
+    return usable, skipped
+
+
+def run_demo(
+    data_root: str | None,
+    *,
+    epochs: int,
+    hidden: int,
+    bits: tuple[int, ...],
+    lam: float,
+    seed: int,
+    backends: list[str] | None = None,
+    repeats: int = 20,
+    keep: Path | None = None,
+) -> list[dict]:
+    """Run the pipeline; print progress, the site table and the final table; return the table rows."""
+    torch.manual_seed(seed)
+    task = node_task(data_root, hidden) if data_root else csl_task(hidden=min(hidden, 150), seed=seed)
+    started = time.perf_counter()
+    print(f"[1/6] FP32 training on {task.name}")
+    task.train(task.model, epochs, 0.0, 0.01, 2e-4, "FP32")
+    fp32_model = task.model.eval()
+    print(f"[2/6] quantize (candidates {bits}) and MixQ search (λ={lam})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(fp32_model, task.inputs, bits)
+    task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")
+    print("[3/6] freeze the argmax bit-widths and fine-tune (QAT)")
+    frozen = mq.freeze(qmodel)
+    task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT")
+    frozen.eval()
+    print(mq.sites(frozen))
+    usable, skipped = _backends(backends)
+    for name, reason in skipped.items():
+        print(f"skipping backend {name}: {reason}")
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mixq_demo_"))
+    costs = {c: mq.bitops(frozen, task.inputs, convention=c) for c in ("wa", "paper")}
+    fp_costs = mq.bitops(fp32_model, task.inputs, convention="paper")
+    eager = mq.profile(fp32_model, task.inputs, warmup=3, repeats=repeats, name="PyG FP32 eager")
+    rows = [
+        _row("PyG FP32 eager", "fp32", task.accuracy(fp32_model), 32.0, fp_costs.gbitops, eager, eager),
+        _row(
+            "QAT model (fake-quant)",
+            "simulated",
+            task.accuracy(frozen),
+            costs["wa"].avg_bits,
+            costs["paper"].gbitops,
+            None,
+            eager,
+        ),
+    ]
+    try:
+        for i, name in enumerate(usable):
+            print(f"[4/6] export to {name} ({i + 1}/{len(usable)}), [5/6] load, check accuracy, [6/6] profile")
+            for precision, model in (("integer", frozen), ("fp32", fp32_model)):
+                path = mq.export(model, task.inputs, work / f"{name}_{precision}", backend=name)
+                artifact = mq.load_artifact(path, cache_structure=True)
+                report = mq.profile(artifact, task.inputs, warmup=3, repeats=repeats, name=f"{name} {precision}")
+                avg = artifact.manifest["avg_bits"]
+                gbit = artifact.manifest["bitops"]["paper"] / 1e9
+                rows.append(_row(f"{name} artifact", precision, task.accuracy(artifact), avg, gbit, report, eager))
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    _print_table(rows)
+    print(f"wall time {time.perf_counter() - started:.1f} s" + (f"; artifacts in {work}" if keep else ""))
+    return rows
+
+
+def _row(what, precision, acc, avg_bits, gbitops, report, eager) -> dict:
+    return {
+        "what": what,
+        "precision": precision,
+        "test_acc": acc * 100,
+        "avg_bits": avg_bits,
+        "gbitops_paper": gbitops,
+        "median_ms": report.median_ms if report else None,
+        "speedup_vs_eager": eager.median_ms / report.median_ms if report else None,
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"\n{'':<26}{'precision':<11}{'test acc':>9}{'avg bits':>9}{'GBitOPs':>10}{'median ms':>11}{'vs eager':>9}")
+    for r in rows:
+        ms = f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-"
+        speed = f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] is not None else "-"
+        print(f"{r['what']:<26}{r['precision']:<11}{r['test_acc']:>9.2f}{r['avg_bits']:>9.2f}"
+              f"{r['gbitops_paper']:>10.3f}{ms:>11}{speed:>9}")  # fmt: skip
