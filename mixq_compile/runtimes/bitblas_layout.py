@@ -94,7 +94,7 @@ class MatmulPlan:
 
 
 def pack_weight(w_t: Tensor, width: int) -> Tensor:
-    """Signed codes stored transposed (``[K, N]``, as ``linear_int`` keeps them) -> bitBLAS ``[N, ceil(K*w/8)]`` int8."""
+    """Signed codes stored transposed (``[K, N]``, as ``linear_int`` keeps them) -> bitBLAS ``[N, ceil(K*w/8)]``."""
     w = w_t.t().to(torch.int32)
     lo, hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
     if w.numel() and (w.min() < lo or w.max() > hi):
