@@ -44,7 +44,8 @@ def build_kernels(plans: list[MatmulPlan], target: str | None) -> dict[KernelKey
     import bitblas
 
     if bitblas.__version__ != BITBLAS_VERSION:
-        warnings.warn(f"bitblas {bitblas.__version__}: the packed layout was written for {BITBLAS_VERSION}", stacklevel=2)
+        message = f"bitblas {bitblas.__version__}: the packed layout was written for {BITBLAS_VERSION}"
+        warnings.warn(message, stacklevel=2)
     kernels: dict[KernelKey, object] = {}
     for plan in plans:
         key = (plan.width, plan.N, plan.in_features)
