@@ -246,7 +246,8 @@ class WorkerRunner:
         return tuple(reply)
 
     def close(self) -> None:
-        if self.process.poll() is None:
+        """End the worker by closing its input (it exits at end of stream)."""
+        if getattr(self, "process", None) is not None and self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
 
