@@ -43,6 +43,7 @@ from .train_mode import ModeBatchNorm, ModeDropout
 aten = torch.ops.aten
 
 FLOAT_OPS_KEY = "mixq_float_ops"
+WEIGHT_SITE_KEY = "mixq_weight_site"  # node.meta of every linear_int: the weight site it multiplies
 SITES_KEY = "mixq_sites"
 
 
@@ -296,7 +297,9 @@ class _Lowering:
             bias_int = torch.round(self.constants[b_value].float() / acc_scale).to(torch.int32)
             bias_node = self.const(bias_int, f"bias_{w_grid.site}")
         zero = self.const(x_grid.zero, "zero")
-        return self.call(K.linear_int, x[0], zero, w_t, w_sum, bias_node), Acc(acc_scale)
+        product = self.call(K.linear_int, x[0], zero, w_t, w_sum, bias_node)
+        product.meta[WEIGHT_SITE_KEY] = w_grid.site
+        return product, Acc(acc_scale)
 
     def movement(self, node: fx.Node):
         value, domain = self.lowered(node.args[0])

@@ -21,7 +21,6 @@ import ctypes
 import io
 import json
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..integer import kernels as K
 from ..integer.program import IntegerProgram
+from ..passes.lower_integer import WEIGHT_SITE_KEY
 from .base import Backend, Runner
 from .bitblas_layout import BITBLAS_VERSION, MatmulPlan, bitblas_linear, container_bits, pack_weight, packed_k
 from .torch_pt2 import export_program, load_pt2
@@ -95,14 +95,6 @@ def bitblas_reason(python: str) -> str | None:
 # -- mapping -----------------------------------------------------------------------------------------------------
 
 
-def _weight_site(buffer: str, site_bits: dict[str, int]) -> str | None:
-    """The weight site of a lowered ``wt_<site>_<n>`` buffer (lowering writes dots in site names as underscores)."""
-    for site in site_bits:
-        if re.fullmatch(rf"wt_{re.escape(site.replace('.', '_'))}_\d+", buffer):
-            return site
-    return None
-
-
 def _m_buckets(rows: int) -> tuple[int, ...]:
     """bitBLAS' dynamic-M hints: 1 and powers of two from 16 up to the example's row count rounded up."""
     buckets, m = [1], 16
@@ -118,13 +110,13 @@ def _plan_linear(gm: fx.GraphModule, node: fx.Node, site_bits: dict[str, int]) -
     q_x, _, w_t, _, _ = node.args
     x_meta = q_x.meta["tensor_meta"]
     weight = gm.get_buffer(w_t.target)
-    site = _weight_site(w_t.target, site_bits)
+    site = node.meta.get(WEIGHT_SITE_KEY)
     if x_meta.dtype != torch.int8:
         return Unmapped(node.name, f"activation codes are {x_meta.dtype} (more than 8 bits); the kernel takes int8")
     if weight.dtype != torch.int8:
         return Unmapped(node.name, f"weight codes are {weight.dtype} (more than 8 bits); the kernel takes int8")
     if site is None:
-        return Unmapped(node.name, f"no weight site matches the lowered weight {w_t.target!r}")
+        return Unmapped(node.name, f"the lowered weight {w_t.target!r} has no weight site recorded")
     width = container_bits(site_bits[site])
     k, n = weight.shape
     rows = 1
