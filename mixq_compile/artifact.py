@@ -61,13 +61,15 @@ def _cost_entries(model: nn.Module, args: tuple[Tensor, ...]) -> dict:
     }
 
 
-def lower_for_export(model: nn.Module, example_inputs: tuple[Tensor, ...]) -> tuple[IntegerProgram, str]:
+def lower_for_export(
+    model: nn.Module, example_inputs: tuple[Tensor, ...], fixed_point: bool = False
+) -> tuple[IntegerProgram, str]:
     """The program to export and its precision: a frozen model's integer program, or an FP32 model's float one."""
     if isinstance(model, QuantizedModel):
         if model.is_mixed:
             raise ValueError("export() needs a frozen model: call mixq_compile.freeze(qmodel) first")
         model.check_inputs(example_inputs)
-        return lower(model.eval()), "integer"
+        return lower(model.eval(), fixed_point=fixed_point), "integer"
     gm, specs = capture(model.eval(), example_inputs)
     return lower(_Captured(gm.eval(), specs)), "fp32"
 
@@ -77,15 +79,18 @@ def export(
     example_inputs: Sequence[Tensor],
     path: str | os.PathLike,
     backend: str = "torch",
+    *,
+    fixed_point: bool = False,
 ) -> Path:
     """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
 
     Writes the artifact directory ``path`` atomically and returns it. ``backend`` is one of
-    ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed).
+    ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
+    requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
     """
     runtime = get_backend(backend)
     args = tuple(example_inputs)
-    program, precision = lower_for_export(model, args)
+    program, precision = lower_for_export(model, args, fixed_point)
     costs = _cost_entries(model, args)
 
     def fill(directory: Path) -> None:
@@ -96,6 +101,7 @@ def export(
             "format_version": FORMAT_VERSION,
             "backend": runtime.name,
             "precision": precision,
+            "requantization": "fixed_point" if fixed_point else "float_multiplier",
             "backend_entries": entries,
             "inputs": [spec.to_dict() for spec in program.input_specs],
             "output_spec": pytree.treespec_dumps(program.out_spec) if program.out_spec is not None else None,

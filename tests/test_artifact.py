@@ -139,3 +139,10 @@ def test_unavailable_backend_reason_is_raised_as_a_clear_error():
     backend.unavailable_reason = lambda: "no such runtime here; install it with pip"
     with pytest.raises(BackendUnavailableError, match="install it"):
         backend.require()
+
+
+def test_fixed_point_artifact_runs_and_records_its_requantization(frozen_gcn, tmp_path):
+    _, frozen, args = frozen_gcn
+    artifact = mq.load_artifact(mq.export(frozen, args, tmp_path / "fx", backend="torch", fixed_point=True))
+    assert artifact.manifest["requantization"] == "fixed_point"
+    assert torch.equal(artifact(*args), mq.lower(frozen, fixed_point=True)(*args))

@@ -129,3 +129,14 @@ def test_integer_program_matches_on_adversarial_graphs(graph, name):
         expected, got = frozen(x, edge_index), program(x, edge_index)
     assert torch.isfinite(got).all()
     assert (got - expected).abs().max() <= _output_step(frozen) + 1e-5
+
+
+def test_fixed_point_requantization_stays_within_one_step_per_layer():
+    frozen, args, inputs = _frozen("paper_gcn")
+    program = mq.lower(frozen, fixed_point=True)
+    targets = {n.target for n in program.features.graph.nodes if n.op == "call_function"}
+    assert K.requantize_fixed_point in targets and K.requantize not in targets
+    layers = 2
+    with torch.no_grad():
+        for graph in (args, inputs(seed=1)):
+            assert (program(*graph) - frozen(*graph)).abs().max() <= layers * _output_step(frozen) + 1e-5

@@ -69,10 +69,12 @@ class IntegerProgram(nn.Module):
         return self.unflatten(self.features(*inputs, *frontier))
 
 
-def lower(frozen: nn.Module) -> IntegerProgram:
+def lower(frozen: nn.Module, *, fixed_point: bool = False) -> IntegerProgram:
     """Lower a frozen :class:`~mixq_compile.model.QuantizedModel` (or any captured model wrapper with
-    ``graph_module`` and ``input_specs``) to an :class:`IntegerProgram`."""
-    gm = lower_integer(frozen.graph_module)
+    ``graph_module`` and ``input_specs``) to an :class:`IntegerProgram`.
+
+    ``fixed_point=True`` requantizes with integer mantissa/shift pairs instead of float multipliers."""
+    gm = lower_integer(frozen.graph_module, fixed_point=fixed_point)
     codegen = gm.graph._codegen
     out_spec = codegen.pytree_info.out_spec if getattr(codegen, "pytree_info", None) is not None else None
     split = split_structure(gm)

@@ -97,8 +97,9 @@ _LAYOUT_CHANGING = {aten.permute.default, aten.transpose.int, aten.t.default}
 
 
 class _Lowering:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, fixed_point: bool) -> None:
         self.source = gm
+        self.fixed_point = fixed_point
         self.graph = fx.Graph()
         self.graph._codegen = copy.deepcopy(gm.graph._codegen)  # keep the captured input/output pytree signature
         self.root = nn.Module()
@@ -220,8 +221,13 @@ class _Lowering:
         acc, acc_domain = self.as_acc(source, domain)
         if acc_domain.scale is None:
             raise LoweringError(f"site {site!r} quantizes an all-zero tensor")
-        multiplier = (acc_domain.scale / grid.scale).float()
-        return self.call(K.requantize, acc, self.const(multiplier, "multiplier"), self.const(grid.zero, "zero"),
+        multiplier = acc_domain.scale.double() / grid.scale.double()
+        zero = self.const(grid.zero, "zero")
+        if self.fixed_point:
+            mantissa, shift = fixed_point_multiplier(multiplier)
+            mantissa, shift = self.const(mantissa, "mantissa"), self.const(shift, "shift")
+            return self.call(K.requantize_fixed_point, acc, mantissa, shift, zero, grid.qmin, grid.qmax), grid
+        return self.call(K.requantize, acc, self.const(multiplier.float(), "multiplier"), zero,
                          grid.qmin, grid.qmax), grid  # fmt: skip
 
     def on_call_function(self, node: fx.Node):
@@ -381,7 +387,23 @@ def _op_name(target) -> str:
     return getattr(target, "__name__", str(target)) if target is not operator.getitem else "getitem"
 
 
-def lower_integer(gm: fx.GraphModule) -> fx.GraphModule:
-    """Lower a frozen fake-quant graph to an integer program (see module docstring)."""
+def fixed_point_multiplier(multiplier: Tensor) -> tuple[Tensor, Tensor]:
+    """``M ≈ mantissa * 2**-shift`` with a 31-bit mantissa in ``[2**30, 2**31)`` (int64 tensors, per channel)."""
+    if (multiplier <= 0).any() or (multiplier >= 2**30).any():
+        raise LoweringError("a requantisation multiplier is outside (0, 2**30); use the float multiplier instead")
+    exponent = torch.floor(torch.log2(multiplier))
+    shift = (30 - exponent).to(torch.int64)
+    mantissa = torch.round(multiplier * torch.pow(2.0, shift.double())).to(torch.int64)
+    overflow = mantissa >= 2**31  # rounding up to 2**31: halve once more
+    return torch.where(overflow, mantissa // 2, mantissa), torch.where(overflow, shift - 1, shift)
+
+
+def lower_integer(gm: fx.GraphModule, *, fixed_point: bool = False) -> fx.GraphModule:
+    """Lower a frozen fake-quant graph to an integer program (see module docstring).
+
+    ``fixed_point=True`` requantizes with an integer mantissa and shift (round half up) instead of a float
+    multiplier, for targets without floating point; results may then differ from the fake-quant model by one step
+    where the float product falls on a rounding tie.
+    """
     with torch.no_grad():
-        return _Lowering(gm).run()
+        return _Lowering(gm, fixed_point).run()
