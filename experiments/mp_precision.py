@@ -23,16 +23,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mixq_compile.experiments import paper, plots
+
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "mp_precision"
 DATASETS = ("Cora", "CiteSeer", "IMDB-BINARY", "IMDB-MULTI", "PROTEINS", "MUTAG")
-#: Speed-up over FP32 (int8 / int16 / int32) on AMD EPYC 9534, from the reference's CSV (MIXQ_METHOD.md §7.1).
-PAPER_AMD = {
-    "Cora": (3.96, 4.00, 3.99),
-    "CiteSeer": (4.10, 4.03, 3.66),
-    "IMDB-BINARY": (4.02, 4.09, 3.93),
-    "IMDB-MULTI": (4.00, 4.00, 4.00),
-    "PROTEINS": (1.00, 1.00, 1.01),
-}
 PATHS = ("fp32", "int32", "int16", "int8", "int8->int32 (exact)")
 
 
@@ -91,29 +85,6 @@ def time_it(fn, warmup: int, repeats: int) -> tuple[float, float]:
     return statistics.mean(times), statistics.pstdev(times)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    paths = [p for p in PATHS if p != "fp32"]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.8 / len(paths)
-    for i, p in enumerate(paths):
-        values = [next(r["speedup"] for r in rows if r["dataset"] == d and r["path"] == p) for d in datasets]
-        ax.bar([j + i * width for j in range(len(datasets))], values, width, label=p)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))], datasets, fontsize=8)
-    ax.set_ylabel("speed-up over FP32 (t_fp32 / t)")
-    ax.set_title("Sum aggregation (gather, edge-weight multiply, scatter_add) by precision, this CPU")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None)
@@ -142,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in PATHS:
             mean, std = time_it(aggregation(path, x, edge_index), args.warmup, args.repeats)
             fp32_mean = mean if path == "fp32" else fp32_mean
-            paper = PAPER_AMD.get(name)
-            paper_speedup = dict(zip(("int8", "int16", "int32"), paper)).get(path) if paper else None
+            published = paper.MP_SPEEDUP_AMD.get(name)
+            paper_speedup = dict(zip(("int8", "int16", "int32"), published)).get(path) if published else None
             rows.append({
                 "dataset": name, "nodes": x.shape[0], "edges": edge_index.shape[1], "features": x.shape[1],
                 "ops": 2 * edge_index.shape[1] * x.shape[1], "path": path, "mean_ms": mean * 1e3, "std_ms": std * 1e3,
@@ -154,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, args.out / "mp_precision.png")
+    speedups = {p: {r["dataset"]: r["speedup"] for r in rows if r["path"] == p} for p in PATHS if p != "fp32"}
+    title = "Sum aggregation (gather, edge-weight multiply, scatter_add) by precision, this CPU"
+    plots.speedup_bars(speedups, args.out / "mp_precision.png", title=title)
     print(f"\n{'dataset':<13}{'path':<21}{'mean ms':>9}{'speed-up':>10}{'paper AMD':>10}")
     for r in rows:
         paper = f"{r['paper_amd_speedup']:.2f}" if r["paper_amd_speedup"] is not None else "-"

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 import mixq_compile as mq
+from mixq_compile.experiments import plots
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import BACKENDS, get_backend
 
@@ -95,37 +96,6 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(xs, ys).statistic) if len(xs) > 2 else float("nan")
-
-
-def plot(rows: list[dict], rho: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    backends = sorted({r["backend"] for r in rows if r["precision"] == "integer"})
-    for i, backend in enumerate(backends):
-        pts = [r for r in rows if r["backend"] == backend and r["precision"] == "integer" and r["cached"]]
-        color = colors[i % len(colors)]
-        ax.scatter([r["gbitops_wa"] for r in pts], [r["median_ms"] for r in pts], color=color,
-                   label=f"{backend} integer (Spearman ρ = {rho.get(backend, float('nan')):.2f})")  # fmt: skip
-        for r in pts:
-            ax.annotate(r["config"], (r["gbitops_wa"], r["median_ms"]), fontsize=6, alpha=0.7)
-        fp32 = [r for r in rows if r["backend"] == backend and r["precision"] == "fp32"]
-        if fp32:
-            ax.axhline(fp32[0]["median_ms"], color=color, linestyle="--", linewidth=1, label=f"{backend} FP32 artifact")
-    eager = [r for r in rows if r["backend"] == "eager"]
-    if eager:
-        ax.axhline(eager[0]["median_ms"], color="black", linestyle=":", label="PyG FP32 eager")
-    ax.set_xlabel("GBitOPs (weights × activations convention)")
-    ax.set_ylabel("median latency (ms)")
-    ax.set_title("Cora GCN (hidden 128): latency vs BitOPs per backend")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(rows, rho, args.out / "latency_vs_bitops.png")
+    plots.latency_vs_bitops(rows, rho, args.out / "latency_vs_bitops.png",
+                            title=f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend")  # fmt: skip
 
     print(f"\n{'backend':<8}{'precision':<10}{'config':<10}{'cached':<7}{'median ms':>10}{'GBitOPs wa':>12}")
     for r in rows:

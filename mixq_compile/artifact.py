@@ -20,8 +20,8 @@ from torch.utils import _pytree as pytree
 
 from .api import bitops
 from .atomic import write_directory
-from .capture import InputSpec, capture
-from .errors import InputSignatureError, MixQError
+from .capture import InputSpec, capture, check_signature
+from .errors import MixQError
 from .integer.program import IntegerProgram, lower
 from .model import QuantizedModel
 from .runtimes import get_backend
@@ -153,11 +153,7 @@ class Artifact:
         return f"Artifact({str(self.path)!r}, backend={self.backend!r}, precision={self.manifest['precision']!r})"
 
     def check_inputs(self, args: tuple) -> None:
-        if len(args) != len(self.input_specs):
-            names = ", ".join(s.name for s in self.input_specs)
-            raise InputSignatureError(f"the artifact takes {len(self.input_specs)} inputs ({names}), got {len(args)}")
-        for spec, value in zip(self.input_specs, args):
-            spec.check(value)
+        check_signature(self.input_specs, args, "the artifact")
 
     def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         if not self.cache_structure:

@@ -71,6 +71,15 @@ class InputSpec:
         }
 
 
+def check_signature(specs: tuple[InputSpec, ...], args: tuple, what: str) -> None:
+    """Raise :class:`InputSignatureError` unless ``args`` match ``specs`` (count, rank, dtype, fixed dims)."""
+    if len(args) != len(specs):
+        names = ", ".join(s.name for s in specs)
+        raise InputSignatureError(f"{what} takes {len(specs)} inputs ({names}), got {len(args)}")
+    for spec, value in zip(specs, args):
+        spec.check(value)
+
+
 def _check_example_inputs(example_inputs: object) -> tuple[Tensor, ...]:
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)

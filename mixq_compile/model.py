@@ -7,10 +7,9 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .capture import InputSpec
+from .capture import InputSpec, check_signature
 from .config import QuantConfig
 from .cost.ops import NodeShapes, record_shapes
-from .errors import InputSignatureError
 from .passes.freeze import freeze_quantizers
 from .passes.insert_quantizers import QUANTIZER_ROOT
 from .passes.plan import PLAN_KEY, SitePlan
@@ -81,13 +80,7 @@ class QuantizedModel(nn.Module):
         return {name: q.chosen_bits() if isinstance(q, MixedQuantizer) else q.bits for name, q in self.quantizers()}
 
     def check_inputs(self, args: tuple) -> None:
-        if len(args) != len(self.input_specs):
-            names = ", ".join(s.name for s in self.input_specs)
-            raise InputSignatureError(
-                f"the quantized model takes {len(self.input_specs)} inputs ({names}), got {len(args)}"
-            )
-        for spec, value in zip(self.input_specs, args):
-            spec.check(value)
+        check_signature(self.input_specs, args, "the quantized model")
 
     def forward(self, *args: Tensor) -> Tensor:
         self.check_inputs(args)

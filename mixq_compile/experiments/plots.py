@@ -11,6 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def acc_vs_cost(
     ours: Sequence[tuple[str, float, float, float]],
     paper: Sequence[tuple[str, float, float]],
@@ -32,9 +38,7 @@ def acc_vs_cost(
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def lambda_curves(series: Mapping[str, Sequence[tuple[float, float, float, float]]], path: Path, *, title: str) -> None:
@@ -51,9 +55,7 @@ def lambda_curves(series: Mapping[str, Sequence[tuple[float, float, float, float
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def scatter_front(
@@ -76,6 +78,42 @@ def scatter_front(
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def latency_vs_bitops(rows: Sequence[Mapping], rho: Mapping[str, float], path: Path, *, title: str) -> None:
+    """Median latency vs GBitOPs of each backend's integer artifacts (Spearman ρ in the legend), with each
+    backend's FP32 artifact and PyG FP32 eager as horizontal baselines. ``rows`` as in profile_bitops' CSV."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    integer = [r for r in rows if r["precision"] == "integer" and r["cached"]]
+    for i, backend in enumerate(sorted({r["backend"] for r in integer})):
+        pts = [r for r in integer if r["backend"] == backend]
+        color = f"C{i}"
+        label = f"{backend} integer (Spearman ρ = {rho.get(backend, float('nan')):.2f})"
+        ax.scatter([r["gbitops_wa"] for r in pts], [r["median_ms"] for r in pts], color=color, label=label)
+        for r in pts:
+            ax.annotate(r["config"], (r["gbitops_wa"], r["median_ms"]), fontsize=6, alpha=0.7)
+        fp32 = [r for r in rows if r["backend"] == backend and r["precision"] == "fp32"]
+        if fp32:
+            ax.axhline(fp32[0]["median_ms"], color=color, ls="--", lw=1, label=f"{backend} FP32 artifact")
+    eager = [r for r in rows if r["backend"] == "eager"]
+    if eager:
+        ax.axhline(eager[0]["median_ms"], color="black", ls=":", label="PyG FP32 eager")
+    ax.set(xlabel="GBitOPs (weights × activations convention)", ylabel="median latency (ms)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def speedup_bars(speedups: Mapping[str, Mapping[str, float]], path: Path, *, title: str) -> None:
+    """Grouped bars: ``speedups[path][group]`` (e.g. precision path -> data set -> t_fp32 / t)."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    groups = list(dict.fromkeys(g for values in speedups.values() for g in values))
+    width = 0.8 / max(len(speedups), 1)
+    for i, (label, values) in enumerate(speedups.items()):
+        ax.bar([j + i * width for j in range(len(groups))], [values.get(g, 0.0) for g in groups], width, label=label)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups, fontsize=8)
+    ax.set(ylabel="speed-up over FP32 (t_fp32 / t)", title=title)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from ..capture import InputSpec
-from ..errors import InputSignatureError
+from ..capture import InputSpec, check_signature
 from ..passes.lower_integer import FLOAT_OPS_KEY, SITES_KEY, lower_integer
 from ..passes.split_structure import split_structure
 
@@ -50,11 +49,7 @@ class IntegerProgram(nn.Module):
         self.out_spec = out_spec
 
     def check_inputs(self, args: tuple) -> None:
-        if len(args) != len(self.input_specs):
-            names = ", ".join(s.name for s in self.input_specs)
-            raise InputSignatureError(f"the program takes {len(self.input_specs)} inputs ({names}), got {len(args)}")
-        for spec, value in zip(self.input_specs, args):
-            spec.check(value)
+        check_signature(self.input_specs, args, "the program")
 
     def unflatten(self, outputs: tuple | list) -> object:
         outputs = list(outputs)
