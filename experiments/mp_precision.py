@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     plots.speedup_bars(speedups, args.out / "mp_precision.png", title=title)
     print(f"\n{'dataset':<13}{'path':<21}{'mean ms':>9}{'speed-up':>10}{'paper AMD':>10}")
     for r in rows:
-        paper = f"{r['paper_amd_speedup']:.2f}" if r["paper_amd_speedup"] is not None else "-"
-        print(f"{r['dataset']:<13}{r['path']:<21}{r['mean_ms']:>9.3f}{r['speedup']:>10.2f}{paper:>10}")
+        published = f"{r['paper_amd_speedup']:.2f}" if r["paper_amd_speedup"] is not None else "-"
+        print(f"{r['dataset']:<13}{r['path']:<21}{r['mean_ms']:>9.3f}{r['speedup']:>10.2f}{published:>10}")
     return 0
 
 
