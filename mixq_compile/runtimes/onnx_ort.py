@@ -726,15 +726,26 @@ def _linear(g: _Graph, node: fx.Node) -> Value:
 
 
 def _batch_norm(g: _Graph, node: fx.Node, module: ModeBatchNorm) -> Value:
-    """Inference batch norm over dim 1 (running statistics)."""
-    x, weight, bias, mean, var = (g.value(a) if a is not None else None for a in node.args)
+    """Inference batch norm over dim 1 (running statistics), from a :class:`ModeBatchNorm` call."""
+    return _batch_norm_eval(g, node, node.args[:5], module.eps)
+
+
+def _aten_batch_norm(g: _Graph, node: fx.Node) -> Value:
+    """``aten.batch_norm`` of an FP32 program (captured in eval mode)."""
+    if _arg(node, 5, "training", False):
+        raise _unsupported(node, "batch norm in training mode; export a model in eval mode")
+    return _batch_norm_eval(g, node, node.args[:5], float(_arg(node, 7, "eps", 1e-5)))
+
+
+def _batch_norm_eval(g: _Graph, node: fx.Node, args: Sequence, eps: float) -> Value:
+    x, weight, bias, mean, var = (g.value(a) if a is not None else None for a in args)
     if mean is None or var is None:
         raise _unsupported(node, "batch norm without running statistics")
     channels = g.emit("Shape", [mean.name], torch.int64)
     weight = weight or g.emit("Expand", [g.const(1.0, torch.float32), channels.name], torch.float32)
     bias = bias or g.emit("Expand", [g.const(0.0, torch.float32), channels.name], torch.float32)
     names = [x.name, weight.name, bias.name, mean.name, var.name]
-    return g.emit("BatchNormalization", names, torch.float32, epsilon=float(module.eps))
+    return g.emit("BatchNormalization", names, torch.float32, epsilon=eps)
 
 
 def _sym_size(g: _Graph, node: fx.Node) -> Value:
@@ -960,6 +971,7 @@ CONVERTERS: dict[object, Callable[[_Graph, fx.Node], Value]] = {
     aten.masked_fill_.Scalar: _masked_fill,
     aten.where.self: _where,
     aten.linear.default: _linear,
+    aten.batch_norm.default: _aten_batch_norm,
     aten.dropout.default: _dropout,
     aten.feature_dropout.default: _dropout,
     aten.detach.default: _identity,
