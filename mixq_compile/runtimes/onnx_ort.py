@@ -1027,24 +1027,46 @@ def _remove_dead(g: _Graph) -> None:
     g.initializers = {name: t for name, t in g.initializers.items() if name in needed}
 
 
+#: ops whose output has the shape of their first input: ``Shape`` of their output is ``Shape`` of that input.
+_SHAPE_PRESERVING = {"QuantizeLinear", "DequantizeLinear", "Cast", "Clip", "Relu", "LeakyRelu", "Sigmoid", "Identity"}
+#: binary ops that keep the shape of their first input when the second is a scalar constant.
+_SCALAR_BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+
+
+def _keeps_shape(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> bool:
+    if node.op_type in _SHAPE_PRESERVING:
+        return True
+    if node.op_type in _SCALAR_BINARY and node.input[1] in initializers:
+        dims = initializers[node.input[1]].dims
+        return len(dims) <= 1 and math.prod(dims) == 1
+    return False
+
+
 def _hoist(structure: _Graph, features: _Graph, topology_inputs: set[str], model_inputs: set[str]) -> list[str]:
     """Move feature-graph nodes that depend only on topology (integer inputs, frontier, input *shapes*) into the
     structure graph, so a cached structure run does them once. Returns the values handed over (new outputs of the
     structure graph, new inputs of the feature graph, in order).
 
-    Nodes that read only initializers stay (ORT folds them; moving them would turn weights into inputs), but are
-    copied along when a hoisted node reads them.
+    ``Shape`` of a value computed elementwise from an input reads that input instead (e.g. the node count from
+    the quantized features). Nodes that read only initializers stay (ORT folds them; moving them would turn
+    weights into inputs), but are copied along when a hoisted node reads them.
     """
     constant = set(features.initializers)
     topology = set(topology_inputs)
+    same_shape: dict[str, str] = {}
     hoisted, copied = [], []
     for node in features.nodes:
         inputs = [name for name in node.input if name]
-        reads_shape_only = node.op_type in ("Shape", "Size") and all(n in model_inputs | topology for n in inputs)
-        if all(n in constant for n in inputs):
+        if _keeps_shape(node, features.initializers):
+            same_shape[node.output[0]] = same_shape.get(inputs[0], inputs[0])
+        if node.op_type == "Shape" and same_shape.get(inputs[0], inputs[0]) in model_inputs | topology:
+            node.input[0] = same_shape.get(inputs[0], inputs[0])
+            topology.update(node.output)
+            hoisted.append(node)
+        elif all(n in constant for n in inputs):
             constant.update(node.output)
             copied.append(node)
-        elif reads_shape_only or all(n in topology or n in constant for n in inputs):
+        elif all(n in topology or n in constant for n in inputs):
             topology.update(node.output)
             hoisted.append(node)
     if not hoisted:
@@ -1054,7 +1076,12 @@ def _hoist(structure: _Graph, features: _Graph, topology_inputs: set[str], model
     read_later = {name for n in remaining for name in n.input} | {v.name for v in features.outputs}
     handed = [name for n in hoisted for name in n.output if name in read_later]
     needed = {name for n in hoisted for name in n.input}
-    structure.nodes += [n for n in copied if any(o in needed for o in n.output)] + hoisted
+    copies = []
+    for node in reversed(copied):
+        if any(o in needed for o in node.output):
+            copies.append(node)
+            needed.update(node.input)
+    structure.nodes += copies[::-1] + hoisted
     structure.initializers.update({k: v for k, v in features.initializers.items() if k in needed})
     features.nodes = remaining
     return handed
