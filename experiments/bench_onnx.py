@@ -5,7 +5,8 @@
 GCN (hidden 128) frozen at 8 bits everywhere and at a mixed configuration (4/2-bit weights, 4-bit edge weights),
 each exported with ``backend="onnx"`` and loaded with ``cache_structure=True`` (transductive: self loops,
 normalisation and edge sorting happen once). All variants are timed round-robin in one process, so load from other
-jobs hits them alike; the median of ``--calls`` calls is reported. Every integer artifact is also checked against
+jobs hits them alike; the median of ``--calls`` calls is reported. onnxruntime runs 2 intra-op threads; PyG eager
+runs with 2 torch threads and, as a second entry, with 1. Every integer artifact is also checked against
 the PyTorch integer executor. ``--profile`` writes onnxruntime per-op profiles of the integer artifacts.
 """
 
@@ -85,6 +86,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         fp32 = load_artifact(export(model, args, Path(tmp) / "fp32", backend="onnx"), cache_structure=True)
         candidates["onnx_fp32"] = lambda: fp32(*args)
+        if opts.profile is not None:
+            _profile(fp32.path, args, opts.profile / "fp32")
         for name, qmodel in frozen.items():
             path = export(qmodel, args, Path(tmp) / name, backend="onnx")
             artifact = load_artifact(path, cache_structure=True)
@@ -99,6 +102,7 @@ def main() -> None:
             if opts.profile is not None:
                 _profile(path, args, opts.profile / name)
         candidates["pyg_fp32_eager"] = lambda: model(*args)
+        candidates["pyg_fp32_eager_1thread"] = lambda: _one_thread(model, args)
         times = round_robin(candidates, opts.calls)
     medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     result = {
@@ -110,6 +114,15 @@ def main() -> None:
         "threads": 2,
     }
     print(json.dumps(result, indent=1))
+
+
+def _one_thread(model: torch.nn.Module, args: tuple) -> object:
+    """PyG eager on one thread: with other jobs on the machine, two OpenMP threads can be far slower than one."""
+    torch.set_num_threads(1)
+    try:
+        return model(*args)
+    finally:
+        torch.set_num_threads(2)
 
 
 def _profile(path: Path, args: tuple, out: Path) -> None:

@@ -415,9 +415,24 @@ def _dequantize_acc(g: _Graph, node: fx.Node) -> Value:
 
 
 def _center(g: _Graph, node: fx.Node) -> Value:
-    """``q - zero`` in int32."""
-    q = g.value(node.args[0])
-    zero = g.consts[node.args[1]].to(torch.int32) + (CODE_OFFSET if q.offset else 0)
+    """``q - zero`` in int32. Centering gathered messages (``center(index_select(q, idx))``, one message per edge)
+    is done on the node codes before the gather, which is the same value with E/N times fewer casts and subtracts."""
+    source, zero_node = node.args
+    zero = g.consts[zero_node]
+    if _gathers_rows_for(source, node) and zero.numel() == 1:
+        codes, dim, index = source.args
+        centered = _centered(g, g.value(codes), zero)
+        return g.emit("Gather", [centered.name, g.value(index).name], torch.int32, axis=dim)
+    return _centered(g, g.value(source), zero)
+
+
+def _gathers_rows_for(source, user: fx.Node) -> bool:
+    """``source`` is an ``index_select`` read only by ``user``."""
+    return isinstance(source, fx.Node) and source.target == aten.index_select.default and list(source.users) == [user]
+
+
+def _centered(g: _Graph, q: Value, zero: Tensor) -> Value:
+    zero = zero.to(torch.int32) + (CODE_OFFSET if q.offset else 0)
     wide = g.emit("Cast", [q.name], torch.int32, to=TensorProto.INT32) if q.dtype != torch.int32 else q
     if not zero.any():
         return wide
