@@ -64,6 +64,7 @@ _ONNX_TYPES = {
     torch.uint8: TensorProto.UINT8,
     torch.bool: TensorProto.BOOL,
 }
+_TORCH_TYPES = {torch.empty(0, dtype=t).numpy().dtype: t for t in _ONNX_TYPES}
 #: narrow integer initializers: (ONNX type, ml_dtypes type, lowest, highest), narrowest first.
 _NARROW_INTS = ((TensorProto.INT2, ml_dtypes.int2, -2, 1), (TensorProto.INT4, ml_dtypes.int4, -8, 7))
 
@@ -237,7 +238,7 @@ class _Graph:
         if len(placeholders) != len(inputs):
             raise OnnxConversionError(f"program has {len(placeholders)} inputs, {len(inputs)} example tensors given")
         for node, example in zip(placeholders, inputs):
-            self.inputs.append(_value_info(node.name, example.dtype, example.shape, dynamic=True))
+            self.inputs.append(_value_info(node.name, example.dtype, example.shape))
             value = Value(node.name, example.dtype)
             self.env[node] = self.as_offset(value) if _holds_codes(node) else value
         for node in self.module.graph.nodes:
@@ -311,12 +312,12 @@ def _holds_codes(node: fx.Node) -> bool:
     return isinstance(val, Tensor) and val.dtype == torch.int8
 
 
-def _value_info(name: str, dtype: torch.dtype, shape, dynamic: bool = False) -> onnx.ValueInfoProto:
-    """Graph input/output type. Inputs: every dim symbolic except size-1 dims (broadcast columns such as ``[E, 1]``
-    edge weights); outputs: rank only when known, else unknown dims of the inferred rank (filled in later)."""
+def _value_info(name: str, dtype: torch.dtype, shape) -> onnx.ValueInfoProto:
+    """Graph input/output type: every dim symbolic except size-1 dims (broadcast columns such as ``[E, 1]`` edge
+    weights); no shape at all when ``shape`` is None (outputs, typed after an example run in :func:`_finish`)."""
     if shape is None:
         return helper.make_tensor_value_info(name, _ONNX_TYPES[dtype], None)
-    dims = [1 if size == 1 else f"{name}_{i}" for i, size in enumerate(shape)] if dynamic else list(shape)
+    dims = [1 if size == 1 else f"{name}_{i}" for i, size in enumerate(shape)]
     return helper.make_tensor_value_info(name, _ONNX_TYPES[dtype], dims)
 
 
@@ -1030,9 +1031,10 @@ CONVERTERS: dict[object, Callable[[_Graph, fx.Node], Value]] = {
 # ----------------------------------------------------------------------------------------------------------------
 # graph passes: dead code, hoisting topology work into the structure graph
 # ----------------------------------------------------------------------------------------------------------------
-def _remove_dead(g: _Graph) -> None:
-    """Drop nodes and initializers nothing reads (converters leave unused helpers, e.g. expanded indices)."""
-    needed = {v.name for v in g.outputs}
+def _remove_dead(g: _Graph, also_keep: Sequence[str] = ()) -> None:
+    """Drop nodes and initializers that neither the outputs nor ``also_keep`` need (converters leave unused
+    helpers, e.g. the expanded index of a scatter that became a segment sum)."""
+    needed = {v.name for v in g.outputs} | set(also_keep)
     kept = []
     for node in reversed(g.nodes):
         if any(name in needed for name in node.output):
@@ -1104,8 +1106,7 @@ def _hoist(structure: _Graph, features: _Graph, topology_inputs: set[str], model
 
 def _to_value_info(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
     """Type of a handed-over or output tensor from an example run: its dtype and rank, every dim symbolic."""
-    dims = [1 if size == 1 else f"{name}_{i}" for i, size in enumerate(array.shape)]
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), dims)
+    return _value_info(name, _TORCH_TYPES[array.dtype], array.shape)
 
 
 def _session(model: onnx.ModelProto | str | Path, threads: int = 2):
@@ -1157,9 +1158,7 @@ def convert_program(program: IntegerProgram, example_inputs: Sequence[Tensor]) -
     topology = set(frontier_names) | {n for n, t in zip(model_inputs, example_inputs) if not t.is_floating_point()}
     handed = _hoist(structure, features, topology, set(model_inputs))
     _remove_dead(features)
-    structure.outputs += [Value(name, features.dtypes[name]) for name in handed]
-    _remove_dead(structure)
-    structure.outputs = structure.outputs[: len(frontier_names)]
+    _remove_dead(structure, also_keep=handed)
     feeds = {name: t.numpy() for name, t in zip(model_inputs, example_inputs)}
     structure_model, handed_values = _finish(structure, handed, features.dtypes, feeds)
     features.inputs += [_to_value_info(n, a) for n, a in zip(handed, handed_values[len(frontier_names) :])]
