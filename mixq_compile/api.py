@@ -6,7 +6,7 @@ import copy
 import warnings
 from collections.abc import Mapping, Sequence
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from .capture import capture
 from .config import QuantConfig
@@ -102,6 +102,11 @@ def bitops(
         avg = sum(chosen.values()) / len(chosen)
         return as_report(convention, costs, avg, model_bytes(model, weight_bits))
     gm, _ = capture(model, args)
+    return captured_fp32_bitops(gm, model, args, convention)
+
+
+def captured_fp32_bitops(gm: fx.GraphModule, model: nn.Module, args: tuple, convention: str) -> BitOpsReport:
+    """BitOPs of an FP32 model already captured as ``gm`` (every width 32); ``gm`` only gains plan metadata."""
     gm = find_sites(gm, QuantConfig())
     shapes = record_shapes(gm, args)
     costs = fp32_bitops(gm, gm.meta["mixq_plan"], shapes, convention)

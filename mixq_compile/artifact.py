@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from .api import bitops
+from .api import bitops, captured_fp32_bitops
 from .atomic import write_directory
 from .capture import InputSpec, capture, check_signature
+from .cost.bitops import BitOpsReport
 from .errors import MixQError
 from .integer.program import IntegerProgram, lower
 from .model import QuantizedModel
@@ -52,8 +53,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cost_entries(model: nn.Module, args: tuple[Tensor, ...]) -> dict:
-    reports = {c: bitops(model, args, convention=c) for c in ("wa", "paper")}
+def _cost_entries(reports: dict[str, BitOpsReport]) -> dict:
     return {
         "bitops": {c: r.bitops for c, r in reports.items()},
         "avg_bits": reports["wa"].avg_bits,
@@ -63,15 +63,19 @@ def _cost_entries(model: nn.Module, args: tuple[Tensor, ...]) -> dict:
 
 def lower_for_export(
     model: nn.Module, example_inputs: tuple[Tensor, ...], fixed_point: bool = False
-) -> tuple[IntegerProgram, str]:
-    """The program to export and its precision: a frozen model's integer program, or an FP32 model's float one."""
+) -> tuple[IntegerProgram, str, dict]:
+    """The program to export, its precision and its cost entries: a frozen model's integer program, or an FP32
+    model's float one (captured once)."""
+    conventions = ("wa", "paper")
     if isinstance(model, QuantizedModel):
         if model.is_mixed:
             raise ValueError("export() needs a frozen model: call mixq_compile.freeze(qmodel) first")
         model.check_inputs(example_inputs)
-        return lower(model.eval(), fixed_point=fixed_point), "integer"
+        costs = _cost_entries({c: bitops(model, example_inputs, convention=c) for c in conventions})
+        return lower(model.eval(), fixed_point=fixed_point), "integer", costs
     gm, specs = capture(model.eval(), example_inputs)
-    return lower(_Captured(gm.eval(), specs)), "fp32"
+    costs = _cost_entries({c: captured_fp32_bitops(gm, model, example_inputs, c) for c in conventions})
+    return lower(_Captured(gm.eval(), specs)), "fp32", costs
 
 
 def export(
@@ -90,8 +94,7 @@ def export(
     """
     runtime = get_backend(backend)
     args = tuple(example_inputs)
-    program, precision = lower_for_export(model, args, fixed_point)
-    costs = _cost_entries(model, args)
+    program, precision, costs = lower_for_export(model, args, fixed_point)
 
     def fill(directory: Path) -> None:
         entries = runtime.export(program, args, directory)
