@@ -32,6 +32,7 @@ def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["skipped_backends"] == {"nope": "not built into this mixq_compile"}
     assert summary["ratios"]["torch"]["eager_over_int8"] > 0
+    assert [r["config"] for r in rows if r["backend"] == "eager"] == ["fp32", "fp32_cached"]
     assert (tmp_path / "latency_vs_bitops.png").stat().st_size > 1000
 
 
