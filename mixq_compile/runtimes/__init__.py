@@ -9,6 +9,7 @@ from .base import Backend, BackendUnavailableError
 #: backend name -> "module:class"; modules are imported on first use so optional dependencies stay optional.
 BACKENDS = {
     "torch": "mixq_compile.runtimes.torch_pt2:TorchBackend",
+    "tvm": "mixq_compile.runtimes.tvm_relax:TvmBackend",
 }
 
 

@@ -3,7 +3,7 @@
 TVM's default CPU pipeline gives these loops no schedule (single thread, scalar; ~50x slower than PyTorch on
 Cora, TOOLCHAIN_NOTES.md §Q4), and MetaSchedule tuning takes minutes per model. These PrimFuncs are written already
 scheduled — parallel over rows (``num-cores`` threads), vectorized over output channels — and are marked
-``tir.is_scheduled`` so later passes leave them alone. Shapes are baked in except the row/edge counts, which stay
+``tirx.is_scheduled`` so later passes leave them alone. Shapes are baked in except the row/edge counts, which stay
 symbolic (one build serves every graph size).
 
 - :func:`dense_vnni`: int8 x int8 -> int32 with AVX-512 VNNI (``vpdpbusd``, 64 MACs per instruction). ``vpdpbusd``
@@ -28,7 +28,7 @@ LANES = 16
 VNNI_K = 4
 #: xor mask that maps int8 codes q to the uint8 bytes of q + 128 in each byte of an int32.
 _FLIP = -2139062144  # 0x80808080 as int32
-_SCHEDULED = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8}  # 8 = kOpaque: never fused
+_SCHEDULED = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8}  # 8 = kOpaque: never fused
 
 
 def _blocks(width: int) -> int:
@@ -62,7 +62,7 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
     k_full = k // VNNI_K  # steps whose 4 activation bytes are all in range; a tail step is padded below
     tail = k - k_full * VNNI_K
 
-    @T.prim_func
+    @T.prim_func(s_tir=True)
     def kernel(a: T.handle, wp: T.handle, corr: T.handle, c: T.handle):
         T.func_attr(_SCHEDULED)
         n = T.int64()
@@ -70,38 +70,37 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
         W = T.match_buffer(wp, (kb, ob * 64), "int8")
         Corr = T.match_buffer(corr, (o,), "int32")
         C = T.match_buffer(c, (n, o), "int32")
-        for i in T.parallel(n):
-            acc = T.decl_buffer((ob * LANES,), "int32", scope="local")
-            for v in T.vectorized(ob * LANES):
-                acc[v] = 0
-            for s in range(k_full):
-                a32 = T.bitwise_xor(T.reinterpret("int32", A.vload([i, s * 4], "int8x4")), T.int32(_FLIP))
-                for b in T.unroll(ob):
-                    acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        "int32x16",
-                        "llvm.x86.avx512.vpdpbusd.512",
-                        acc.vload([b * 16], "int32x16"),
-                        T.reinterpret("int8x64", T.broadcast(a32, 16)),
-                        W.vload([s, b * 64], "int8x64"),
-                    )
-            if tail > 0:
-                # bytes past K read as -128, which flips to 0; their packed weights are 0 anyway
-                last = T.decl_buffer((VNNI_K,), "int8", scope="local")
-                for t in range(VNNI_K):
-                    last[t] = T.if_then_else(
-                        k_full * 4 + t < k, A[i, T.min(k_full * 4 + t, k - 1)], T.int8(-128)
-                    )
-                a_last = T.bitwise_xor(T.reinterpret("int32", last.vload([0], "int8x4")), T.int32(_FLIP))
-                for b in T.unroll(ob):
-                    acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        "int32x16",
-                        "llvm.x86.avx512.vpdpbusd.512",
-                        acc.vload([b * 16], "int32x16"),
-                        T.reinterpret("int8x64", T.broadcast(a_last, 16)),
-                        W.vload([k_full, b * 64], "int8x64"),
-                    )
-            for v in T.vectorized(o):
-                C[i, v] = acc[v] - Corr[v]
+        with T.sblock("root"):
+            for i in T.parallel(n):
+                acc = T.decl_buffer((ob * LANES,), "int32", scope="local")
+                for v in T.vectorized(ob * LANES):
+                    acc[v] = 0
+                for s in range(k_full):
+                    a32 = T.bitwise_xor(T.reinterpret("int32", A.vload([i, s * 4], "int8x4")), T.int32(_FLIP))
+                    for b in T.unroll(ob):
+                        acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16",
+                            "llvm.x86.avx512.vpdpbusd.512",
+                            acc.vload([b * 16], "int32x16"),
+                            T.reinterpret("int8x64", T.broadcast(a32, 16)),
+                            W.vload([s, b * 64], "int8x64"),
+                        )
+                if tail > 0:
+                    # bytes past K read as -128, which flips to 0; their packed weights are 0 anyway
+                    last = T.decl_buffer((VNNI_K,), "int8", scope="local")
+                    for t in range(VNNI_K):
+                        last[t] = T.if_then_else(k_full * 4 + t < k, A[i, T.min(k_full * 4 + t, k - 1)], T.int8(-128))
+                    a_last = T.bitwise_xor(T.reinterpret("int32", last.vload([0], "int8x4")), T.int32(_FLIP))
+                    for b in T.unroll(ob):
+                        acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16",
+                            "llvm.x86.avx512.vpdpbusd.512",
+                            acc.vload([b * 16], "int32x16"),
+                            T.reinterpret("int8x64", T.broadcast(a_last, 16)),
+                            W.vload([k_full, b * 64], "int8x64"),
+                        )
+                for v in T.vectorized(o):
+                    C[i, v] = acc[v] - Corr[v]
 
     return kernel
 
@@ -110,7 +109,7 @@ def dense_f32(k: int, o: int) -> tirx.PrimFunc:
     """``C[n, o] = Σ_k A[n, k] W^T[k, o] + bias[o]`` in float32; ``W^T`` is padded to whole vector registers."""
     width = _blocks(o) * LANES
 
-    @T.prim_func
+    @T.prim_func(s_tir=True)
     def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle):
         T.func_attr(_SCHEDULED)
         n = T.int64()
@@ -118,15 +117,16 @@ def dense_f32(k: int, o: int) -> tirx.PrimFunc:
         W = T.match_buffer(w, (k, width), "float32")
         B = T.match_buffer(bias, (o,), "float32")
         C = T.match_buffer(c, (n, o), "float32")
-        for i in T.parallel(n):
-            acc = T.decl_buffer((width,), "float32", scope="local")
-            for v in T.vectorized(width):
-                acc[v] = T.float32(0)
-            for s in range(k):
+        with T.sblock("root"):
+            for i in T.parallel(n):
+                acc = T.decl_buffer((width,), "float32", scope="local")
                 for v in T.vectorized(width):
-                    acc[v] = acc[v] + A[i, s] * W[s, v]
-            for v in T.vectorized(o):
-                C[i, v] = acc[v] + B[v]
+                    acc[v] = T.float32(0)
+                for s in range(k):
+                    for v in T.vectorized(width):
+                        acc[v] = acc[v] + A[i, s] * W[s, v]
+                for v in T.vectorized(o):
+                    C[i, v] = acc[v] + B[v]
 
     return kernel
 
@@ -138,7 +138,7 @@ def pad_columns(w_t: np.ndarray) -> np.ndarray:
     return padded
 
 
-@T.prim_func
+@T.prim_func(s_tir=True)
 def csr_rowptr(dst: T.handle, rowptr: T.handle):
     """Row pointers of target-sorted edges: ``rowptr[i] = #{e : dst[e] < i}``. Sequential and O(E + N), which
     is microseconds for graphs of this size; out-of-range targets are ignored."""
@@ -147,13 +147,14 @@ def csr_rowptr(dst: T.handle, rowptr: T.handle):
     rows = T.int64()
     Dst = T.match_buffer(dst, (e,), "int64")
     Rowptr = T.match_buffer(rowptr, (rows,), "int64")
-    for i in range(rows):
-        Rowptr[i] = T.int64(0)
-    for j in range(e):
-        if Dst[j] >= 0 and Dst[j] + 1 < rows:
-            Rowptr[Dst[j] + 1] = Rowptr[Dst[j] + 1] + T.int64(1)
-    for i in range(rows - 1):
-        Rowptr[i + 1] = Rowptr[i + 1] + Rowptr[i]
+    with T.sblock("root"):
+        for i in range(rows):
+            Rowptr[i] = T.int64(0)
+        for j in range(e):
+            if Dst[j] >= 0 and Dst[j] + 1 < rows:
+                Rowptr[Dst[j] + 1] = Rowptr[Dst[j] + 1] + T.int64(1)
+        for i in range(rows - 1):
+            Rowptr[i + 1] = Rowptr[i + 1] + Rowptr[i]
 
 
 def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, centered: bool) -> tirx.PrimFunc:
@@ -166,7 +167,7 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
     use_weight = weight_dtype is not None
     w_dtype = weight_dtype or acc_dtype
 
-    @T.prim_func
+    @T.prim_func(s_tir=True)
     def kernel(rowptr: T.handle, col: T.handle, weight: T.handle, table: T.handle, zero: T.handle, out: T.handle):
         T.func_attr(_SCHEDULED)
         n = T.int64()
@@ -179,17 +180,18 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
         Wt = T.match_buffer(weight, (ew,), w_dtype)
         H = T.match_buffer(table, (m, channels), table_dtype)
         Z = T.match_buffer(zero, (channels,), acc_dtype)
-        for i in T.parallel(n):
-            for c in T.vectorized(channels):
-                Out[i, c] = T.Cast(acc_dtype, 0)
-            for j in range(Rowptr[i + 1] - Rowptr[i]):
-                edge = Rowptr[i] + j
-                src = Col[edge]
-                w = T.Cast(acc_dtype, Wt[edge]) if use_weight else T.Cast(acc_dtype, 1)
+        with T.sblock("root"):
+            for i in T.parallel(n):
                 for c in T.vectorized(channels):
-                    if centered:
-                        Out[i, c] = Out[i, c] + w * (T.Cast(acc_dtype, H[src, c]) - Z[c])
-                    else:
-                        Out[i, c] = Out[i, c] + w * T.Cast(acc_dtype, H[src, c])
+                    Out[i, c] = T.Cast(acc_dtype, 0)
+                for j in range(Rowptr[i + 1] - Rowptr[i]):
+                    edge = Rowptr[i] + j
+                    src = Col[edge]
+                    w = T.Cast(acc_dtype, Wt[edge]) if use_weight else T.Cast(acc_dtype, 1)
+                    for c in T.vectorized(channels):
+                        if centered:
+                            Out[i, c] = Out[i, c] + w * (T.Cast(acc_dtype, H[src, c]) - Z[c])
+                        else:
+                            Out[i, c] = Out[i, c] + w * T.Cast(acc_dtype, H[src, c])
 
     return kernel

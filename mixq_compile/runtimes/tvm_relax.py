@@ -1,0 +1,140 @@
+"""The ``tvm`` backend: the feature program as a compiled Apache TVM Relax module (``features.so``).
+
+- **Features** are translated node by node into Relax (:mod:`mixq_compile.runtimes.tvm_convert`), with symbolic
+  node/edge counts, built for the host CPU (``{"kind": "llvm", "mcpu": <host>, "num-cores": <threads>}``),
+  written with ``export_library`` and reloaded with ``tvm.runtime.load_module``. Dense layers and aggregations run
+  hand-scheduled kernels (:mod:`mixq_compile.runtimes.tvm_kernels`), so no tuning is needed at export time.
+- **Structure** (self loops, normalisation, edge-weight codes) stays a ``torch.export`` program (``structure.pt2``,
+  as in the ``torch`` backend): it uses boolean-mask indexing, whose data-dependent shapes TVM cannot compile
+  (TOOLCHAIN_NOTES.md §Q4). It also sorts each aggregation's edges by target for the CSR kernels. Loading a TVM
+  artifact therefore needs torch as well as TVM; with ``load_artifact(..., cache_structure=True)`` the structure
+  part runs once per graph.
+
+The ``.so`` is built for this machine's CPU (it uses AVX-512 VNNI when present); re-export on another CPU type.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..integer.program import IntegerProgram
+from .base import Backend, Runner
+from .torch_pt2 import export_program, load_pt2
+
+STRUCTURE_FILE = "structure.pt2"
+FEATURES_FILE = "features.so"
+INSTALL_HINT = "pip install 'mixq_compile[tvm]'"
+
+
+def host_target(threads: int | None = None) -> dict:
+    """The llvm target for this CPU as a JSON dict (TVM 0.27 rejects CLI target strings)."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": threads or torch.get_num_threads()}
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import tvm  # noqa: F401
+            from tvm import relax  # noqa: F401
+        except ImportError as error:
+            return f"Apache TVM is not importable ({error}); install it with {INSTALL_HINT}"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        import tvm
+
+        return {"tvm": tvm.__version__, "tvm_ffi": metadata.version("apache-tvm-ffi")}
+
+    def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
+        self.require()
+        import tvm
+
+        from . import tvm_convert
+
+        frontier = tuple(program.structure(*example_inputs))
+        aggregations = tvm_convert.find_aggregations(program.features, len(example_inputs), frontier)
+        structure = export_program(tvm_convert.sorted_structure(program.structure, aggregations), example_inputs)
+        torch.export.save(structure, directory / STRUCTURE_FILE)
+
+        target_json = host_target()
+        target = tvm.target.Target(target_json)
+        use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
+        converter = tvm_convert.Converter(program.features, aggregations, use_vnni)
+        module = converter.build(_params(structure, program.features))
+        executable = tvm.compile(module, target, relax_pipeline=tvm_convert.pipeline(target))
+        executable.export_library(str(directory / FEATURES_FILE))
+        return {
+            "structure": STRUCTURE_FILE,
+            "features": FEATURES_FILE,
+            "target": target_json,
+            "csr_aggregations": len(aggregations),
+        }
+
+    def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
+        self.require()
+        structure = load_pt2(directory / entries["structure"])
+
+        def aligned_structure(*inputs: Tensor) -> tuple[Tensor, ...]:
+            return tuple(aligned(t) for t in structure(*inputs))
+
+        return aligned_structure, load_features(directory / entries["features"])
+
+
+def aligned(t: Tensor) -> Tensor:
+    """``t`` contiguous and 64-byte aligned, as TVM's DLPack import requires (compiled kernels assume aligned
+    buffers). Views into a larger tensor (e.g. one row of ``edge_index``) get copied; others pass through."""
+    t = t.detach().contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def load_features(path: Path) -> Runner:
+    """A compiled feature module as a callable on torch tensors (zero-copy through DLPack both ways)."""
+    import tvm
+    from tvm import relax
+
+    machine = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    main = machine["main"]
+
+    def run(*inputs: Tensor) -> tuple[Tensor, ...]:
+        outputs = main(*(tvm.runtime.from_dlpack(aligned(t)) for t in inputs))
+        return tuple(torch.from_dlpack(o) for o in outputs)
+
+    return run
+
+
+def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphModule) -> list:
+    """Relax parameters of the feature function: the model inputs, then the structure outputs (frontier and sorted
+    edges), typed from the exported structure program so every size shares one set of symbols (e.g. the node count
+    of ``x`` and of the aggregation outputs is the same ``tirx.Var``)."""
+    from tvm import tirx
+
+    from .tvm_convert import Param
+
+    user_inputs = set(structure.graph_signature.user_inputs)
+    placeholders = [n for n in structure.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    output = next(n for n in structure.graph.nodes if n.op == "output")
+    values = [n.meta["val"] for n in placeholders] + [n.meta["val"] for n in output.args[0]]
+    names = [n.name for n in features.graph.nodes if n.op == "placeholder"]
+    names += [f"sorted_{i}" for i in range(len(values) - len(names))]
+    symbols: dict[str, tirx.Var] = {}
+
+    def dim(size: int | torch.SymInt) -> object:
+        if isinstance(size, int):
+            return size
+        key = str(size.node.expr)
+        if key not in symbols:
+            symbols[key] = tirx.Var(re.sub(r"\W+", "_", key), "int64")
+        return symbols[key]
+
+    return [
+        Param(name, str(v.dtype).removeprefix("torch."), [dim(s) for s in v.shape]) for name, v in zip(names, values)
+    ]
