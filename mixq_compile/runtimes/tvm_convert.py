@@ -551,7 +551,7 @@ def _scatter_add(c: Converter, node: fx.Node) -> relax.Expr:
         raise _unsupported(node, "an in-place scatter_add_ on a tensor that is also read elsewhere")
     if node in c.aggregations:
         size = base.args[1] if base.target == aten.new_zeros.default else base.args[0]
-        return _csr(c, c.aggregations[node], size, c._dtype(tensor(base)))
+        return _csr(c, c.aggregations[node], size, _dtype(c.tensor(base)))
     values = c.tensor(base)
     return c.emit(relax.op.scatter_elements(values, c.tensor(index), c.tensor(src), axis=dim, reduction="add"))
 

@@ -115,6 +115,7 @@ def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphMod
     """Relax parameters of the feature function: the model inputs, then the structure outputs (frontier and sorted
     edges), typed from the exported structure program so every size shares one set of symbols (e.g. the node count
     of ``x`` and of the aggregation outputs is the same ``tirx.Var``)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
     from tvm import tirx
 
     from .tvm_convert import Param
@@ -123,18 +124,22 @@ def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphMod
     placeholders = [n for n in structure.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
     output = next(n for n in structure.graph.nodes if n.op == "output")
     values = [n.meta["val"] for n in placeholders] + [n.meta["val"] for n in output.args[0]]
-    names = [n.name for n in features.graph.nodes if n.op == "placeholder"]
-    names += [f"sorted_{i}" for i in range(len(values) - len(names))]
+    feature_inputs = [n for n in features.graph.nodes if n.op == "placeholder"]
+    names = [n.name for n in feature_inputs] + [f"sorted_{i}" for i in range(len(values) - len(feature_inputs))]
+    # sizes the feature program fixed (e.g. the input width, which the structure program never reads)
+    known = [getattr(n.meta.get("val"), "shape", None) for n in feature_inputs] + [None] * len(values)
     symbols: dict[str, tirx.Var] = {}
 
-    def dim(size: int | torch.SymInt) -> object:
-        if isinstance(size, int):
-            return size
+    def dim(size: int | torch.SymInt, fixed: object) -> object:
+        for value in (size, fixed):
+            if value is not None and is_concrete_int(value):
+                return int(value)
         key = str(size.node.expr)
         if key not in symbols:
             symbols[key] = tirx.Var(re.sub(r"\W+", "_", key), "int64")
         return symbols[key]
 
     return [
-        Param(name, str(v.dtype).removeprefix("torch."), [dim(s) for s in v.shape]) for name, v in zip(names, values)
+        Param(name, str(v.dtype).removeprefix("torch."), [dim(s, f[d] if f else None) for d, s in enumerate(v.shape)])
+        for name, v, f in zip(names, values, known)
     ]
