@@ -248,6 +248,15 @@ class Converter:
         return converter(self, node)
 
 
+def check_supported(gm: fx.GraphModule) -> None:
+    """Fail fast, before the slow structure export and build, on the first op without a converter."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target not in CONVERTERS:
+            raise _unsupported(node, "no converter for this op")
+        if node.op in ("call_module", "call_method"):
+            raise _unsupported(node, f"{node.op} nodes are not supported")
+
+
 def _fetch(gm: fx.GraphModule, target: str) -> Tensor:
     value = gm
     for part in target.split("."):
@@ -351,9 +360,9 @@ def _linear_int(c: Converter, node: fx.Node) -> relax.Expr:
     w, zero, sums = c.array(w_t), c.array(x_zero), c.array(w_sum)
     b = None if bias is None else c.array(bias)
     k = _static(_shape(x)[-1])
-    vnni = c.use_vnni and _dtype(x) == "int8" and w is not None and w.dtype == np.int8
+    vnni = c.use_vnni and _dtype(x) == "int8" and w is not None and w.dtype == np.int8 and sums is not None
     if vnni and zero is not None and zero.size == 1 and k is not None and (bias is None or b is not None):
-        return _rows(c, x, lambda flat: _dense_vnni(c, flat, w, int(zero.reshape(())), b))
+        return _rows(c, x, lambda flat: _dense_vnni(c, flat, w, sums, int(zero.reshape(())), b))
     acc = c.emit(relax.op.matmul(c.tensor(q_x, "int32"), c.tensor(w_t, "int32"), out_dtype="int32"))
     folded = c.emit(relax.op.multiply(c.tensor(x_zero, "int32"), c.tensor(w_sum, "int32")))
     acc = c.emit(relax.op.subtract(acc, folded))
@@ -370,10 +379,12 @@ def _rows(c: Converter, x: relax.Expr, dense: Callable[[relax.Expr], relax.Expr]
     return c.emit(relax.op.reshape(out, [*shape[:-1], _shape(out)[-1]]))
 
 
-def _dense_vnni(c: Converter, x: relax.Expr, w_t: np.ndarray, zero: int, bias: np.ndarray | None) -> relax.Expr:
+def _dense_vnni(
+    c: Converter, x: relax.Expr, w_t: np.ndarray, w_sum: np.ndarray, zero: int, bias: np.ndarray | None
+) -> relax.Expr:
     k, o = w_t.shape
     packed = relax.const(TK.pack_vnni_weight(w_t))
-    correction = relax.const(TK.vnni_correction(w_t, zero, bias))
+    correction = relax.const(TK.vnni_correction(w_sum, zero, bias))
     return c.call_kernel(TK.dense_vnni(k, o), "dense_vnni", [x, packed, correction], [_shape(x)[0], o], "int32")
 
 

@@ -48,11 +48,12 @@ def pack_vnni_weight(w_t: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(kb, VNNI_K, ob, LANES).transpose(0, 2, 3, 1).reshape(kb, ob * 64))
 
 
-def vnni_correction(w_t: np.ndarray, x_zero: int, bias: np.ndarray | None) -> np.ndarray:
-    """Per-channel int32 term subtracted from the ``vpdpbusd`` sums: ``(128 + z_x) Σ_k W^T[k, o] - bias[o]``."""
-    corr = (128 + int(x_zero)) * w_t.astype(np.int64).sum(axis=0)
+def vnni_correction(w_sum: np.ndarray, x_zero: int, bias: np.ndarray | None) -> np.ndarray:
+    """Per-channel int32 term subtracted from the ``vpdpbusd`` sums: ``(128 + z_x) w_sum[o] - bias[o]``, with
+    ``w_sum[o] = Σ_k W^T[k, o]``."""
+    corr = (128 + int(x_zero)) * w_sum.astype(np.int64).reshape(-1)
     if bias is not None:
-        corr = corr - bias.astype(np.int64)
+        corr = corr - bias.astype(np.int64).reshape(-1)
     return corr.astype(np.int32)
 
 

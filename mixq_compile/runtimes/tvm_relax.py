@@ -60,6 +60,7 @@ class TvmBackend(Backend):
 
         from . import tvm_convert
 
+        tvm_convert.check_supported(program.features)
         frontier = tuple(program.structure(*example_inputs))
         aggregations = tvm_convert.find_aggregations(program.features, len(example_inputs), frontier)
         structure = export_program(tvm_convert.sorted_structure(program.structure, aggregations), example_inputs)
