@@ -57,9 +57,20 @@ def vnni_correction(w_sum: np.ndarray, x_zero: int, bias: np.ndarray | None) -> 
     return corr.astype(np.int32)
 
 
+def row_block(o: int) -> int:
+    """Rows computed together so each weight vector loaded is used several times: as many as keep the
+    accumulators (rows x output vectors) within 24 of the 32 zmm registers (measured on Cora's 1433 -> 128 layer:
+    1 row 10.2 ms, 2 rows 6.3 ms, 3 rows 4.1 ms under the same load; 6 rows spill and slow down again)."""
+    return max(1, min(8, 24 // _blocks(o)))
+
+
 def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
-    """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` for int8 A (codes, row-major ``[n, k]``) and a packed W."""
-    kb, ob = (k + VNNI_K - 1) // VNNI_K, _blocks(o)
+    """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` for int8 A (codes, row-major ``[n, k]``) and a packed W.
+
+    Rows go in blocks of :func:`row_block`; the last block re-computes row ``n - 1`` for its missing rows (same
+    values, same thread), which keeps the loop free of predicates.
+    """
+    kb, ob, rows = (k + VNNI_K - 1) // VNNI_K, _blocks(o), row_block(o)
     k_full = k // VNNI_K  # steps whose 4 activation bytes are all in range; a tail step is padded below
     tail = k - k_full * VNNI_K
 
@@ -72,43 +83,52 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
         Corr = T.match_buffer(corr, (o,), "int32")
         C = T.match_buffer(c, (n, o), "int32")
         with T.sblock("root"):
-            for i in T.parallel(n):
-                acc = T.decl_buffer((ob * LANES,), "int32", scope="local")
-                for v in T.vectorized(ob * LANES):
-                    acc[v] = 0
+            for i in T.parallel((n + rows - 1) // rows):
+                acc = T.decl_buffer((rows, ob * LANES), "int32", scope="local")
+                for r in T.unroll(rows):
+                    for v in T.vectorized(ob * LANES):
+                        acc[r, v] = 0
                 for s in range(k_full):
-                    a32 = T.bitwise_xor(T.reinterpret("int32", A.vload([i, s * 4], "int8x4")), T.int32(_FLIP))
-                    for b in T.unroll(ob):
-                        acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            "int32x16",
-                            "llvm.x86.avx512.vpdpbusd.512",
-                            acc.vload([b * 16], "int32x16"),
-                            T.reinterpret("int8x64", T.broadcast(a32, 16)),
-                            W.vload([s, b * 64], "int8x64"),
-                        )
+                    for r in T.unroll(rows):
+                        row = T.min(i * rows + r, n - 1)
+                        a32 = T.bitwise_xor(T.reinterpret("int32", A.vload([row, s * 4], "int8x4")), T.int32(_FLIP))
+                        for b in T.unroll(ob):
+                            acc[r, T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                "int32x16",
+                                "llvm.x86.avx512.vpdpbusd.512",
+                                acc.vload([r, b * 16], "int32x16"),
+                                T.reinterpret("int8x64", T.broadcast(a32, 16)),
+                                W.vload([s, b * 64], "int8x64"),
+                            )
                 if tail > 0:
                     # bytes past K read as -128, which flips to 0; their packed weights are 0 anyway
                     last = T.decl_buffer((VNNI_K,), "int8", scope="local")
-                    for t in range(VNNI_K):
-                        last[t] = T.if_then_else(k_full * 4 + t < k, A[i, T.min(k_full * 4 + t, k - 1)], T.int8(-128))
-                    a_last = T.bitwise_xor(T.reinterpret("int32", last.vload([0], "int8x4")), T.int32(_FLIP))
-                    for b in T.unroll(ob):
-                        acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            "int32x16",
-                            "llvm.x86.avx512.vpdpbusd.512",
-                            acc.vload([b * 16], "int32x16"),
-                            T.reinterpret("int8x64", T.broadcast(a_last, 16)),
-                            W.vload([k_full, b * 64], "int8x64"),
-                        )
-                for v in T.vectorized(o):
-                    C[i, v] = acc[v] - Corr[v]
+                    for r in T.unroll(rows):
+                        row = T.min(i * rows + r, n - 1)
+                        for t in range(VNNI_K):
+                            last[t] = T.if_then_else(
+                                k_full * 4 + t < k, A[row, T.min(k_full * 4 + t, k - 1)], T.int8(-128)
+                            )
+                        a_last = T.bitwise_xor(T.reinterpret("int32", last.vload([0], "int8x4")), T.int32(_FLIP))
+                        for b in T.unroll(ob):
+                            acc[r, T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                "int32x16",
+                                "llvm.x86.avx512.vpdpbusd.512",
+                                acc.vload([r, b * 16], "int32x16"),
+                                T.reinterpret("int8x64", T.broadcast(a_last, 16)),
+                                W.vload([k_full, b * 64], "int8x64"),
+                            )
+                for r in T.unroll(rows):
+                    for v in T.vectorized(o):
+                        C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
 
     return kernel
 
 
 def dense_f32(k: int, o: int) -> tirx.PrimFunc:
-    """``C[n, o] = Σ_k A[n, k] W^T[k, o] + bias[o]`` in float32; ``W^T`` is padded to whole vector registers."""
-    width = _blocks(o) * LANES
+    """``C[n, o] = Σ_k A[n, k] W^T[k, o] + bias[o]`` in float32; ``W^T`` is padded to whole vector registers and
+    rows go in blocks of :func:`row_block` as in :func:`dense_vnni`."""
+    width, rows = _blocks(o) * LANES, row_block(o)
 
     @T.prim_func(s_tir=True)
     def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle):
@@ -119,15 +139,18 @@ def dense_f32(k: int, o: int) -> tirx.PrimFunc:
         B = T.match_buffer(bias, (o,), "float32")
         C = T.match_buffer(c, (n, o), "float32")
         with T.sblock("root"):
-            for i in T.parallel(n):
-                acc = T.decl_buffer((width,), "float32", scope="local")
-                for v in T.vectorized(width):
-                    acc[v] = T.float32(0)
-                for s in range(k):
+            for i in T.parallel((n + rows - 1) // rows):
+                acc = T.decl_buffer((rows, width), "float32", scope="local")
+                for r in T.unroll(rows):
                     for v in T.vectorized(width):
-                        acc[v] = acc[v] + A[i, s] * W[s, v]
-                for v in T.vectorized(o):
-                    C[i, v] = acc[v] + B[v]
+                        acc[r, v] = T.float32(0)
+                for s in range(k):
+                    for r in T.unroll(rows):
+                        for v in T.vectorized(width):
+                            acc[r, v] = acc[r, v] + A[T.min(i * rows + r, n - 1), s] * W[s, v]
+                for r in T.unroll(rows):
+                    for v in T.vectorized(o):
+                        C[T.min(i * rows + r, n - 1), v] = acc[r, v] + B[v]
 
     return kernel
 
