@@ -18,6 +18,8 @@ symbolic (one build serves every graph size).
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
@@ -64,6 +66,7 @@ def row_block(o: int) -> int:
     return max(1, min(8, 24 // _blocks(o)))
 
 
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
     """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` for int8 A (codes, row-major ``[n, k]``) and a packed W.
 
@@ -125,6 +128,7 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
     return kernel
 
 
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def dense_f32(k: int, o: int) -> tirx.PrimFunc:
     """``C[n, o] = Σ_k A[n, k] W^T[k, o] + bias[o]`` in float32; ``W^T`` is padded to whole vector registers and
     rows go in blocks of :func:`row_block` as in :func:`dense_vnni`."""
@@ -181,6 +185,7 @@ def csr_rowptr(dst: T.handle, rowptr: T.handle):
             Rowptr[i + 1] = Rowptr[i + 1] + Rowptr[i]
 
 
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, centered: bool) -> tirx.PrimFunc:
     """``out[i, c] = Σ_{e in row i} w[e] * (H[col[e], c] - zero[c])`` (int32 for codes, float32 for floats).
 
