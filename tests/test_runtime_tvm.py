@@ -66,16 +66,31 @@ def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
     assert artifact.manifest["precision"] == "integer"
 
 
+def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
+    """Without the hand-written kernels (no VNNI on the CPU, aggregations not in CSR form) the same program runs
+    on Relax's own matmul and scatter_elements, and must be just as exact."""
+    import tvm
+
+    from mixq_compile.runtimes import tvm_convert
+
+    monkeypatch.setattr(tvm_convert, "find_aggregations", lambda *args: [])
+    monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
+    frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0])
+    artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))
+    assert artifact.manifest["backend_entries"]["csr_aggregations"] == 0
+
+
 def test_sage_matches_the_integer_executor(graphs, tmp_path):
     frozen = _frozen(SAGE(FEATURES, 7, hidden=32), graphs[0])
     lsb = sum(_scale(frozen, s) for s in frozen.chosen_bits() if s.startswith("conv2") and s.endswith("output"))
-    _check_integer(frozen, graphs, tmp_path, lsb)
+    artifact = _check_integer(frozen, graphs, tmp_path, lsb)
+    assert artifact.manifest["backend_entries"]["csr_aggregations"] == 2
 
 
 def test_fp32_artifact_matches_the_model(graphs, tmp_path):
     model = PlanetoidGCN(FEATURES, 7, hidden=32).eval()
     artifact = mq.load_artifact(mq.export(model, graphs[0], tmp_path / "f", backend="tvm"), cache_structure=True)
-    assert artifact.manifest["precision"] == "fp32"
+    assert artifact.manifest["precision"] == "fp32" and artifact.manifest["backend_entries"]["csr_aggregations"] == 2
     with torch.no_grad():
         for x, edge_index in graphs:
             torch.testing.assert_close(artifact(x, edge_index), model(x, edge_index), atol=1e-4, rtol=1e-4)

@@ -72,6 +72,22 @@ def _frontier_position(node: object, frontier: dict[fx.Node, int]) -> int | None
     return frontier.get(node) if isinstance(node, fx.Node) else None
 
 
+def _message_chain(msg: object) -> list[object]:
+    """``msg`` and the values it is computed from by shape-preserving steps (centering, edge-weight products):
+    an ``expand_as`` of the target index against any of them has the messages' shape."""
+    chain = [msg]
+    while isinstance(msg, fx.Node) and msg.target in (K.center, K.mul_int, aten.mul.Tensor):
+        if msg.target is K.center:
+            msg = msg.args[0]
+        else:  # the operand that is not the [E, 1] edge weight (a structure input)
+            operands = [a for a in msg.args if isinstance(a, fx.Node) and a.op != "placeholder"]
+            if len(operands) != 1:
+                break
+            msg = operands[0]
+        chain.append(msg)
+    return chain
+
+
 def _target_index(node: fx.Node, frontier: dict[fx.Node, int]) -> tuple[fx.Node, int] | None:
     """``(messages, dst position)`` of a sum aggregation along dim 0 whose target index is a structure tensor."""
     target, args = node.target, node.args
@@ -82,7 +98,9 @@ def _target_index(node: fx.Node, frontier: dict[fx.Node, int]) -> tuple[fx.Node,
                 return None
         else:
             msg, dim, index = args[:3]
-        if not (isinstance(index, fx.Node) and index.target == aten.expand_as.default and index.args[1] is msg):
+        if not (isinstance(index, fx.Node) and index.target == aten.expand_as.default):
+            return None
+        if index.args[1] not in _message_chain(msg):
             return None
         dst = _frontier_position(index.args[0], frontier)
     elif target is K.index_sum_int:
