@@ -14,7 +14,7 @@ from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
 from mixq_compile.models import SAGE, PlanetoidGCN
-from mixq_compile.runtimes import get_backend
+from mixq_compile.runtimes import BackendUnavailableError, get_backend
 
 pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mixq_compile[tvm]'")
 
@@ -80,11 +80,17 @@ def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
     assert artifact.manifest["backend_entries"]["csr_aggregations"] == 0
 
 
-def test_sage_matches_the_integer_executor(graphs, tmp_path):
+def test_sage_matches_the_integer_executor(graphs, tmp_path, monkeypatch):
+    import tvm
+
     frozen = _frozen(SAGE(FEATURES, 7, hidden=32), graphs[0])
     lsb = sum(_scale(frozen, s) for s in frozen.chosen_bits() if s.startswith("conv2") and s.endswith("output"))
     artifact = _check_integer(frozen, graphs, tmp_path, lsb)
     assert artifact.manifest["backend_entries"]["csr_aggregations"] == 2
+    if artifact.manifest["backend_entries"]["vnni"]:  # a CPU without VNNI gets a clear error, not SIGILL
+        monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
+        with pytest.raises(BackendUnavailableError, match="export it again on this machine"):
+            mq.load_artifact(artifact.path)
 
 
 def test_fp32_artifact_matches_the_model(graphs, tmp_path):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..integer.program import IntegerProgram
-from .base import Backend, Runner
+from .base import Backend, BackendUnavailableError, Runner
 from .torch_pt2 import export_program, load_pt2
 
 STRUCTURE_FILE = "structure.pt2"
@@ -77,17 +77,32 @@ class TvmBackend(Backend):
             "structure": STRUCTURE_FILE,
             "features": FEATURES_FILE,
             "target": target_json,
+            "vnni": bool(use_vnni),
             "csr_aggregations": len(aggregations),
         }
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
+        _check_cpu(entries)
         structure = load_pt2(directory / entries["structure"])
 
         def aligned_structure(*inputs: Tensor) -> tuple[Tensor, ...]:
             return tuple(aligned(t) for t in structure(*inputs))
 
         return aligned_structure, load_features(directory / entries["features"])
+
+
+def _check_cpu(entries: dict) -> None:
+    """Refuse, with the fix, a module whose kernels use instructions this CPU lacks (it would die on SIGILL)."""
+    import tvm
+
+    if entries.get("vnni") and not tvm.target.codegen.target_has_features(
+        "avx512vnni", tvm.target.Target(host_target())
+    ):
+        raise BackendUnavailableError(
+            f"this TVM artifact was built for {entries['target'].get('mcpu')} with AVX-512 VNNI, which this CPU "
+            f"lacks; export it again on this machine"
+        )
 
 
 def aligned(t: Tensor) -> Tensor:
