@@ -1,5 +1,6 @@
-"""The ``tvm`` backend: exported artifacts match the integer reference executor on two graph sizes (dynamic N/E),
-FP32 artifacts match the FP32 model, and failures name the op or the missing package."""
+"""The ``tvm`` backend: exported artifacts (GCN, SAGE, GIN) match the integer reference executor on two graph sizes
+(dynamic N/E/number of graphs), FP32 artifacts match the FP32 model, and failures name the op or the missing
+package."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
+from conftest import random_batch, random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
-from mixq_compile.models import SAGE, PlanetoidGCN
+from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
 from mixq_compile.runtimes import BackendUnavailableError, get_backend
 
 pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mixq_compile[tvm]'")
@@ -44,20 +45,27 @@ def _scale(frozen: mq.QuantizedModel, site: str) -> float:
 def _check_integer(frozen: mq.QuantizedModel, graphs, tmp_path, lsb: float) -> mq.Artifact:
     program = mq.lower(frozen)
     artifact = mq.load_artifact(mq.export(frozen, graphs[0], tmp_path / "a", backend="tvm"))
-    for x, edge_index in graphs:
-        error = (artifact(x, edge_index) - program(x, edge_index)).abs().max().item()
-        assert error <= lsb * 1.001, f"{error} > 1 LSB ({lsb}) on N={x.shape[0]}"
+    for inputs in graphs:
+        error = (artifact(*inputs) - program(*inputs)).abs().max().item()
+        assert error <= lsb * 1.001, f"{error} > 1 LSB ({lsb}) on N={inputs[0].shape[0]}"
     return artifact
 
 
 GCN_BITS = [
     None,  # every site at 8 bits
-    {"conv1.lin.weight": 2, "conv2.lin.weight": 4, "conv1.edge_weight": 4, "conv2.edge_weight": 4},
-    {"conv1.lin.input": 4, "conv1.lin.weight": 4, "conv1.aggregate": 4, "conv2.lin.output": 2},
+    {
+        "conv1.lin.weight": 2,
+        "conv2.lin.weight": 4,
+        "conv1.edge_weight": 4,
+        "conv2.edge_weight": 4,
+        "conv1.lin.input": 4,
+        "conv1.aggregate": 4,
+        "conv2.lin.output": 2,
+    },
 ]
 
 
-@pytest.mark.parametrize("bits", GCN_BITS, ids=["w8a8", "w2w4-e4", "a4w4"])
+@pytest.mark.parametrize("bits", GCN_BITS, ids=["w8a8", "mixed-w2w4-e4-a4a2"])
 def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
     frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0], bits)
     artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))
@@ -91,6 +99,19 @@ def test_sage_matches_the_integer_executor(graphs, tmp_path, monkeypatch):
         monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
         with pytest.raises(BackendUnavailableError, match="export it again on this machine"):
             mq.load_artifact(artifact.path)
+
+
+def test_gin_integer_and_fp32_with_a_dynamic_number_of_graphs(tmp_path):
+    """GIN: batch norm (a float island), max pooling and a pooling size read from the data (``batch.max() + 1``,
+    a run-time shape in Relax); checked on batches of 4 and 7 graphs."""
+    batches = random_batch(4, 10, FEATURES), random_batch(7, 13, FEATURES, seed=1)
+    model = TUGIN(FEATURES, 3, hidden=32, layers=2).eval()
+    frozen = _frozen(model, batches[0])
+    _check_integer(frozen, batches, tmp_path, _scale(frozen, "head.2.output"))
+    artifact = mq.load_artifact(mq.export(model, batches[0], tmp_path / "f", backend="tvm"))
+    with torch.no_grad():
+        for batch in batches:
+            torch.testing.assert_close(artifact(*batch), model(*batch), atol=1e-4, rtol=1e-4)
 
 
 def test_fp32_artifact_matches_the_model(graphs, tmp_path):

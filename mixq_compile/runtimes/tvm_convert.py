@@ -28,6 +28,7 @@ from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
 from ..errors import MixQError
 from ..integer import kernels as K
+from ..passes.train_mode import ModeBatchNorm
 from . import tvm_kernels as TK
 
 aten = torch.ops.aten
@@ -249,7 +250,7 @@ class Converter:
                 for node in self.gm.graph.nodes:
                     if node.op == "get_attr":
                         self.env[node] = _fetch(self.gm, node.target)
-                    elif node.op == "call_function":
+                    elif node.op in ("call_function", "call_module"):
                         self.env[node] = self.convert(node)
                     elif node.op == "output":
                         outputs = [self.tensor(a) for a in node.args[0]]
@@ -260,19 +261,24 @@ class Converter:
         return self.bb.get()
 
     def convert(self, node: fx.Node) -> object:
-        converter = CONVERTERS.get(node.target)
-        if converter is None:
-            raise _unsupported(node, "no converter for this op")
-        return converter(self, node)
+        return _converter(self.gm, node)(self, node)
+
+
+def _converter(gm: fx.GraphModule, node: fx.Node) -> Callable[[Converter, fx.Node], object]:
+    if node.op == "call_module":
+        converter = MODULE_CONVERTERS.get(type(gm.get_submodule(node.target)))
+    else:
+        converter = CONVERTERS.get(node.target) if node.op == "call_function" else None
+    if converter is None:
+        raise _unsupported(node, f"no converter for this {node.op.replace('_', ' ')}")
+    return converter
 
 
 def check_supported(gm: fx.GraphModule) -> None:
     """Fail fast, before the slow structure export and build, on the first op without a converter."""
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target not in CONVERTERS:
-            raise _unsupported(node, "no converter for this op")
-        if node.op in ("call_module", "call_method"):
-            raise _unsupported(node, f"{node.op} nodes are not supported")
+        if node.op in ("call_function", "call_module", "call_method"):
+            _converter(gm, node)
 
 
 def _fetch(gm: fx.GraphModule, target: str) -> Tensor:
@@ -583,6 +589,105 @@ def _scatter_add(c: Converter, node: fx.Node) -> relax.Expr:
         return _csr(c, c.aggregations[node], size, _dtype(c.tensor(base)))
     values = c.tensor(base)
     return c.emit(relax.op.scatter_elements(values, c.tensor(index), c.tensor(src), axis=dim, reduction="add"))
+
+
+@_converts(aten.max.default, aten.amax.default)
+def _max(c: Converter, node: fx.Node) -> relax.Expr:
+    if len(node.args) > 1:
+        raise _unsupported(node, "only the maximum over all elements is supported")
+    return c.emit(relax.op.max(c.tensor(node.args[0])))
+
+
+@_converts(aten.item.default)
+def _item(c: Converter, node: fx.Node) -> tirx.PrimExpr:
+    """A data-dependent size (e.g. the number of graphs, ``batch.max() + 1``): a fresh symbolic size bound to the
+    tensor's value at run time, so the ops sized by it stay dynamic."""
+    value = c.emit(relax.op.reshape(c.tensor(node.args[0], "int64"), [1]))
+    size = tirx.Var(node.name, "int64")
+    c.bb.match_cast(c.emit(relax.op.tensor_to_shape(value)), relax.ShapeType([size]))
+    return size
+
+
+def _sizes(op: Callable) -> Callable[[Converter, fx.Node], object]:
+    def convert(c: Converter, node: fx.Node) -> object:
+        return op(*c.value(node.args))
+
+    return convert
+
+
+_converts(operator.add)(_sizes(operator.add))
+_converts(operator.sub)(_sizes(operator.sub))
+_converts(operator.mul)(_sizes(operator.mul))
+
+
+def _batch_norm_module(c: Converter, node: fx.Node) -> relax.Expr:
+    """A lowered program's batch norm (a float island: ``ModeBatchNorm(x, weight, bias, mean, var)``)."""
+    module = c.gm.get_submodule(node.target)
+    return _batch_norm(c, node, *node.args, module.training, module.eps)
+
+
+@_converts(aten.batch_norm.default)
+def _batch_norm_op(c: Converter, node: fx.Node) -> relax.Expr:
+    """An FP32 program's batch norm: ``batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn)``."""
+    x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
+    return _batch_norm(c, node, x, weight, bias, mean, var, training, eps)
+
+
+def _batch_norm(c: Converter, node: fx.Node, x, weight, bias, mean, var, training: bool, eps: float) -> relax.Expr:
+    """Inference batch norm as ``x * alpha + beta`` per channel (dim 1), the form of PyTorch's CPU inference
+    kernel, with ``alpha = w / sqrt(var + eps)`` and ``beta = b - mean * alpha`` folded at export."""
+    stats = [c.array(v) for v in (mean, var)]
+    if training or any(v is None for v in stats):
+        raise _unsupported(node, "batch norm needs eval() mode and constant running statistics")
+    value = c.tensor(x, "float32")
+    channels = stats[0].shape[0]
+    w = c.array(weight) if weight is not None else np.ones(channels, np.float32)
+    b = c.array(bias) if bias is not None else np.zeros(channels, np.float32)
+    if w is None or b is None:
+        raise _unsupported(node, "batch norm needs a constant weight and bias")
+    alpha = (w / np.sqrt(stats[1] + np.float32(eps))).astype(np.float32)
+    beta = (b - stats[0] * alpha).astype(np.float32)
+    view = [channels] + [1] * (len(_shape(value)) - 2)
+    scaled = c.emit(relax.op.multiply(value, relax.const(alpha.reshape(view))))
+    return c.emit(relax.op.add(scaled, relax.const(beta.reshape(view))))
+
+
+MODULE_CONVERTERS: dict[type, Callable[[Converter, fx.Node], object]] = {ModeBatchNorm: _batch_norm_module}
+
+
+_REDUCTIONS = {"sum": "add", "amax": "max", "amin": "min", "prod": "mul"}
+
+
+@_converts(aten.scatter_reduce.two, aten.scatter_reduce_.two)
+def _scatter_reduce(c: Converter, node: fx.Node) -> relax.Expr:
+    """``scatter_reduce`` (e.g. PyG's max pooling). With ``include_self=False`` the base value does not take part,
+    and rows that receive nothing keep it: those rows are found with a count."""
+    base, dim, index, src, reduce_op = node.args[:5]
+    include_self = node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True)
+    if reduce_op not in _REDUCTIONS:
+        raise _unsupported(node, f"reduce={reduce_op!r}")
+    if node.target == aten.scatter_reduce_.two and len(base.users) > 1:
+        raise _unsupported(node, "an in-place scatter_reduce_ on a tensor that is also read elsewhere")
+    values, idx, updates = c.tensor(base), c.tensor(index), c.tensor(src)
+    mode = _REDUCTIONS[reduce_op]
+    if include_self:
+        return c.emit(relax.op.scatter_elements(values, idx, updates, axis=dim, reduction=mode))
+    if mode in ("max", "min"):  # start each touched row from one of its own values
+        start = c.emit(relax.op.scatter_elements(values, idx, updates, axis=dim, reduction="update"))
+    else:  # from the identity of the reduction
+        start = c.emit((relax.op.zeros if mode == "add" else relax.op.ones)(_shape(values), _dtype(values)))
+    reduced = c.emit(relax.op.scatter_elements(start, idx, updates, axis=dim, reduction=mode))
+    counts = c.emit(
+        relax.op.scatter_elements(
+            c.emit(relax.op.zeros(_shape(values), "int32")),
+            idx,
+            c.emit(relax.op.ones(_shape(updates), "int32")),
+            axis=dim,
+            reduction="add",
+        )
+    )
+    untouched = c.emit(relax.op.equal(counts, relax.const(0, "int32")))
+    return c.emit(relax.op.where(untouched, values, reduced))
 
 
 # -- schedules for everything else --------------------------------------------------------------------------------

@@ -129,8 +129,10 @@ def load_features(path: Path) -> Runner:
 
 def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphModule) -> list:
     """Relax parameters of the feature function: the model inputs, then the structure outputs (frontier and sorted
-    edges), typed from the exported structure program so every size shares one set of symbols (e.g. the node count
-    of ``x`` and of the aggregation outputs is the same ``tirx.Var``)."""
+    edges). Sizes come from the feature program's own symbols where it has them (so ``x``, ``batch`` and every
+    aggregation output share one node-count ``tirx.Var``); tensors it has no shapes for (outputs of integer
+    instructions, the sorted edges) get theirs from the exported structure program, translated into the same
+    symbols through the tensors both describe."""
     from torch.fx.experimental.symbolic_shapes import is_concrete_int
     from tvm import tirx
 
@@ -139,23 +141,30 @@ def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphMod
     user_inputs = set(structure.graph_signature.user_inputs)
     placeholders = [n for n in structure.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
     output = next(n for n in structure.graph.nodes if n.op == "output")
-    values = [n.meta["val"] for n in placeholders] + [n.meta["val"] for n in output.args[0]]
+    exported = [n.meta["val"] for n in placeholders] + [n.meta["val"] for n in output.args[0]]
     feature_inputs = [n for n in features.graph.nodes if n.op == "placeholder"]
-    names = [n.name for n in feature_inputs] + [f"sorted_{i}" for i in range(len(values) - len(feature_inputs))]
-    # sizes the feature program fixed (e.g. the input width, which the structure program never reads)
-    known = [getattr(n.meta.get("val"), "shape", None) for n in feature_inputs] + [None] * len(values)
-    symbols: dict[str, tirx.Var] = {}
+    names = [n.name for n in feature_inputs] + [f"sorted_{i}" for i in range(len(exported) - len(feature_inputs))]
+    captured = [n.meta.get("val") for n in feature_inputs] + [None] * (len(exported) - len(feature_inputs))
+    symbols: dict[str, object] = {}
 
-    def dim(size: int | torch.SymInt, fixed: object) -> object:
-        for value in (size, fixed):
-            if value is not None and is_concrete_int(value):
-                return int(value)
-        key = str(size.node.expr)
+    def dim(size: int | torch.SymInt, prefix: str) -> object:
+        if is_concrete_int(size):
+            return int(size)
+        key = prefix + str(size.node.expr)
         if key not in symbols:
             symbols[key] = tirx.Var(re.sub(r"\W+", "_", key), "int64")
         return symbols[key]
 
+    for ours, theirs in zip(captured, exported):  # export symbol -> feature-program size, where both are known
+        if isinstance(ours, Tensor):
+            for a, b in zip(ours.shape, theirs.shape):
+                if not is_concrete_int(b):
+                    symbols.setdefault("export:" + str(b.node.expr), dim(a, ""))
     return [
-        Param(name, str(v.dtype).removeprefix("torch."), [dim(s, f[d] if f else None) for d, s in enumerate(v.shape)])
-        for name, v, f in zip(names, values, known)
+        Param(
+            name,
+            str(theirs.dtype).removeprefix("torch."),
+            [dim(a, "") for a in ours.shape] if isinstance(ours, Tensor) else [dim(b, "export:") for b in theirs.shape],
+        )
+        for name, ours, theirs in zip(names, captured, exported)
     ]
