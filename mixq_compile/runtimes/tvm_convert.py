@@ -208,6 +208,7 @@ class Converter:
         self.aggregations = {a.node: a for a in aggregations}
         self.use_vnni = use_vnni
         self.params: list[relax.Var] = []
+        self.csr_used = 0  # aggregations that did get the CSR kernel
 
     # -- values ---------------------------------------------------------------------------------------------------
     def value(self, arg: object) -> object:
@@ -425,8 +426,9 @@ def _add_int(c: Converter, node: fx.Node) -> relax.Expr:
 @_converts(K.scatter_sum_int, K.index_sum_int)
 def _sum_int(c: Converter, node: fx.Node) -> relax.Expr:
     acc, dim, index, size = node.args
-    if node in c.aggregations:
-        return _csr(c, c.aggregations[node], size, "int32")
+    csr = _csr(c, c.aggregations[node], size, "int32") if node in c.aggregations else None
+    if csr is not None:
+        return csr
     messages = c.tensor(acc, "int32")
     if node.target is K.index_sum_int:
         index = _index_add_index(c, c.tensor(index), messages, dim)
@@ -454,13 +456,22 @@ def _scatter_select_int(c: Converter, node: fx.Node) -> relax.Expr:
     return c.emit(relax.op.where(untouched, relax.const(0, "int32"), out))
 
 
-def _csr(c: Converter, agg: Aggregation, size: object, dtype: str) -> relax.Expr:
-    """The CSR kernel for ``agg``: row pointers from the sorted targets, then one parallel row-sum."""
-    rows, channels = c.value(size)
+#: table dtype -> the aggregation's dtype, for the tables the CSR kernel takes.
+_CSR_TABLES = {"int8": "int32", "int16": "int32", "int32": "int32", "float32": "float32"}
+
+
+def _csr(c: Converter, agg: Aggregation, size: object, dtype: str) -> relax.Expr | None:
+    """The CSR kernel for ``agg``: row pointers from the sorted targets, then one parallel row-sum. ``None`` when
+    the shapes or dtypes do not fit the kernel; the caller then emits the generic scatter."""
+    size = c.value(size)
     table = c.tensor(agg.table)
-    if _static(channels) is None or len(_shape(table)) != 2 or _static(_shape(table)[1]) != _static(channels):
-        raise _unsupported(agg.node, "the aggregated feature width must be static")
-    channels = _static(channels)
+    shape = _shape(table)
+    if len(size) != 2 or len(shape) != 2 or _CSR_TABLES.get(_dtype(table)) != dtype:
+        return None
+    rows, channels = size[0], _static(size[1])
+    if channels is None or _static(shape[1]) != channels:
+        return None
+    c.csr_used += 1
     start = agg.extras
     dst, src = c.params[start], c.params[start + 1]
     weight = c.params[start + 2] if agg.weight is not None else relax.const(np.zeros(1, dtype))
@@ -586,7 +597,9 @@ def _scatter_add(c: Converter, node: fx.Node) -> relax.Expr:
         raise _unsupported(node, "an in-place scatter_add_ on a tensor that is also read elsewhere")
     if node in c.aggregations:
         size = base.args[1] if base.target == aten.new_zeros.default else base.args[0]
-        return _csr(c, c.aggregations[node], size, _dtype(c.tensor(base)))
+        csr = _csr(c, c.aggregations[node], size, _dtype(c.tensor(base)))
+        if csr is not None:
+            return csr
     values = c.tensor(base)
     return c.emit(relax.op.scatter_elements(values, c.tensor(index), c.tensor(src), axis=dim, reduction="add"))
 

@@ -78,7 +78,7 @@ class TvmBackend(Backend):
             "features": FEATURES_FILE,
             "target": target_json,
             "vnni": bool(use_vnni),
-            "csr_aggregations": len(aggregations),
+            "csr_aggregations": converter.csr_used,
         }
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
