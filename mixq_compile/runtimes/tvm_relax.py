@@ -31,11 +31,11 @@ FEATURES_FILE = "features.so"
 INSTALL_HINT = "pip install 'mixq_compile[tvm]'"
 
 
-def host_target(threads: int | None = None) -> dict:
+def host_target() -> dict:
     """The llvm target for this CPU as a JSON dict (TVM 0.27 rejects CLI target strings)."""
     from tvm.target import codegen
 
-    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": threads or torch.get_num_threads()}
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": torch.get_num_threads()}
 
 
 class TvmBackend(Backend):
