@@ -11,6 +11,7 @@ BACKENDS = {
     "torch": "mixq_compile.runtimes.torch_pt2:TorchBackend",
     "onnx": "mixq_compile.runtimes.onnx_ort:OnnxBackend",
     "bitblas": "mixq_compile.runtimes.bitblas_cuda:BitblasBackend",
+    "tvm": "mixq_compile.runtimes.tvm_relax:TvmBackend",
 }
 
 

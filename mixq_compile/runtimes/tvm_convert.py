@@ -1,0 +1,752 @@
+"""Translate a feature program (``torch.fx`` over the integer instruction set and ATen) into a Relax module.
+
+One converter per instruction of :data:`mixq_compile.integer.kernels.INSTRUCTIONS` and per ATen op that feature
+programs contain (:data:`CONVERTERS`). Node and edge counts are symbolic (``tirx.Var``), so one build serves every
+graph. The hot spots do not go through Relax's generic ops: ``linear_int`` on int8 codes becomes the VNNI kernel,
+FP32 ``linear`` with a constant weight the register-blocked FP32 kernel, and every sum aggregation of gathered
+messages (:class:`Aggregation`) a CSR kernel over edges that the structure program sorts by target
+(:mod:`mixq_compile.runtimes.tvm_kernels`). Everything else is legalized by Relax, fused, and given a generic
+parallel/vectorized schedule (:class:`CpuSpatial`).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+import torch
+import tvm
+from torch import Tensor, fx
+from tvm import relax, s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+
+from ..errors import MixQError
+from ..integer import kernels as K
+from ..passes.train_mode import ModeBatchNorm
+from . import tvm_kernels as TK
+
+aten = torch.ops.aten
+
+
+class UnsupportedOpError(MixQError, NotImplementedError):
+    """A feature program uses an op the TVM converter has no translation for."""
+
+
+def _unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
+    op = getattr(node.target, "__name__", str(node.target))
+    return UnsupportedOpError(
+        f"the TVM backend cannot translate {node.name} ({op}): {why}. Export with backend='torch' (or 'onnx'), or "
+        f"add a converter for it to mixq_compile.runtimes.tvm_convert.CONVERTERS"
+    )
+
+
+# -- aggregation matching ----------------------------------------------------------------------------------------
+_SCATTER_ADDS = (aten.scatter_add.default, aten.scatter_add_.default)
+_ZERO_MAKERS = (aten.new_zeros.default, aten.zeros.default)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """``out[dst[e]] += w[e] * (H[src[e]] - zero)``: a sum aggregation of gathered messages.
+
+    ``dst``/``src``/``weight`` are positions in the frontier (structure outputs); ``weight`` and ``zero`` (a
+    ``get_attr`` node with the table's zero-point) are optional. ``extras`` is where the structure program's
+    sorted copies start: ``dst``, ``src`` and, with a weight, ``weight`` sorted by target.
+    """
+
+    node: fx.Node
+    table: fx.Node
+    dst: int
+    src: int
+    weight: int | None
+    zero: fx.Node | None
+    extras: int = -1
+
+
+def _frontier_position(node: object, frontier: dict[fx.Node, int]) -> int | None:
+    return frontier.get(node) if isinstance(node, fx.Node) else None
+
+
+def _message_chain(msg: object) -> list[object]:
+    """``msg`` and the values it is computed from by shape-preserving steps (centering, edge-weight products):
+    an ``expand_as`` of the target index against any of them has the messages' shape."""
+    chain = [msg]
+    while isinstance(msg, fx.Node) and msg.target in (K.center, K.mul_int, aten.mul.Tensor):
+        if msg.target is K.center:
+            msg = msg.args[0]
+        else:  # the operand that is not the [E, 1] edge weight (a structure input)
+            operands = [a for a in msg.args if isinstance(a, fx.Node) and a.op != "placeholder"]
+            if len(operands) != 1:
+                break
+            msg = operands[0]
+        chain.append(msg)
+    return chain
+
+
+def _target_index(node: fx.Node, frontier: dict[fx.Node, int]) -> tuple[fx.Node, int] | None:
+    """``(messages, dst position)`` of a sum aggregation along dim 0 whose target index is a structure tensor."""
+    target, args = node.target, node.args
+    if target is K.scatter_sum_int or target in _SCATTER_ADDS:
+        if target in _SCATTER_ADDS:
+            base, dim, index, msg = args[:4]
+            if not (isinstance(base, fx.Node) and base.target in _ZERO_MAKERS and len(base.users) == 1):
+                return None
+        else:
+            msg, dim, index = args[:3]
+        if not (isinstance(index, fx.Node) and index.target == aten.expand_as.default):
+            return None
+        if index.args[1] not in _message_chain(msg):
+            return None
+        dst = _frontier_position(index.args[0], frontier)
+    elif target is K.index_sum_int:
+        msg, dim, index = args[:3]
+        dst = _frontier_position(index, frontier)
+    else:
+        return None
+    return (msg, dst) if dim == 0 and dst is not None and isinstance(msg, fx.Node) else None
+
+
+def match_aggregation(node: fx.Node, frontier: dict[fx.Node, int]) -> Aggregation | None:
+    """The :class:`Aggregation` computed by ``node``, or ``None`` (it then runs as a generic scatter)."""
+    found = _target_index(node, frontier)
+    if found is None:
+        return None
+    msg, dst = found
+    weight = None
+    if msg.target in (K.mul_int, aten.mul.Tensor) and len(msg.args) == 2:
+        a, b = msg.args
+        if _frontier_position(a, frontier) is not None and isinstance(b, fx.Node):
+            weight, msg = frontier[a], b
+        elif _frontier_position(b, frontier) is not None and isinstance(a, fx.Node):
+            weight, msg = frontier[b], a
+        else:
+            return None
+    zero = None
+    if msg.target is K.center:
+        msg, zero = msg.args
+        if not (isinstance(zero, fx.Node) and zero.op == "get_attr" and isinstance(msg, fx.Node)):
+            return None
+    if msg.target != aten.index_select.default or msg.args[1] not in (0, -2):
+        return None
+    src = _frontier_position(msg.args[2], frontier)
+    return None if src is None else Aggregation(node, msg.args[0], dst, src, weight, zero)
+
+
+def find_aggregations(features: fx.GraphModule, n_inputs: int, frontier: tuple[Tensor, ...]) -> list[Aggregation]:
+    """CSR-able aggregations of ``features``, checked against example frontier tensors (edge-aligned 1-D indices,
+    ``[E, 1]`` weights), with ``extras`` numbered in order after the frontier."""
+    placeholders = [n for n in features.graph.nodes if n.op == "placeholder"]
+    positions = {node: i for i, node in enumerate(placeholders[n_inputs:])}
+    found = []
+    for node in features.graph.nodes:
+        agg = match_aggregation(node, positions)
+        if agg is None:
+            continue
+        dst, src = frontier[agg.dst], frontier[agg.src]
+        edges = src.shape[0] if src.dim() == 1 else -1
+        if dst.numel() != edges or dst.dim() > 2 or (dst.dim() == 2 and dst.shape[1] != 1):
+            continue
+        if agg.weight is not None:
+            w = frontier[agg.weight]
+            if not (w.dim() == 2 and w.shape == (edges, 1)):
+                continue
+        start = n_inputs + len(frontier) + sum(3 if a.weight is not None else 2 for a in found)
+        found.append(Aggregation(agg.node, agg.table, agg.dst, agg.src, agg.weight, agg.zero, start))
+    return found
+
+
+def sorted_structure(structure: fx.GraphModule, aggregations: list[Aggregation]) -> fx.GraphModule:
+    """The structure program plus, per :class:`Aggregation`, its edges sorted by target (``dst``, ``src`` and
+    weight, in that order, after the frontier). Sorting runs once per graph with the rest of the topology
+    preprocessing (and is cached with it), so the feature program's aggregation is a parallel row-sum with no
+    atomics. Built as an fx graph so that it keeps the structure program's named inputs for ``torch.export``."""
+    gm = copy.deepcopy(structure)
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    frontier = list(output.args[0])
+    extras: list[fx.Node] = []
+    with graph.inserting_before(output):
+        for agg in aggregations:
+            target = graph.call_function(torch.reshape, (frontier[agg.dst], (-1,)))
+            order = graph.call_function(torch.argsort, (target,), {"stable": True})
+            sources = [target, frontier[agg.src]]
+            if agg.weight is not None:
+                sources.append(graph.call_function(torch.reshape, (frontier[agg.weight], (-1,))))
+            extras += [graph.call_function(operator.getitem, (t, order)) for t in sources]
+    output.args = (tuple(frontier + extras),)
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+# -- the converter -------------------------------------------------------------------------------------------------
+Shape = list  # of int | tirx.PrimExpr
+
+
+@dataclass(frozen=True)
+class Param:
+    """A Relax function parameter: name, dtype and shape (ints and ``tirx.Var`` for dynamic sizes)."""
+
+    name: str
+    dtype: str
+    shape: Shape
+
+
+class Converter:
+    """Walks the feature graph once, emitting Relax bindings through a ``BlockBuilder``."""
+
+    def __init__(self, gm: fx.GraphModule, aggregations: list[Aggregation], use_vnni: bool) -> None:
+        self.gm = gm
+        self.bb = relax.BlockBuilder()
+        self.env: dict[fx.Node, object] = {}
+        self.aggregations = {a.node: a for a in aggregations}
+        self.use_vnni = use_vnni
+        self.params: list[relax.Var] = []
+        self.csr_used = 0  # aggregations that did get the CSR kernel
+
+    # -- values ---------------------------------------------------------------------------------------------------
+    def value(self, arg: object) -> object:
+        return fx.node.map_aggregate(arg, lambda a: self.env[a] if isinstance(a, fx.Node) else a)
+
+    def tensor(self, arg: object, dtype: str | None = None) -> relax.Expr:
+        """``arg`` as a Relax tensor expression (constants become ``relax.const``), optionally cast."""
+        value = self.value(arg)
+        if isinstance(value, Tensor):
+            value = relax.const(value.detach().cpu().numpy())
+        elif isinstance(value, bool | int | float):
+            value = relax.const(value, dtype or ("float32" if isinstance(value, float) else "int64"))
+        if dtype is not None and _dtype(value) != dtype:
+            value = self.emit(relax.op.astype(value, dtype))
+        return value
+
+    def array(self, arg: object) -> np.ndarray | None:
+        """A constant operand as numpy (``None`` when it is computed at run time)."""
+        value = self.value(arg)
+        return value.detach().cpu().numpy() if isinstance(value, Tensor) else None
+
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        return self.bb.emit(expr)
+
+    def add_kernel(self, func: tirx.PrimFunc, hint: str) -> relax.GlobalVar:
+        return self.bb.add_func(func.without_attr("global_symbol"), hint)
+
+    def call_kernel(self, func: tirx.PrimFunc, hint: str, args: list, shape: Shape, dtype: str) -> relax.Var:
+        gv = self.add_kernel(func, hint)
+        return self.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
+
+    # -- driver ---------------------------------------------------------------------------------------------------
+    def build(self, params: list[Param]) -> tvm.IRModule:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        self.params = [relax.Var(p.name, relax.TensorType(p.shape, p.dtype)) for p in params]
+        for node, var in zip(placeholders, self.params):
+            self.env[node] = var
+        with self.bb.function("main", self.params):
+            with self.bb.dataflow():
+                for node in self.gm.graph.nodes:
+                    if node.op == "get_attr":
+                        self.env[node] = _fetch(self.gm, node.target)
+                    elif node.op in ("call_function", "call_module"):
+                        self.env[node] = self.convert(node)
+                    elif node.op == "output":
+                        outputs = [self.tensor(a) for a in node.args[0]]
+                        result = self.bb.emit_output(relax.Tuple(outputs))
+                    elif node.op != "placeholder":
+                        raise _unsupported(node, f"{node.op} nodes are not supported")
+            self.bb.emit_func_output(result)
+        return self.bb.get()
+
+    def convert(self, node: fx.Node) -> object:
+        return _converter(self.gm, node)(self, node)
+
+
+def _converter(gm: fx.GraphModule, node: fx.Node) -> Callable[[Converter, fx.Node], object]:
+    if node.op == "call_module":
+        converter = MODULE_CONVERTERS.get(type(gm.get_submodule(node.target)))
+    else:
+        converter = CONVERTERS.get(node.target) if node.op == "call_function" else None
+    if converter is None:
+        raise _unsupported(node, f"no converter for this {node.op.replace('_', ' ')}")
+    return converter
+
+
+def check_supported(gm: fx.GraphModule) -> None:
+    """Fail fast, before the slow structure export and build, on the first op without a converter."""
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_module", "call_method"):
+            _converter(gm, node)
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> Tensor:
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: relax.Expr) -> Shape:
+    return list(expr.ty.shape.values)
+
+
+def _static(dim: object) -> int | None:
+    if isinstance(dim, int):
+        return dim
+    return dim.value if isinstance(dim, tirx.IntImm) else None
+
+
+def _axis(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+CONVERTERS: dict[object, Callable[[Converter, fx.Node], object]] = {}
+
+
+def _converts(*targets: object) -> Callable:
+    def register(fn: Callable) -> Callable:
+        for target in targets:
+            CONVERTERS[target] = fn
+        return fn
+
+    return register
+
+
+# -- integer instructions -----------------------------------------------------------------------------------------
+def _codes(c: Converter, real: relax.Expr, qmin: int, qmax: int) -> relax.Expr:
+    """Rounded float values -> clamped codes in their container (the tail of quantize/requantize)."""
+    clipped = c.emit(relax.op.clip(real, qmin, qmax))
+    return c.emit(relax.op.astype(clipped, str(K.container_dtype(qmin, qmax)).removeprefix("torch.")))
+
+
+@_converts(K.quantize)
+def _quantize(c: Converter, node: fx.Node) -> relax.Expr:
+    x, scale, zero, qmin, qmax = node.args
+    scaled = c.emit(relax.op.divide(c.tensor(x, "float32"), c.tensor(scale, "float32")))
+    return _codes(c, c.emit(relax.op.round(c.emit(relax.op.add(scaled, c.tensor(zero, "float32"))))), qmin, qmax)
+
+
+@_converts(K.dequantize)
+def _dequantize(c: Converter, node: fx.Node) -> relax.Expr:
+    q, scale, zero = node.args
+    centered = c.emit(relax.op.subtract(c.tensor(q, "int32"), c.tensor(zero, "int32")))
+    return c.emit(relax.op.multiply(c.emit(relax.op.astype(centered, "float32")), c.tensor(scale, "float32")))
+
+
+@_converts(K.dequantize_acc)
+def _dequantize_acc(c: Converter, node: fx.Node) -> relax.Expr:
+    acc, scale = node.args
+    return c.emit(relax.op.multiply(c.tensor(acc, "float32"), c.tensor(scale, "float32")))
+
+
+@_converts(K.center)
+def _center(c: Converter, node: fx.Node) -> relax.Expr:
+    q, zero = node.args
+    return c.emit(relax.op.subtract(c.tensor(q, "int32"), c.tensor(zero, "int32")))
+
+
+@_converts(K.requantize)
+def _requantize(c: Converter, node: fx.Node) -> relax.Expr:
+    acc, multiplier, zero, qmin, qmax = node.args
+    scaled = c.emit(relax.op.round(c.emit(relax.op.multiply(c.tensor(acc, "float32"), c.tensor(multiplier)))))
+    return _codes(c, c.emit(relax.op.add(scaled, c.tensor(zero, "float32"))), qmin, qmax)
+
+
+@_converts(K.requantize_fixed_point)
+def _requantize_fixed_point(c: Converter, node: fx.Node) -> relax.Expr:
+    acc, mantissa, shift, zero, qmin, qmax = node.args
+    shift_value = c.array(shift)
+    if shift_value is None:
+        raise _unsupported(node, "the shift must be a constant")
+    product = c.emit(relax.op.multiply(c.tensor(acc, "int64"), c.tensor(mantissa, "int64")))
+    half = relax.const((np.ones_like(shift_value) << (shift_value - 1)).astype(np.int64))
+    rounded = c.emit(relax.op.right_shift(c.emit(relax.op.add(product, half)), c.tensor(shift, "int64")))
+    return _codes(c, c.emit(relax.op.add(rounded, c.tensor(zero, "int64"))), qmin, qmax)
+
+
+@_converts(K.relu_codes)
+def _relu_codes(c: Converter, node: fx.Node) -> relax.Expr:
+    q, zero = node.args
+    codes = c.tensor(q)
+    return c.emit(relax.op.maximum(codes, c.tensor(zero, _dtype(codes))))
+
+
+@_converts(K.linear_int)
+def _linear_int(c: Converter, node: fx.Node) -> relax.Expr:
+    q_x, x_zero, w_t, w_sum, bias = node.args
+    x = c.tensor(q_x)
+    w, zero, sums = c.array(w_t), c.array(x_zero), c.array(w_sum)
+    b = None if bias is None else c.array(bias)
+    k = _static(_shape(x)[-1])
+    vnni = c.use_vnni and _dtype(x) == "int8" and w is not None and w.dtype == np.int8 and sums is not None
+    if vnni and zero is not None and zero.size == 1 and k is not None and (bias is None or b is not None):
+        return _rows(c, x, lambda flat: _dense_vnni(c, flat, w, sums, int(zero.reshape(())), b))
+    acc = c.emit(relax.op.matmul(c.tensor(q_x, "int32"), c.tensor(w_t, "int32"), out_dtype="int32"))
+    folded = c.emit(relax.op.multiply(c.tensor(x_zero, "int32"), c.tensor(w_sum, "int32")))
+    acc = c.emit(relax.op.subtract(acc, folded))
+    return acc if bias is None else c.emit(relax.op.add(acc, c.tensor(bias, "int32")))
+
+
+def _rows(c: Converter, x: relax.Expr, dense: Callable[[relax.Expr], relax.Expr]) -> relax.Expr:
+    """Apply a 2-D row kernel to ``x`` of any rank (leading dims flattened into rows, restored after)."""
+    shape = _shape(x)
+    if len(shape) == 2:
+        return dense(x)
+    rows = reduce(lambda a, b: a * b, shape[:-1], 1)
+    out = dense(c.emit(relax.op.reshape(x, [rows, shape[-1]])))
+    return c.emit(relax.op.reshape(out, [*shape[:-1], _shape(out)[-1]]))
+
+
+def _dense_vnni(
+    c: Converter, x: relax.Expr, w_t: np.ndarray, w_sum: np.ndarray, zero: int, bias: np.ndarray | None
+) -> relax.Expr:
+    k, o = w_t.shape
+    packed = relax.const(TK.pack_vnni_weight(w_t))
+    correction = relax.const(TK.vnni_correction(w_sum, zero, bias))
+    return c.call_kernel(TK.dense_vnni(k, o), "dense_vnni", [x, packed, correction], [_shape(x)[0], o], "int32")
+
+
+@_converts(K.mul_int)
+def _mul_int(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.emit(relax.op.multiply(*(c.tensor(a, "int32") for a in node.args)))
+
+
+@_converts(K.add_int)
+def _add_int(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.emit(relax.op.add(*(c.tensor(a, "int32") for a in node.args)))
+
+
+@_converts(K.scatter_sum_int, K.index_sum_int)
+def _sum_int(c: Converter, node: fx.Node) -> relax.Expr:
+    acc, dim, index, size = node.args
+    csr = _csr(c, c.aggregations[node], size, "int32") if node in c.aggregations else None
+    if csr is not None:
+        return csr
+    messages = c.tensor(acc, "int32")
+    if node.target is K.index_sum_int:
+        index = _index_add_index(c, c.tensor(index), messages, dim)
+    base = c.emit(relax.op.zeros(c.value(size), "int32"))
+    return c.emit(relax.op.scatter_elements(base, c.tensor(index), messages, axis=dim, reduction="add"))
+
+
+def _index_add_index(c: Converter, index: relax.Expr, src: relax.Expr, dim: int) -> relax.Expr:
+    """``index_add``'s 1-D index as a ``scatter_elements`` index: broadcast along every other dim of ``src``."""
+    shape = _shape(src)
+    axis = _axis(dim, len(shape))
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return c.emit(relax.op.broadcast_to(c.emit(relax.op.reshape(index, view)), shape))
+
+
+@_converts(K.scatter_select_int)
+def _scatter_select_int(c: Converter, node: fx.Node) -> relax.Expr:
+    acc, dim, index, size, reduce_op = node.args
+    empty = np.iinfo(np.int32).min if reduce_op == "amax" else np.iinfo(np.int32).max
+    base = c.emit(relax.op.full(c.value(size), relax.const(empty, "int32"), "int32"))
+    mode = {"amax": "max", "amin": "min"}[reduce_op]
+    out = c.emit(relax.op.scatter_elements(base, c.tensor(index), c.tensor(acc, "int32"), axis=dim, reduction=mode))
+    untouched = c.emit(relax.op.equal(out, relax.const(empty, "int32")))
+    return c.emit(relax.op.where(untouched, relax.const(0, "int32"), out))
+
+
+#: table dtype -> the aggregation's dtype, for the tables the CSR kernel takes.
+_CSR_TABLES = {"int8": "int32", "int16": "int32", "int32": "int32", "float32": "float32"}
+
+
+def _csr(c: Converter, agg: Aggregation, size: object, dtype: str) -> relax.Expr | None:
+    """The CSR kernel for ``agg``: row pointers from the sorted targets, then one parallel row-sum. ``None`` when
+    the shapes or dtypes do not fit the kernel; the caller then emits the generic scatter."""
+    size = c.value(size)
+    table = c.tensor(agg.table)
+    shape = _shape(table)
+    if len(size) != 2 or len(shape) != 2 or _CSR_TABLES.get(_dtype(table)) != dtype:
+        return None
+    rows, channels = size[0], _static(size[1])
+    if channels is None or _static(shape[1]) != channels:
+        return None
+    c.csr_used += 1
+    start = agg.extras
+    dst, src = c.params[start], c.params[start + 1]
+    weight = c.params[start + 2] if agg.weight is not None else relax.const(np.zeros(1, dtype))
+    zero = np.zeros(channels, dtype)
+    if agg.zero is not None:
+        zero = np.broadcast_to(c.array(agg.zero).reshape(-1).astype(dtype), (channels,)).copy()
+    rowptr = c.call_kernel(TK.csr_rowptr, "csr_rowptr", [dst], [rows + 1], "int64")
+    kernel = TK.csr_aggregate(
+        channels,
+        _dtype(table),
+        _dtype(weight) if agg.weight is not None else None,
+        agg.zero is not None,
+    )
+    args = [rowptr, src, weight, table, relax.const(zero)]
+    return c.call_kernel(kernel, "csr_aggregate", args, [rows, channels], dtype)
+
+
+# -- ATen ops -----------------------------------------------------------------------------------------------------
+@_converts(aten.sym_size.int)
+def _sym_size(c: Converter, node: fx.Node) -> tirx.PrimExpr:
+    x, dim = node.args
+    shape = _shape(c.tensor(x))
+    return shape[_axis(dim, len(shape))]
+
+
+@_converts(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+def _reshape(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    shape = list(c.value(node.args[1]))
+    if -1 in shape:
+        numel = reduce(lambda a, b: a * b, _shape(x), 1)
+        known = reduce(lambda a, b: a * b, [d for d in shape if not (isinstance(d, int) and d == -1)], 1)
+        shape[shape.index(-1)] = tvm.arith.Analyzer().simplify(tirx.floordiv(numel, known))
+    return c.emit(relax.op.reshape(x, shape))
+
+
+@_converts(aten.expand_as.default)
+def _expand_as(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.emit(relax.op.broadcast_to(c.tensor(node.args[0]), _shape(c.tensor(node.args[1]))))
+
+
+@_converts(aten.index_select.default)
+def _index_select(c: Converter, node: fx.Node) -> relax.Expr:
+    x, dim, index = node.args
+    table = c.tensor(x)
+    return c.emit(relax.op.take(table, c.tensor(index), axis=_axis(dim, len(_shape(table)))))
+
+
+@_converts(aten.select.int)
+def _select(c: Converter, node: fx.Node) -> relax.Expr:
+    x, dim, index = node.args
+    value = c.tensor(x)
+    axis = _axis(dim, len(_shape(value)))
+    if index < 0:
+        index = _shape(value)[axis] + index
+    return c.emit(relax.op.take(value, relax.const(index, "int64"), axis=axis))
+
+
+@_converts(aten.relu.default, aten.relu_.default)
+def _relu(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.emit(relax.op.nn.relu(c.tensor(node.args[0])))
+
+
+@_converts(aten.dropout.default, aten.feature_dropout.default)
+def _dropout(c: Converter, node: fx.Node) -> relax.Expr:
+    if len(node.args) > 2 and node.args[2]:
+        raise _unsupported(node, "dropout in training mode; export a model in eval() mode")
+    return c.tensor(node.args[0])
+
+
+def _binary(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
+    def convert(c: Converter, node: fx.Node) -> relax.Expr:
+        if node.kwargs.get("alpha", 1) != 1:
+            raise _unsupported(node, "alpha != 1")
+        a, b = node.args[:2]
+        dtype = next(_dtype(c.tensor(v)) for v in (a, b) if isinstance(v, fx.Node | Tensor))
+        return c.emit(op(c.tensor(a, dtype), c.tensor(b, dtype)))
+
+    return convert
+
+
+_converts(aten.add.Tensor, aten.add_.Tensor)(_binary(relax.op.add))
+_converts(aten.sub.Tensor, aten.sub_.Tensor)(_binary(relax.op.subtract))
+_converts(aten.mul.Tensor, aten.mul_.Tensor)(_binary(relax.op.multiply))
+
+
+@_converts(aten.linear.default)
+def _linear(c: Converter, node: fx.Node) -> relax.Expr:
+    x, weight = c.tensor(node.args[0]), node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else None
+    w, b = c.array(weight), None if bias is None else c.array(bias)
+    k = _static(_shape(x)[-1])
+    if w is not None and w.ndim == 2 and _dtype(x) == "float32" and k is not None:
+        if bias is None or b is not None:
+            w_t = np.ascontiguousarray(w.T.astype(np.float32))
+            bias_values = np.zeros(w.shape[0], np.float32) if b is None else b.astype(np.float32)
+            return _rows(c, x, lambda flat: _dense_f32(c, flat, w_t, bias_values))
+    out = c.emit(relax.op.matmul(x, c.emit(relax.op.permute_dims(c.tensor(weight)))))
+    return out if bias is None else c.emit(relax.op.add(out, c.tensor(bias)))
+
+
+def _dense_f32(c: Converter, x: relax.Expr, w_t: np.ndarray, bias: np.ndarray) -> relax.Expr:
+    k, o = w_t.shape
+    args = [x, relax.const(TK.pad_columns(w_t)), relax.const(bias)]
+    return c.call_kernel(TK.dense_f32(k, o), "dense_f32", args, [_shape(x)[0], o], "float32")
+
+
+@_converts(*_ZERO_MAKERS)
+def _zeros(c: Converter, node: fx.Node) -> relax.Expr:
+    if node.target == aten.new_zeros.default:
+        like, size = node.args[:2]
+        dtype = node.kwargs.get("dtype") or _dtype(c.tensor(like))
+    else:
+        size, dtype = node.args[0], node.kwargs.get("dtype") or torch.float32
+    dtype = str(dtype).removeprefix("torch.")
+    return c.emit(relax.op.zeros(c.value(size), dtype))
+
+
+@_converts(*_SCATTER_ADDS)
+def _scatter_add(c: Converter, node: fx.Node) -> relax.Expr:
+    base, dim, index, src = node.args[:4]
+    if node.target == aten.scatter_add_.default and len(base.users) > 1:
+        raise _unsupported(node, "an in-place scatter_add_ on a tensor that is also read elsewhere")
+    if node in c.aggregations:
+        size = base.args[1] if base.target == aten.new_zeros.default else base.args[0]
+        csr = _csr(c, c.aggregations[node], size, _dtype(c.tensor(base)))
+        if csr is not None:
+            return csr
+    values = c.tensor(base)
+    return c.emit(relax.op.scatter_elements(values, c.tensor(index), c.tensor(src), axis=dim, reduction="add"))
+
+
+@_converts(aten.max.default, aten.amax.default)
+def _max(c: Converter, node: fx.Node) -> relax.Expr:
+    if len(node.args) > 1:
+        raise _unsupported(node, "only the maximum over all elements is supported")
+    return c.emit(relax.op.max(c.tensor(node.args[0])))
+
+
+@_converts(aten.item.default)
+def _item(c: Converter, node: fx.Node) -> tirx.PrimExpr:
+    """A data-dependent size (e.g. the number of graphs, ``batch.max() + 1``): a fresh symbolic size bound to the
+    tensor's value at run time, so the ops sized by it stay dynamic."""
+    value = c.emit(relax.op.reshape(c.tensor(node.args[0], "int64"), [1]))
+    size = tirx.Var(node.name, "int64")
+    c.bb.match_cast(c.emit(relax.op.tensor_to_shape(value)), relax.ShapeType([size]))
+    return size
+
+
+def _sizes(op: Callable) -> Callable[[Converter, fx.Node], object]:
+    def convert(c: Converter, node: fx.Node) -> object:
+        return op(*c.value(node.args))
+
+    return convert
+
+
+_converts(operator.add)(_sizes(operator.add))
+_converts(operator.sub)(_sizes(operator.sub))
+_converts(operator.mul)(_sizes(operator.mul))
+
+
+def _batch_norm_module(c: Converter, node: fx.Node) -> relax.Expr:
+    """A lowered program's batch norm (a float island: ``ModeBatchNorm(x, weight, bias, mean, var)``)."""
+    module = c.gm.get_submodule(node.target)
+    return _batch_norm(c, node, *node.args, module.training, module.eps)
+
+
+@_converts(aten.batch_norm.default)
+def _batch_norm_op(c: Converter, node: fx.Node) -> relax.Expr:
+    """An FP32 program's batch norm: ``batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn)``."""
+    x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
+    return _batch_norm(c, node, x, weight, bias, mean, var, training, eps)
+
+
+def _batch_norm(c: Converter, node: fx.Node, x, weight, bias, mean, var, training: bool, eps: float) -> relax.Expr:
+    """Inference batch norm as ``x * alpha + beta`` per channel (dim 1), the form of PyTorch's CPU inference
+    kernel, with ``alpha = w / sqrt(var + eps)`` and ``beta = b - mean * alpha`` folded at export."""
+    stats = [c.array(v) for v in (mean, var)]
+    if training or any(v is None for v in stats):
+        raise _unsupported(node, "batch norm needs eval() mode and constant running statistics")
+    value = c.tensor(x, "float32")
+    channels = stats[0].shape[0]
+    w = c.array(weight) if weight is not None else np.ones(channels, np.float32)
+    b = c.array(bias) if bias is not None else np.zeros(channels, np.float32)
+    if w is None or b is None:
+        raise _unsupported(node, "batch norm needs a constant weight and bias")
+    alpha = (w / np.sqrt(stats[1] + np.float32(eps))).astype(np.float32)
+    beta = (b - stats[0] * alpha).astype(np.float32)
+    view = [channels] + [1] * (len(_shape(value)) - 2)
+    scaled = c.emit(relax.op.multiply(value, relax.const(alpha.reshape(view))))
+    return c.emit(relax.op.add(scaled, relax.const(beta.reshape(view))))
+
+
+MODULE_CONVERTERS: dict[type, Callable[[Converter, fx.Node], object]] = {ModeBatchNorm: _batch_norm_module}
+
+
+_REDUCTIONS = {"sum": "add", "amax": "max", "amin": "min", "prod": "mul"}
+
+
+@_converts(aten.scatter_reduce.two, aten.scatter_reduce_.two)
+def _scatter_reduce(c: Converter, node: fx.Node) -> relax.Expr:
+    """``scatter_reduce`` (e.g. PyG's max pooling). With ``include_self=False`` the base value does not take part,
+    and rows that receive nothing keep it: those rows are found with a count."""
+    base, dim, index, src, reduce_op = node.args[:5]
+    include_self = node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True)
+    if reduce_op not in _REDUCTIONS:
+        raise _unsupported(node, f"reduce={reduce_op!r}")
+    if node.target == aten.scatter_reduce_.two and len(base.users) > 1:
+        raise _unsupported(node, "an in-place scatter_reduce_ on a tensor that is also read elsewhere")
+    values, idx, updates = c.tensor(base), c.tensor(index), c.tensor(src)
+    mode = _REDUCTIONS[reduce_op]
+    if include_self:
+        return c.emit(relax.op.scatter_elements(values, idx, updates, axis=dim, reduction=mode))
+    if mode in ("max", "min"):  # start each touched row from one of its own values
+        start = c.emit(relax.op.scatter_elements(values, idx, updates, axis=dim, reduction="update"))
+    else:  # from the identity of the reduction
+        start = c.emit((relax.op.zeros if mode == "add" else relax.op.ones)(_shape(values), _dtype(values)))
+    reduced = c.emit(relax.op.scatter_elements(start, idx, updates, axis=dim, reduction=mode))
+    counts = c.emit(
+        relax.op.scatter_elements(
+            c.emit(relax.op.zeros(_shape(values), "int32")),
+            idx,
+            c.emit(relax.op.ones(_shape(updates), "int32")),
+            axis=dim,
+            reduction="add",
+        )
+    )
+    untouched = c.emit(relax.op.equal(counts, relax.const(0, "int32")))
+    return c.emit(relax.op.where(untouched, values, reduced))
+
+
+# -- schedules for everything else --------------------------------------------------------------------------------
+class CpuSpatial(ScheduleRule):
+    """Generic CPU schedule for the fused elementwise functions Relax legalizes: inline the chain, then run the
+    outer loops in parallel and vectorize a static innermost loop. (dlight's CPU rules only cover GEMV and
+    reductions, so without this every quantize/requantize over ``[N, C]`` would run on one core, scalar.)"""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        if not all(info.is_injective() for info in infos):
+            return None
+        for info in infos:
+            loops = sch.get_loops(info.block_rv)
+            if not loops:
+                continue
+            inner = _static(sch.get(loops[-1]).extent)
+            if len(loops) > 1 and inner is not None and 1 < inner <= 1024:
+                sch.vectorize(loops[-1])
+                loops = loops[:-1]
+            sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+        return sch
+
+
+def pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with schedules between legalization and lowering (hand-written kernels are already
+    scheduled; reductions get dlight's CPU rule, elementwise functions :class:`CpuSpatial`)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0)
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            passes = [
+                relax.transform.DeadCodeElimination(),
+                *cpu.library_dispatch_passes(target),
+                *cpu.legalize_passes(target),
+                dlight.ApplyDefaultSchedule(dlight.cpu.Reduction(), CpuSpatial()),
+                *cpu.dataflow_lower_passes(target),
+                *cpu.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return run

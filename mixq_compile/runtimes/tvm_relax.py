@@ -1,0 +1,170 @@
+"""The ``tvm`` backend: the feature program as a compiled Apache TVM Relax module (``features.so``).
+
+- **Features** are translated node by node into Relax (:mod:`mixq_compile.runtimes.tvm_convert`), with symbolic
+  node/edge counts, built for the host CPU (``{"kind": "llvm", "mcpu": <host>, "num-cores": <threads>}``),
+  written with ``export_library`` and reloaded with ``tvm.runtime.load_module``. Dense layers and aggregations run
+  hand-scheduled kernels (:mod:`mixq_compile.runtimes.tvm_kernels`), so no tuning is needed at export time.
+- **Structure** (self loops, normalisation, edge-weight codes) stays a ``torch.export`` program (``structure.pt2``,
+  as in the ``torch`` backend): it uses boolean-mask indexing, whose data-dependent shapes TVM cannot compile
+  (TOOLCHAIN_NOTES.md §Q4). It also sorts each aggregation's edges by target for the CSR kernels. Loading a TVM
+  artifact therefore needs torch as well as TVM; with ``load_artifact(..., cache_structure=True)`` the structure
+  part runs once per graph.
+
+The ``.so`` is built for this machine's CPU (it uses AVX-512 VNNI when present); re-export on another CPU type.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..integer.program import IntegerProgram
+from .base import Backend, BackendUnavailableError, Runner
+from .torch_pt2 import export_program, load_pt2
+
+STRUCTURE_FILE = "structure.pt2"
+FEATURES_FILE = "features.so"
+INSTALL_HINT = "pip install 'mixq_compile[tvm]'"
+
+
+def host_target() -> dict:
+    """The llvm target for this CPU as a JSON dict (TVM 0.27 rejects CLI target strings)."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": torch.get_num_threads()}
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import tvm  # noqa: F401
+            from tvm import relax  # noqa: F401
+        except ImportError as error:
+            return f"Apache TVM is not importable ({error}); install it with {INSTALL_HINT}"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        import tvm
+
+        return {"tvm": tvm.__version__, "tvm_ffi": metadata.version("apache-tvm-ffi")}
+
+    def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
+        self.require()
+        import tvm
+
+        from . import tvm_convert
+
+        tvm_convert.check_supported(program.features)
+        frontier = tuple(program.structure(*example_inputs))
+        aggregations = tvm_convert.find_aggregations(program.features, len(example_inputs), frontier)
+        structure = export_program(tvm_convert.sorted_structure(program.structure, aggregations), example_inputs)
+        torch.export.save(structure, directory / STRUCTURE_FILE)
+
+        target_json = host_target()
+        target = tvm.target.Target(target_json)
+        use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
+        converter = tvm_convert.Converter(program.features, aggregations, use_vnni)
+        module = converter.build(_params(structure, program.features))
+        executable = tvm.compile(module, target, relax_pipeline=tvm_convert.pipeline(target))
+        executable.export_library(str(directory / FEATURES_FILE))
+        return {
+            "structure": STRUCTURE_FILE,
+            "features": FEATURES_FILE,
+            "target": target_json,
+            "vnni": bool(use_vnni),
+            "csr_aggregations": converter.csr_used,
+        }
+
+    def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
+        self.require()
+        _check_cpu(entries)
+        structure = load_pt2(directory / entries["structure"])
+
+        def aligned_structure(*inputs: Tensor) -> tuple[Tensor, ...]:
+            return tuple(aligned(t) for t in structure(*inputs))
+
+        return aligned_structure, load_features(directory / entries["features"])
+
+
+def _check_cpu(entries: dict) -> None:
+    """Refuse, with the fix, a module whose kernels use instructions this CPU lacks (it would die on SIGILL)."""
+    import tvm
+
+    if entries.get("vnni") and not tvm.target.codegen.target_has_features(
+        "avx512vnni", tvm.target.Target(host_target())
+    ):
+        raise BackendUnavailableError(
+            f"this TVM artifact was built for {entries['target'].get('mcpu')} with AVX-512 VNNI, which this CPU "
+            f"lacks; export it again on this machine"
+        )
+
+
+def aligned(t: Tensor) -> Tensor:
+    """``t`` contiguous and 64-byte aligned, as TVM's DLPack import requires (compiled kernels assume aligned
+    buffers). Views into a larger tensor (e.g. one row of ``edge_index``) get copied; others pass through."""
+    t = t.detach().contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def load_features(path: Path) -> Runner:
+    """A compiled feature module as a callable on torch tensors (zero-copy through DLPack both ways)."""
+    import tvm
+    from tvm import relax
+
+    machine = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    main = machine["main"]
+
+    def run(*inputs: Tensor) -> tuple[Tensor, ...]:
+        outputs = main(*(tvm.runtime.from_dlpack(aligned(t)) for t in inputs))
+        return tuple(torch.from_dlpack(o) for o in outputs)
+
+    return run
+
+
+def _params(structure: torch.export.ExportedProgram, features: torch.fx.GraphModule) -> list:
+    """Relax parameters of the feature function: the model inputs, then the structure outputs (frontier and sorted
+    edges). Sizes come from the feature program's own symbols where it has them (so ``x``, ``batch`` and every
+    aggregation output share one node-count ``tirx.Var``); tensors it has no shapes for (outputs of integer
+    instructions, the sorted edges) get theirs from the exported structure program, translated into the same
+    symbols through the tensors both describe."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+    from tvm import tirx
+
+    from .tvm_convert import Param
+
+    user_inputs = set(structure.graph_signature.user_inputs)
+    placeholders = [n for n in structure.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    output = next(n for n in structure.graph.nodes if n.op == "output")
+    exported = [n.meta["val"] for n in placeholders] + [n.meta["val"] for n in output.args[0]]
+    feature_inputs = [n for n in features.graph.nodes if n.op == "placeholder"]
+    names = [n.name for n in feature_inputs] + [f"sorted_{i}" for i in range(len(exported) - len(feature_inputs))]
+    captured = [n.meta.get("val") for n in feature_inputs] + [None] * (len(exported) - len(feature_inputs))
+    symbols: dict[str, object] = {}
+
+    def dim(size: int | torch.SymInt, prefix: str) -> object:
+        if is_concrete_int(size):
+            return int(size)
+        key = prefix + str(size.node.expr)
+        if key not in symbols:
+            symbols[key] = tirx.Var(re.sub(r"\W+", "_", key), "int64")
+        return symbols[key]
+
+    for ours, theirs in zip(captured, exported):  # export symbol -> feature-program size, where both are known
+        if isinstance(ours, Tensor):
+            for a, b in zip(ours.shape, theirs.shape):
+                if not is_concrete_int(b):
+                    symbols.setdefault("export:" + str(b.node.expr), dim(a, ""))
+    return [
+        Param(
+            name,
+            str(theirs.dtype).removeprefix("torch."),
+            [dim(a, "") for a in ours.shape] if isinstance(ours, Tensor) else [dim(b, "export:") for b in theirs.shape],
+        )
+        for name, ours, theirs in zip(names, captured, exported)
+    ]

@@ -1,0 +1,145 @@
+"""The ``tvm`` backend: exported artifacts (GCN, SAGE, GIN) match the integer reference executor on two graph sizes
+(dynamic N/E/number of graphs), FP32 artifacts match the FP32 model, and failures name the op or the missing
+package."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import random_batch, random_graph
+from torch import nn
+from torch_geometric.nn import GCNConv
+
+import mixq_compile as mq
+from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
+from mixq_compile.runtimes import BackendUnavailableError, get_backend
+
+pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mixq_compile[tvm]'")
+
+from mixq_compile.runtimes.tvm_convert import UnsupportedOpError
+
+FEATURES = 16
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    """The export example and a second graph of another size (the artifact's N and E are dynamic)."""
+    return random_graph(100, 400, FEATURES), random_graph(257, 1333, FEATURES, seed=1)
+
+
+def _frozen(model: nn.Module, example: tuple, bits: dict[str, int] | None = None) -> mq.QuantizedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model.eval(), example)
+    qmodel(*example)  # calibrate
+    return mq.freeze(qmodel, bits=bits)
+
+
+def _scale(frozen: mq.QuantizedModel, site: str) -> float:
+    return float(dict(frozen.quantizers())[site].scale.detach().abs().max())
+
+
+def _check_integer(frozen: mq.QuantizedModel, graphs, tmp_path, lsb: float) -> mq.Artifact:
+    program = mq.lower(frozen)
+    artifact = mq.load_artifact(mq.export(frozen, graphs[0], tmp_path / "a", backend="tvm"))
+    for inputs in graphs:
+        error = (artifact(*inputs) - program(*inputs)).abs().max().item()
+        assert error <= lsb * 1.001, f"{error} > 1 LSB ({lsb}) on N={inputs[0].shape[0]}"
+    return artifact
+
+
+GCN_BITS = [
+    None,  # every site at 8 bits
+    {
+        "conv1.lin.weight": 2,
+        "conv2.lin.weight": 4,
+        "conv1.edge_weight": 4,
+        "conv2.edge_weight": 4,
+        "conv1.lin.input": 4,
+        "conv1.aggregate": 4,
+        "conv2.lin.output": 2,
+    },
+]
+
+
+@pytest.mark.parametrize("bits", GCN_BITS, ids=["w8a8", "mixed-w2w4-e4-a4a2"])
+def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
+    frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0], bits)
+    artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))
+    entries = artifact.manifest["backend_entries"]
+    assert entries["csr_aggregations"] == 2 and entries["target"]["kind"] == "llvm"
+    assert artifact.manifest["precision"] == "integer"
+
+
+def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
+    """Without the hand-written kernels (no VNNI on the CPU, aggregations not in CSR form) the same program runs
+    on Relax's own matmul and scatter_elements, and must be just as exact."""
+    import tvm
+
+    from mixq_compile.runtimes import tvm_convert
+
+    monkeypatch.setattr(tvm_convert, "find_aggregations", lambda *args: [])
+    monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
+    frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0])
+    artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))
+    assert artifact.manifest["backend_entries"]["csr_aggregations"] == 0
+
+
+def test_sage_matches_the_integer_executor(graphs, tmp_path, monkeypatch):
+    import tvm
+
+    frozen = _frozen(SAGE(FEATURES, 7, hidden=32), graphs[0])
+    lsb = sum(_scale(frozen, s) for s in frozen.chosen_bits() if s.startswith("conv2") and s.endswith("output"))
+    artifact = _check_integer(frozen, graphs, tmp_path, lsb)
+    assert artifact.manifest["backend_entries"]["csr_aggregations"] == 2
+    if artifact.manifest["backend_entries"]["vnni"]:  # a CPU without VNNI gets a clear error, not SIGILL
+        monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
+        with pytest.raises(BackendUnavailableError, match="export it again on this machine"):
+            mq.load_artifact(artifact.path)
+
+
+def test_gin_integer_and_fp32_with_a_dynamic_number_of_graphs(tmp_path):
+    """GIN: batch norm (a float island), max pooling and a pooling size read from the data (``batch.max() + 1``,
+    a run-time shape in Relax); checked on batches of 4 and 7 graphs."""
+    batches = random_batch(4, 10, FEATURES), random_batch(7, 13, FEATURES, seed=1)
+    model = TUGIN(FEATURES, 3, hidden=32, layers=2).eval()
+    frozen = _frozen(model, batches[0])
+    _check_integer(frozen, batches, tmp_path, _scale(frozen, "head.2.output"))
+    artifact = mq.load_artifact(mq.export(model, batches[0], tmp_path / "f", backend="tvm"))
+    with torch.no_grad():
+        for batch in batches:
+            torch.testing.assert_close(artifact(*batch), model(*batch), atol=1e-4, rtol=1e-4)
+
+
+def test_fp32_artifact_matches_the_model(graphs, tmp_path):
+    model = PlanetoidGCN(FEATURES, 7, hidden=32).eval()
+    artifact = mq.load_artifact(mq.export(model, graphs[0], tmp_path / "f", backend="tvm"), cache_structure=True)
+    assert artifact.manifest["precision"] == "fp32" and artifact.manifest["backend_entries"]["csr_aggregations"] == 2
+    with torch.no_grad():
+        for x, edge_index in graphs:
+            torch.testing.assert_close(artifact(x, edge_index), model(x, edge_index), atol=1e-4, rtol=1e-4)
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = GCNConv(FEATURES, 4)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x, edge_index))
+
+
+def test_unsupported_op_names_the_op_and_the_fix(graphs, tmp_path):
+    with pytest.raises(UnsupportedOpError, match=r"sigmoid.*backend='torch'"):
+        mq.export(_Sigmoid().eval(), graphs[0], tmp_path / "s", backend="tvm")
+    assert not (tmp_path / "s").exists()
+
+
+def test_unavailable_reason_says_how_to_install(monkeypatch):
+    backend = get_backend("tvm")
+    assert backend.unavailable_reason() is None
+    monkeypatch.setitem(sys.modules, "tvm", None)
+    assert "pip install 'mixq_compile[tvm]'" in backend.unavailable_reason()
