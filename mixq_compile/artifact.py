@@ -85,14 +85,16 @@ def export(
     backend: str = "torch",
     *,
     fixed_point: bool = False,
+    backend_options: dict | None = None,
 ) -> Path:
     """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
 
     Writes the artifact directory ``path`` atomically and returns it. ``backend`` is one of
     ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
     requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
+    ``backend_options`` are passed to the backend (e.g. ``{"aot_inductor": True}`` for "torch").
     """
-    runtime = get_backend(backend)
+    runtime = get_backend(backend, **(backend_options or {}))
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)
 

@@ -146,3 +146,15 @@ def test_fixed_point_artifact_runs_and_records_its_requantization(frozen_gcn, tm
     artifact = mq.load_artifact(mq.export(frozen, args, tmp_path / "fx", backend="torch", fixed_point=True))
     assert artifact.manifest["requantization"] == "fixed_point"
     assert torch.equal(artifact(*args), mq.lower(frozen, fixed_point=True)(*args))
+
+
+def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_path):
+    _, frozen, args = frozen_gcn
+    path = mq.export(frozen, args, tmp_path / "aoti", backend="torch", backend_options={"aot_inductor": True})
+    artifact = mq.load_artifact(path)
+    assert artifact.manifest["backend_entries"]["aot_inductor"] is True
+    other = random_graph(83, 400, 12, seed=5)
+    for graph in (args, other):
+        assert torch.equal(artifact(*graph), mq.lower(frozen)(*graph))
+    with pytest.raises(ValueError, match="aot_inductor"):
+        mq.export(frozen, args, tmp_path / "bad", backend="torch", backend_options={"fast": True})

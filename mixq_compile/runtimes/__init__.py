@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .base import Backend, BackendUnavailableError
 
@@ -15,12 +16,17 @@ BACKENDS = {
 }
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``, or a ``ValueError`` listing the known ones."""
+def get_backend(name: str, **options: object) -> Backend:
+    """The backend called ``name`` with its ``options``, or a ``ValueError`` naming the known backends/options."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    module, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    try:
+        return cls(**options)
+    except TypeError as error:
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise ValueError(f"backend {name!r} takes the options {accepted}, got {sorted(options)}") from error
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "get_backend"]
