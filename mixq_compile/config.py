@@ -61,6 +61,11 @@ class QuantConfig:
         site_bit_widths: per-site candidate overrides, ``{glob pattern on site name: bit_widths}``; first match wins.
         skip: glob patterns of site names to leave in float.
         unsigned_after_relu: use unsigned codes for activations known to be non-negative.
+        cache_structure: compute graph-structure work (self-loops, degrees, GCN normalisation: everything that
+            depends only on ``edge_index``/``batch`` and sizes) once per graph instead of on every call, like PyG's
+            ``cached=True`` (pass :func:`~mixq_compile.passes.structure.cache_structure`). Opt-in because the
+            cache is keyed on the identity of the graph tensors (see
+            :class:`~mixq_compile.passes.structure.StructureCache`).
     """
 
     bit_widths: tuple[int, ...] = (2, 4, 8)
@@ -69,6 +74,7 @@ class QuantConfig:
     site_bit_widths: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     unsigned_after_relu: bool = True
+    cache_structure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bit_widths", check_candidates(self.bit_widths))

@@ -41,6 +41,7 @@ def _config_to_dict(config: QuantConfig) -> dict:
         "site_bit_widths": {k: list(v) for k, v in config.site_bit_widths.items()},
         "skip": list(config.skip),
         "unsigned_after_relu": config.unsigned_after_relu,
+        "cache_structure": config.cache_structure,
     }
 
 
@@ -54,6 +55,7 @@ def _config_from_dict(data: dict) -> QuantConfig:
         site_bit_widths={k: tuple(v) for k, v in data["site_bit_widths"].items()},
         skip=tuple(data["skip"]),
         unsigned_after_relu=data["unsigned_after_relu"],
+        cache_structure=data.get("cache_structure", False),
     )
 
 

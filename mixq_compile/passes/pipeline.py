@@ -10,18 +10,22 @@ from torch import fx
 from ..config import QuantConfig
 from .find_sites import find_sites
 from .insert_quantizers import insert_quantizers
+from .structure import cache_structure
 from .train_mode import make_mode_aware
 
 Pass = Callable[[fx.GraphModule], fx.GraphModule]
 
 
 def search_pipeline(config: QuantConfig) -> tuple[tuple[str, Pass], ...]:
-    """Captured FP32 graph -> trainable graph with a mixed quantizer at every site."""
-    return (
+    """Captured FP32 graph -> trainable graph with a mixed quantizer at every site (+ the structure cache if asked)."""
+    passes: tuple[tuple[str, Pass], ...] = (
         ("make_mode_aware", make_mode_aware),
         ("find_sites", partial(find_sites, config=config)),
         ("insert_quantizers", insert_quantizers),
     )
+    if config.cache_structure:
+        passes += (("cache_structure", cache_structure),)
+    return passes
 
 
 def run_pipeline(gm: fx.GraphModule, passes: Sequence[tuple[str, Pass]]) -> fx.GraphModule:
