@@ -5,7 +5,7 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 """
 
 from .api import bitops, freeze, penalty, quantize, sites
-from .config import SITE_KINDS, QuantConfig
+from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableOpError
 from .io import SavedModelError, load, save
 from .model import QuantizedModel
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SITE_KINDS",
     "CaptureError",
+    "DegreeQuant",
     "FakeQuantizer",
     "InputSignatureError",
     "MixQError",

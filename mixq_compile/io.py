@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .api import freeze, quantize
-from .config import QuantConfig
+from .config import DegreeQuant, QuantConfig
 from .errors import MixQError
 from .model import QuantizedModel
 from .passes.plan import SitePlan
@@ -42,6 +43,7 @@ def _config_to_dict(config: QuantConfig) -> dict:
         "skip": list(config.skip),
         "unsigned_after_relu": config.unsigned_after_relu,
         "cache_structure": config.cache_structure,
+        "degree_quant": None if config.degree_quant is None else asdict(config.degree_quant),
     }
 
 
@@ -56,6 +58,7 @@ def _config_from_dict(data: dict) -> QuantConfig:
         skip=tuple(data["skip"]),
         unsigned_after_relu=data["unsigned_after_relu"],
         cache_structure=data.get("cache_structure", False),
+        degree_quant=None if data.get("degree_quant") is None else DegreeQuant(**data["degree_quant"]),
     )
 
 
