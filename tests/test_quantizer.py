@@ -260,3 +260,15 @@ def test_fused_mixed_quantizer_matches_the_composite_sum_of_candidates(granulari
             assert got is None or not got.abs().sum()
         else:
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("low", [0.0, -1.0])  # zero-point zero (skipped add) and non-zero
+def test_mixed_quantizer_output_without_gradients_equals_the_training_output(low):
+    mixed = MixedQuantizer(QuantSpec(signed=False), (2, 4, 8))
+    x = torch.linspace(low, 3.0, 500)
+    mixed(x[::7])  # calibrate on a subset, so that some values are clamped
+    with torch.no_grad():
+        evaluated = mixed(x)
+    trained = mixed(x)
+    assert trained.requires_grad and torch.equal(evaluated, trained)
+    assert bool(mixed.candidates[0].zero_point.round().eq(0).all()) == (low == 0.0)

@@ -76,11 +76,12 @@ class _MixedLSQFakeQuantize(torch.autograd.Function):
 
     Sums reduce to each parameter's (broadcast) shape, so per-tensor and per-channel quantizers share the code.
     Ops are chosen for CPU speed: ``where`` on a bool mask and ``addcdiv`` with 0-dim operands are several times
-    slower than the float-mask ``lerp`` and ``div`` + ``add_`` used here, which compute the same values.
+    slower than the float-mask ``lerp`` and ``div`` + ``add_`` used here, which compute the same values. Without
+    gradients (evaluation) only the output is computed, and a zero zero-point skips its add and subtract.
     """
 
     @staticmethod
-    def forward(ctx, x, probs, ranges, grad_factors, *scales_and_zero_points):
+    def forward(ctx, x, probs, ranges, grad_factors, for_backward, *scales_and_zero_points):
         count = len(ranges)
         scales, raw_zero_points = scales_and_zero_points[:count], scales_and_zero_points[count:]
         out = None
@@ -88,16 +89,24 @@ class _MixedLSQFakeQuantize(torch.autograd.Function):
         for k, (qmin, qmax) in enumerate(ranges):
             scale = scales[k]
             z = torch.clamp(torch.round(raw_zero_points[k]), qmin, qmax)
-            u = torch.div(x, scale).add_(z)
-            rounded = torch.round(u)
-            codes = torch.clamp(rounded, qmin, qmax)
-            clamped = torch.ne(rounded, codes, out=rounded)  # float 0/1, reusing the buffer
-            d_scale = torch.sub(codes, u, out=u)  # inside the range: the rounding error c - u
-            codes.sub_(z)  # c - z, exact on integers
-            d_scale.lerp_(codes, clamped)  # exact select: c - z where clamped
+            z_is_zero = not bool(z.any())  # symmetric, or affine on non-negative data: skip two passes
+            u = torch.div(x, scale)
+            if not z_is_zero:
+                u.add_(z)
+            if for_backward:
+                rounded = torch.round(u)
+                codes = torch.clamp(rounded, qmin, qmax)
+                clamped = torch.ne(rounded, codes, out=rounded)  # float 0/1, reusing the buffer
+                d_scale = torch.sub(codes, u, out=u)  # inside the range: the rounding error c - u
+            else:
+                codes = u.round_().clamp_(qmin, qmax)
+            if not z_is_zero:
+                codes.sub_(z)  # c - z, exact on integers
+            if for_backward:
+                d_scale.lerp_(codes, clamped)  # exact select: c - z where clamped
+                saved += [codes, d_scale, clamped, scale]
             weight = probs[k] * scale
             out = codes * weight if out is None else out.addcmul_(codes, weight)
-            saved += [codes, d_scale, clamped, scale]
         ctx.save_for_backward(probs, *saved)
         ctx.grad_factors = grad_factors
         return out
@@ -115,14 +124,14 @@ class _MixedLSQFakeQuantize(torch.autograd.Function):
             codes, d_scale, clamped, scale = saved[4 * k : 4 * k + 4]
             if grad_probs is not None:
                 grad_probs[k] = (_reduce_product(grad, codes, scale.shape) * scale).sum()
-            if needs[4 + k]:
+            if needs[5 + k]:
                 grad_scales[k] = _reduce_product(grad, d_scale, scale.shape) * (probs[k] * ctx.grad_factors[k])
-            if needs[4 + count + k]:
+            if needs[5 + count + k]:
                 grad_zero_points[k] = _reduce_product(grad, clamped, scale.shape) * (-probs[k] * scale)
             if keep is not None:
                 keep.addcmul_(clamped, -probs[k])
         grad_x = keep.mul_(grad) if keep is not None else None
-        return grad_x, grad_probs, None, None, *grad_scales, *grad_zero_points
+        return grad_x, grad_probs, None, None, None, *grad_scales, *grad_zero_points
 
 
 def mixed_lsq_fake_quantize(
@@ -140,7 +149,12 @@ def mixed_lsq_fake_quantize(
     multiplied by ``grad_factors[k]``. Equivalent to the composite
     ``sum_k probs[k] * fake_quantize(x, grad_scale(s_k, f_k), round_ste(clamp(z_k)), *ranges[k])``.
     """
-    return _MixedLSQFakeQuantize.apply(x, probs, tuple(ranges), tuple(grad_factors), *scales, *zero_points)
+    tensors = (x, probs, *scales, *zero_points)
+    # Without gradients (evaluation) the forward computes the output only: three passes fewer per candidate.
+    for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return _MixedLSQFakeQuantize.apply(
+        x, probs, tuple(ranges), tuple(grad_factors), for_backward, *scales, *zero_points
+    )
 
 
 def lsq_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float) -> Tensor:
