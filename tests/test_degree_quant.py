@@ -13,7 +13,7 @@ from torch_geometric.nn import GCNConv
 import mixq_compile as mq
 from mixq_compile.io import _config_from_dict, _config_to_dict
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.quant.degree_quant import protection_probability
+from mixq_compile.quant.degree_quant import protect, protection_probability
 
 
 def _quantize(model, inputs, **config):
@@ -125,3 +125,21 @@ def test_gradients_flow_with_degree_quant():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert all(p.grad.abs().sum() > 0 for p in q.arch_parameters())
     assert q.quantizer("conv1.aggregate").candidates[-1].scale.grad.abs() > 0
+
+
+def test_graph_level_sites_are_always_quantized_and_node_level_sites_of_a_batch_are_protected():
+    from conftest import random_batch
+
+    from mixq_compile.models import TUGIN
+
+    x, ei, batch = random_batch(4, 10, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = mq.quantize(
+            TUGIN(8, 3, hidden=16, layers=2), (x, ei, batch), config=mq.QuantConfig(degree_quant=mq.DegreeQuant())
+        )
+    assert not [w for w in caught if "Degree-Quant" in str(w.message)]
+    protected = {n.args[1].meta["mixq_site"] for n in q.graph_module.graph.nodes if n.target is protect}
+    rows = {s.name: s.shape[0] for s in q.plan.sites}
+    assert protected and all(rows[s] == rows["convs.0.aggregate"] for s in protected), "node-level sites only"
+    assert {s for s in rows if s.startswith("head.")} and not {s for s in protected if s.startswith("head.")}

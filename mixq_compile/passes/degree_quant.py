@@ -19,7 +19,7 @@ from torch import Tensor, fx
 
 from ..config import DegreeQuant
 from ..quant.degree_quant import DegreeQuantMask, edge_mask, protect, protection_probability
-from .plan import PLAN_KEY, Site, SitePlan
+from .plan import PLAN_KEY, OpRecord, Site, SitePlan
 from .rules import rule_for
 
 aten = torch.ops.aten
@@ -69,21 +69,25 @@ def _gather_index(node: fx.Node) -> fx.Node | None:
     return None
 
 
-def _source_index(gm: fx.GraphModule, plan: SitePlan, site: Site) -> fx.Node | None:
-    """The per-edge source-node index of the aggregation an edge-level site feeds: the index of the nearest gather
-    (``x_j``, PyG's source-to-target flow) upstream of that aggregation's message."""
-    nodes = {n.name: n for n in gm.graph.nodes}
+def _feeding_message_passing(plan: SitePlan, site: Site) -> OpRecord | None:
+    """The message-passing op a site is an operand or output of, if any (edge-level sites feed one)."""
     for op in plan.ops:
-        if op.category != "message_passing" or (op.edge_weight != site.name and site.name not in op.owned):
-            continue
-        aggregation = nodes[op.node]
-        frontier = [aggregation.args[rule_for(aggregation.target).operands[0]]]
-        for _ in range(_SEARCH_DEPTH):
-            for node in frontier:
-                index = _gather_index(node)
-                if index is not None:
-                    return index
-            frontier = [i for n in frontier if n.op == "call_function" for i in n.all_input_nodes]
+        if op.category == "message_passing" and (op.edge_weight == site.name or site.name in op.owned):
+            return op
+    return None
+
+
+def _source_index(gm: fx.GraphModule, op: OpRecord) -> fx.Node | None:
+    """The per-edge source-node index of a message-passing op: the index of the nearest gather (``x_j``, PyG's
+    source-to-target flow) upstream of its message."""
+    aggregation = next(n for n in gm.graph.nodes if n.name == op.node)
+    frontier = [aggregation.args[rule_for(aggregation.target).operands[0]]]
+    for _ in range(_SEARCH_DEPTH):
+        for node in frontier:
+            index = _gather_index(node)
+            if index is not None:
+                return index
+        frontier = [i for n in frontier if n.op == "call_function" for i in n.all_input_nodes]
     return None
 
 
@@ -113,7 +117,10 @@ def insert_degree_quant(gm: fx.GraphModule, dq: DegreeQuant) -> fx.GraphModule:
         if rows == node_rows:
             site_mask = mask
         else:
-            source = _source_index(gm, plan, site)
+            op = _feeding_message_passing(plan, site)
+            if op is None:  # neither node- nor edge-level (e.g. after graph pooling): always quantized
+                continue
+            source = _source_index(gm, op)
             if source is None or order.get(source, len(order)) >= order[first_use]:
                 warnings.warn(
                     f"Degree-Quant: no source-node index found for the edge-level site {site.name}; "
