@@ -94,6 +94,9 @@ def test_cached_model_equals_uncached_and_recomputes_only_for_a_different_graph(
     assert torch.equal(cached(x, edited), plain(x, edited))
     smaller_x, smaller = random_graph(25, 70, 8, seed=2)
     assert torch.equal(cached(smaller_x, smaller), plain(smaller_x, smaller))
+    with torch.inference_mode():
+        cached(smaller_x, smaller)
+    cached.train()(smaller_x, smaller).sum().backward()  # no inference tensors from the cache reach autograd
 
 
 def test_gradients_through_the_cached_model_equal_the_uncached_ones(pair):

@@ -144,9 +144,10 @@ class StructureCache(nn.Module):
     """Runs a structure-only subgraph and replays its outputs while the graph inputs stay the same.
 
     The cache key is, per input: for a tensor, the tensor object itself (held, so its identity cannot be reused by
-    a new tensor), its version counter (bumped by every in-place write) and its shape; for a size, its value. A
-    different ``edge_index`` object, an in-place edit of it or a different number of nodes recomputes. Inputs that
-    require grad are never cached. Copies and pickles of the module start with an empty cache.
+    a new tensor), its version counter (bumped by every in-place write) and its shape; for a size, its value; and
+    whether inference mode is on (its outputs cannot be used by autograd later). A different ``edge_index`` object,
+    an in-place edit of it or a different number of nodes recomputes. Inputs that require grad, and inference tensors
+    (which have no version counter), are never cached. Copies and pickles of the module start with an empty cache.
     """
 
     def __init__(self, subgraph: fx.GraphModule) -> None:
@@ -158,10 +159,10 @@ class StructureCache(nn.Module):
 
     @staticmethod
     def _key_of(inputs: tuple) -> tuple | None:
-        key = []
+        key: list = [torch.is_inference_mode_enabled()]  # inference tensors must not reach autograd later
         for value in inputs:
             if isinstance(value, Tensor):
-                if value.requires_grad:
+                if value.requires_grad or value.is_inference():  # no version counter to watch: never cached
                     return None
                 key.append((value, value._version, tuple(value.shape)))
             else:
@@ -171,7 +172,7 @@ class StructureCache(nn.Module):
     @staticmethod
     def _same(a: tuple, b: tuple) -> bool:
         for x, y in zip(a, b, strict=True):
-            if isinstance(x, tuple):
+            if isinstance(x, tuple):  # (tensor, version, shape)
                 if x[0] is not y[0] or x[1:] != y[1:]:
                     return False
             elif x != y:
