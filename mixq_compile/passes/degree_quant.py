@@ -5,9 +5,10 @@ Pre-condition: quantizers inserted (:func:`~mixq_compile.passes.insert_quantizer
 Post-condition: after the inputs, the graph computes per-node protection probabilities from the in-degrees of the
 ``edge_index`` input (:func:`~mixq_compile.quant.degree_quant.protection_probability`; structure only, so the
 structure cache can keep it) and samples one node mask per forward pass (module ``dq_mask``: Bernoulli in
-training, ``None`` in eval). Every non-weight quantizer output is followed by ``protect(value, quantized, mask)``:
-node-level sites (dim 0 = nodes) use the node mask, edge-level sites the mask of each edge's source node (the index
-of the gather of ``x_j`` feeding their aggregation). Other sites (weights, graph-level pooling) are unchanged.
+training, ``None`` in eval). The quantizer output of every node-level site (dim 0 = nodes) and edge-level site
+(one feeding message passing) is read through ``protect(value, quantized, mask)``: node-level sites use the node
+mask, edge-level sites the mask of each edge's source node (the index of the gather of ``x_j`` feeding their
+aggregation). Other sites (weights, graph-level values after pooling) are unchanged.
 """
 
 from __future__ import annotations
