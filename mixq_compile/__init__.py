@@ -6,7 +6,7 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 
 from .api import bitops, freeze, penalty, quantize, sites
 from .artifact import Artifact, ArtifactError, export, load_artifact
-from .config import SITE_KINDS, QuantConfig
+from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableOpError
 from .integer.program import IntegerProgram, lower
 from .io import SavedModelError, load, save
@@ -21,6 +21,7 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "CaptureError",
+    "DegreeQuant",
     "FakeQuantizer",
     "InputSignatureError",
     "IntegerProgram",

@@ -49,6 +49,33 @@ def _default_specs() -> Mapping[str, QuantSpec]:
 
 
 @dataclass(frozen=True)
+class DegreeQuant:
+    """Degree-Quant (Tailor et al., ICLR 2021) as used by MixQ's DQ variant (MIXQ_METHOD.md §5.3).
+
+    Activations (every non-weight site) start from percentile ranges instead of min/max, and during training each
+    forward pass protects node ``v`` with probability ``low + (high - low) * CDF_in-degree(deg(v))``: protected
+    nodes' values (node-level sites) and messages from protected source nodes (edge-level sites) skip quantization.
+    High in-degree nodes, whose aggregates have the widest ranges, are protected most often. At eval time
+    everything is quantized.
+
+    Attributes:
+        low: protection probability of the lowest in-degree (CDF 0).
+        high: protection probability of the highest in-degree (CDF 1).
+        percentile: lower tail fraction of the activation ranges (0.01: 1st to 99th percentile).
+    """
+
+    low: float = 0.0
+    high: float = 0.1
+    percentile: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low <= self.high <= 1.0:
+            raise ValueError(f"Degree-Quant needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
+        if not 0.0 <= self.percentile < 0.5:
+            raise ValueError(f"Degree-Quant percentile must be in [0, 0.5), got {self.percentile!r}")
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """How ``quantize()`` places quantizers.
 
@@ -61,6 +88,13 @@ class QuantConfig:
         site_bit_widths: per-site candidate overrides, ``{glob pattern on site name: bit_widths}``; first match wins.
         skip: glob patterns of site names to leave in float.
         unsigned_after_relu: use unsigned codes for activations known to be non-negative.
+        cache_structure: compute graph-structure work (self-loops, degrees, GCN normalisation: everything that
+            depends only on ``edge_index``/``batch`` and sizes) once per graph instead of on every call, like PyG's
+            ``cached=True`` (pass :func:`~mixq_compile.passes.structure.cache_structure`). Opt-in because the
+            cache is keyed on the identity of the graph tensors (see
+            :class:`~mixq_compile.passes.structure.StructureCache`).
+        degree_quant: opt-in :class:`DegreeQuant` (percentile activation ranges and stochastic protection of
+            high in-degree nodes during training); ``None`` (default) is plain MixQ.
     """
 
     bit_widths: tuple[int, ...] = (2, 4, 8)
@@ -69,6 +103,8 @@ class QuantConfig:
     site_bit_widths: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
     unsigned_after_relu: bool = True
+    cache_structure: bool = False
+    degree_quant: DegreeQuant | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bit_widths", check_candidates(self.bit_widths))
@@ -82,6 +118,13 @@ class QuantConfig:
             check_candidates(bits)
             if not isinstance(pattern, str):
                 raise ValueError(f"site_bit_widths keys must be glob patterns (str), got {pattern!r}")
+
+    def spec_for(self, kind: str) -> QuantSpec:
+        """The spec of a site kind: ``specs[kind]``, with Degree-Quant's percentile range for non-weight kinds."""
+        spec = self.specs[kind]
+        if self.degree_quant is None or kind == "weight":
+            return spec
+        return replace(spec, range_init="percentile", percentile=self.degree_quant.percentile)
 
     def candidates_for(self, site_name: str) -> tuple[int, ...]:
         for pattern, bits in self.site_bit_widths.items():

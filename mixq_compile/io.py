@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from .api import freeze, quantize
 from .atomic import write_directory
-from .config import QuantConfig
+from .config import DegreeQuant, QuantConfig
 from .errors import MixQError
 from .model import QuantizedModel
 from .passes.plan import SitePlan
@@ -41,6 +42,8 @@ def _config_to_dict(config: QuantConfig) -> dict:
         "site_bit_widths": {k: list(v) for k, v in config.site_bit_widths.items()},
         "skip": list(config.skip),
         "unsigned_after_relu": config.unsigned_after_relu,
+        "cache_structure": config.cache_structure,
+        "degree_quant": None if config.degree_quant is None else asdict(config.degree_quant),
     }
 
 
@@ -54,6 +57,8 @@ def _config_from_dict(data: dict) -> QuantConfig:
         site_bit_widths={k: tuple(v) for k, v in data["site_bit_widths"].items()},
         skip=tuple(data["skip"]),
         unsigned_after_relu=data["unsigned_after_relu"],
+        cache_structure=data.get("cache_structure", False),
+        degree_quant=None if data.get("degree_quant") is None else DegreeQuant(**data["degree_quant"]),
     )
 
 

@@ -220,3 +220,55 @@ def test_fused_quantizer_matches_the_composite_ste_formulation(granularity, symm
     assert torch.allclose(grads[1], q.scale.grad, atol=1e-5)
     if not symmetric:
         assert torch.allclose(grads[2], q.zero_point.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fused_mixed_quantizer_matches_the_composite_sum_of_candidates(granularity, symmetric):
+    """Values and gradients (x, every scale and zero-point, alpha) equal sum_k softmax(alpha)_k * FQ_k(x)."""
+    torch.manual_seed(2)
+    spec = QuantSpec(granularity=granularity, axis=1, symmetric=symmetric)
+    mixed = MixedQuantizer(spec, (2, 4, 8))
+    mixed(torch.randn(40, 6) * 0.5)  # calibrate narrower than the data below, so every candidate clamps some values
+    with torch.no_grad():
+        mixed.alpha.copy_(torch.tensor([0.3, -0.2, 0.5]))
+        for c in mixed.candidates:  # fractional zero-points: the forward pass must round them
+            c.zero_point.add_(0.3 * (not symmetric))
+    x = (torch.randn(40, 6) * 2).requires_grad_()
+    upstream = torch.linspace(-1, 1, 240).reshape(40, 6)
+    params = [x, mixed.alpha] + [p for c in mixed.candidates for p in (c.scale, c.zero_point)]
+
+    def grads(out):
+        for p in params:
+            p.grad = None
+        out.backward(upstream)
+        return [None if p.grad is None else p.grad.clone() for p in params]
+
+    fused = mixed(x)
+    fused_grads = grads(fused)
+    probs = mixed.probabilities()
+    composite = sum(
+        probs[k] * fake_quantize(x, *c.scale_and_zero_point(x), c.spec.qmin, c.spec.qmax)
+        for k, c in enumerate(mixed.candidates)
+    )
+    composite_grads = grads(composite)
+    assert torch.allclose(fused, composite, atol=1e-6)
+    clamped = [(c.codes(x) == c.spec.qmin) | (c.codes(x) == c.spec.qmax) for c in mixed.candidates]
+    assert all(m.any() and not m.all() for m in clamped), "the check needs values inside and outside every range"
+    for got, want in zip(fused_grads, composite_grads):
+        if want is None or not want.abs().sum():
+            assert got is None or not got.abs().sum()
+        else:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("low", [0.0, -1.0])  # zero-point zero (skipped add) and non-zero
+def test_mixed_quantizer_output_without_gradients_equals_the_training_output(low):
+    mixed = MixedQuantizer(QuantSpec(signed=False), (2, 4, 8))
+    x = torch.linspace(low, 3.0, 500)
+    mixed(x[::7])  # calibrate on a subset, so that some values are clamped
+    with torch.no_grad():
+        evaluated = mixed(x)
+    trained = mixed(x)
+    assert trained.requires_grad and torch.equal(evaluated, trained)
+    assert bool(mixed.candidates[0].zero_point.round().eq(0).all()) == (low == 0.0)

@@ -185,7 +185,7 @@ class _SiteFinder:
         return name
 
     def spec_for(self, kind: str, node: fx.Node, weight_axis: int | None) -> QuantSpec:
-        spec = self.config.specs[kind]
+        spec = self.config.spec_for(kind)
         if kind == "weight":
             if spec.granularity != "channel":
                 return spec

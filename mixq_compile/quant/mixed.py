@@ -3,7 +3,9 @@
 Output is the convex combination ``sum_k softmax(alpha)_k * FQ_{b_k}(x)`` (a DARTS-style relaxation). Each candidate
 is its own :class:`FakeQuantizer` with its own scale and zero-point; all candidates read the same tensor, so a weight
 is stored once and shared. Logits start at ``softmax(softmax(b))``, the reference's mild prior for the largest
-bit-width (e.g. mixing probabilities ``[0.2916, 0.2926, 0.4158]`` for ``(2, 4, 8)``).
+bit-width (e.g. mixing probabilities ``[0.2916, 0.2926, 0.4158]`` for ``(2, 4, 8)``). The K candidates and their
+mixing run as one fused autograd function (:func:`~mixq_compile.quant.functional.mixed_lsq_fake_quantize`): the
+search runs it at every site on every step.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .functional import mixed_lsq_fake_quantize
 from .quantizer import FakeQuantizer
 from .spec import QuantSpec, check_candidates
 
@@ -59,8 +62,5 @@ class MixedQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.last_numel = x.numel()
-        probs = self.probabilities()
-        out = probs[0] * self.candidates[0](x)
-        for k in range(1, len(self.candidates)):
-            out = out + probs[k] * self.candidates[k](x)
-        return out
+        scales, zero_points, ranges, factors = zip(*(c.fused_arguments(x) for c in self.candidates))
+        return mixed_lsq_fake_quantize(x, self.probabilities(), scales, zero_points, ranges, factors)

@@ -120,13 +120,19 @@ class FakeQuantizer(nn.Module):
             zero_point = round_ste(torch.clamp(self.zero_point, spec.qmin, spec.qmax))
         return self._broadcast(scale, x), self._broadcast(zero_point, x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def fused_arguments(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[int, int], float]:
+        """(positive broadcast scale, unrounded broadcast zero-point, code range, LSQ gradient factor) for ``x``:
+        what the fused fake-quant functions take. Calibrates on ``x`` first if this quantizer has not seen data."""
         if not bool(self.initialized):
             self.calibrate(x)
         spec = self.spec
         scale = self._broadcast(self.scale.abs().clamp_min(_MIN_SCALE), x)
         zero_point = self._broadcast(self.zero_point.detach() * 0 if spec.symmetric else self.zero_point, x)
-        return lsq_fake_quantize(x, scale, zero_point, spec.qmin, spec.qmax, self._grad_factor(x))
+        return scale, zero_point, (spec.qmin, spec.qmax), self._grad_factor(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, zero_point, (qmin, qmax), factor = self.fused_arguments(x)
+        return lsq_fake_quantize(x, scale, zero_point, qmin, qmax, factor)
 
     def codes(self, x: Tensor) -> Tensor:
         """Integer codes of ``x`` under this quantizer (float tensor of integral values)."""
