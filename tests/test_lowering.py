@@ -140,3 +140,24 @@ def test_fixed_point_requantization_stays_within_one_step_per_layer():
     with torch.no_grad():
         for graph in (args, inputs(seed=1)):
             assert (program(*graph) - frozen(*graph)).abs().max() <= layers * _output_step(frozen) + 1e-5
+
+
+@pytest.mark.parametrize("options", [{"cache_structure": True}, {"degree_quant": True}])
+def test_structure_cache_and_degree_quant_models_lower_to_the_same_exact_program(options):
+    from mixq_compile.config import DegreeQuant, QuantConfig
+
+    torch.manual_seed(0)
+    args = ALL["paper_gcn"][1]()
+    config = QuantConfig(
+        cache_structure=options.get("cache_structure", False),
+        degree_quant=DegreeQuant() if options.get("degree_quant") else None,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(PlanetoidGCN(8, 4, hidden=16).eval(), args, config=config)
+    frozen = mq.freeze(qmodel, dict.fromkeys(qmodel.chosen_bits(), 4)).eval()
+    program = mq.lower(frozen)
+    names = {n.target for n in program.features.graph.nodes if n.op == "call_module"}
+    assert not names, f"training-only modules left in the program: {names}"
+    with torch.no_grad():
+        assert (program(*args) - frozen(*args)).abs().max() <= _output_step(frozen) + 1e-5

@@ -2,7 +2,7 @@
 
 Pre-condition: a graph from :func:`mixq_compile.freeze` — every ``mixq.<site>`` module is a calibrated
 :class:`FakeQuantizer`. The graph is read with inference semantics (dropout is the identity, batch norm uses running
-statistics).
+statistics, Degree-Quant protects nothing, see :func:`inference_graph`).
 
 Post-condition: a new ``GraphModule`` over the instruction set of :mod:`mixq_compile.integer.kernels`, equal to the
 fake-quant graph within one step of each output grid:
@@ -36,6 +36,7 @@ from ..errors import MixQError
 from ..integer import kernels as K
 from ..quant.mixed import MixedQuantizer
 from ..quant.quantizer import FakeQuantizer
+from .inference_graph import inference_graph
 from .insert_quantizers import QUANTIZER_ROOT
 from .rules import MOVEMENT_OPS
 from .train_mode import ModeBatchNorm, ModeDropout
@@ -406,4 +407,4 @@ def lower_integer(gm: fx.GraphModule, *, fixed_point: bool = False) -> fx.GraphM
     where the float product falls on a rounding tie.
     """
     with torch.no_grad():
-        return _Lowering(gm, fixed_point).run()
+        return _Lowering(inference_graph(gm), fixed_point).run()

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx
 
-aten = torch.ops.aten
-
-#: ops that read a tensor only for its shape: they do not make a node feature-dependent.
-_SHAPE_OPS = {aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int}
+from .structure import structure_nodes
 
 
 @dataclass
@@ -33,31 +30,14 @@ class StructureSplit:
     frontier: tuple[str, ...]
 
 
-def structure_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """Nodes whose value depends only on integer inputs, constants and input shapes."""
-    structural: set[fx.Node] = set()
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            val = node.meta.get("val")
-            if isinstance(val, Tensor) and not val.is_floating_point():
-                structural.add(node)
-        elif node.op == "get_attr":
-            structural.add(node)
-        elif node.op in ("call_function", "call_method"):
-            if node.target in _SHAPE_OPS or all(n in structural for n in node.all_input_nodes):
-                structural.add(node)
-    return structural
-
-
-def _frontier(gm: fx.GraphModule, structural: set[fx.Node]) -> list[fx.Node]:
-    """Structure tensors read by feature computations (the values the structure program must hand over)."""
+def _frontier(gm: fx.GraphModule) -> list[fx.Node]:
+    """Structure tensors read by feature computations (the values the structure program hands over); sizes are
+    recomputed by the feature program from its own inputs."""
+    part = structure_nodes(gm, constants=True)
     out = []
-    for node in gm.graph.nodes:
-        if node not in structural or node.op in ("placeholder", "get_attr"):
-            continue
+    for node in part.frontier:
         val = node.meta.get("val")
-        is_tensor = isinstance(val, Tensor) or (val is None and node.target not in _SHAPE_OPS)
-        if is_tensor and any(u not in structural for u in node.users):
+        if isinstance(val, Tensor) or (val is None and node.op == "call_function"):
             out.append(node)
     return out
 
@@ -87,9 +67,7 @@ def _plain(gm: fx.GraphModule) -> fx.GraphModule:
 
 def split_structure(gm: fx.GraphModule) -> StructureSplit:
     """Split ``gm`` into structure and feature programs (see module docstring)."""
-    structural = structure_nodes(gm)
-    frontier = _frontier(gm, structural)
-    names = [n.name for n in frontier]
+    names = [n.name for n in _frontier(gm)]
 
     structure = _plain(gm)
     by_name = {n.name: n for n in structure.graph.nodes}

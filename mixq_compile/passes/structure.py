@@ -88,7 +88,9 @@ def _alias_chain(node: fx.Node) -> list[fx.Node]:
     return chain
 
 
-def structure_nodes(gm: fx.GraphModule, feature_inputs: Collection[str] | None = None) -> StructureSubgraph:
+def structure_nodes(
+    gm: fx.GraphModule, feature_inputs: Collection[str] | None = None, *, constants: bool = False
+) -> StructureSubgraph:
     """The nodes of ``gm`` that depend only on graph-structure inputs, and the frontier the rest of the graph reads.
 
     ``feature_inputs`` names the placeholders that carry features (default: every floating-point placeholder);
@@ -97,6 +99,7 @@ def structure_nodes(gm: fx.GraphModule, feature_inputs: Collection[str] | None =
     a module call (quantizers, dropout, batch norm) or a parameter read. A structure value that a feature op
     writes in place (directly or through a view) is excluded, with everything computed from it (a cached copy
     would miss the write), and so is a structure op that writes into a graph input. The graph is not modified.
+    ``constants=True`` counts attribute reads as structure too (for lowered programs, whose attributes never change).
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if feature_inputs is None:
@@ -108,6 +111,8 @@ def structure_nodes(gm: fx.GraphModule, feature_inputs: Collection[str] | None =
         features = {n for n in placeholders if n.name in feature_inputs}
     sources = {n for n in placeholders if n not in features}
     sources |= {n for n in gm.graph.nodes if _is_size_of_placeholder(n)}
+    if constants:  # attributes of a lowered program are immutable constants, not trained parameters
+        sources |= {n for n in gm.graph.nodes if n.op == "get_attr"}
     excluded: set[fx.Node] = set()
     while True:
         inside = _propagate(gm, sources, excluded)
