@@ -1,18 +1,19 @@
 """Build an exported bitblas artifact's kernels on a machine WITHOUT a GPU (codegen + nvcc only, nothing runs).
 
-Not part of CI: it needs the hacks of TOOLCHAIN_NOTES.md §Q5. Run it with the bitBLAS venv's python::
+Not part of CI: it needs the hacks of TOOLCHAIN_NOTES.md §Q5. With ``BITBLAS_VENV`` a separate venv (default
+``.venv-bitblas``) and ``STUB`` a scratch folder for the libcuda stub, run it with that venv's python::
 
-    python3 -m venv /work/.venv-bitblas
-    /work/.venv-bitblas/bin/pip install torch==2.13.0 bitblas==0.1.0.post1 safetensors \\
+    python3 -m venv $BITBLAS_VENV
+    $BITBLAS_VENV/bin/pip install torch==2.13.0 bitblas==0.1.0.post1 safetensors \\
         nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
     # libcuda.so.1 stub: every cu* symbol the bundled libraries import, each returning an error code
-    for f in $(find /work/.venv-bitblas -path '*bitblas*' -name '*.so*'); do nm -D --undefined-only $f; done \\
+    for f in $(find $BITBLAS_VENV -path '*bitblas*' -name '*.so*'); do nm -D --undefined-only $f; done \\
         | grep -oE '\\bcu[A-Z][A-Za-z0-9_]*' | sort -u | awk '{print "int "$1"(void){return 100;}"}' > stub.c
-    mkdir -p /tmp/cudastub && gcc -shared -fPIC -o /tmp/cudastub/libcuda.so.1 stub.c
-    ln -sf libcuda.so.1 /tmp/cudastub/libcuda.so
-    NV=$(ls -d /work/.venv-bitblas/lib/python3.11/site-packages/nvidia/*/lib | tr '\\n' ':')
-    LD_LIBRARY_PATH=/tmp/cudastub:$NV LIBRARY_PATH=/tmp/cudastub PATH=/usr/local/cuda/bin:$PATH \\
-        /work/.venv-bitblas/bin/python experiments/bitblas_codegen_cpu.py ARTIFACT [tl|tir]
+    mkdir -p $STUB && gcc -shared -fPIC -o $STUB/libcuda.so.1 stub.c
+    ln -sf libcuda.so.1 $STUB/libcuda.so
+    NV=$(ls -d $BITBLAS_VENV/lib/python3.11/site-packages/nvidia/*/lib | tr '\\n' ':')
+    LD_LIBRARY_PATH=$STUB:$NV LIBRARY_PATH=$STUB PATH=/usr/local/cuda/bin:$PATH \\
+        $BITBLAS_VENV/bin/python experiments/bitblas_codegen_cpu.py ARTIFACT [tl|tir]
 
 It fakes an A100 for bitBLAS' device queries, builds each planned ``bitblas.Matmul`` (untuned), checks that
 bitBLAS' ``transform_weight`` reproduces the exported packed weights, and prints one JSON line per kernel.
@@ -23,11 +24,12 @@ from __future__ import annotations
 import glob
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-SITE = glob.glob("/work/.venv-bitblas/lib/python3*/site-packages")[0]
+SITE = glob.glob(os.path.join(os.environ.get("BITBLAS_VENV", ".venv-bitblas"), "lib/python3*/site-packages"))[0]
 LAYOUT = Path(__file__).resolve().parents[1] / "mixq_compile" / "runtimes" / "bitblas_layout.py"
 #: TVM device attribute id -> A100 value (kExist, kMaxThreadsPerBlock, kWarpSize, ..., kTotalGlobalMemory).
 A100 = {
