@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 import mixq_compile as mq
 from mixq_compile.experiments import plots
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.runtimes import BACKENDS, get_backend
+from mixq_compile.runtimes import available_backends
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "profile_bitops"
 KIND_GROUPS = {
@@ -78,27 +78,6 @@ def load_graph(data_root: str | None, smoke: bool) -> tuple[str, tuple[torch.Ten
 
     data = load_dataset("Cora", data_root).dataset[0]
     return "Cora", (data.x, data.edge_index), int(data.y.max()) + 1
-
-
-def available_backends(wanted: list[str]) -> tuple[list[tuple[str, str, dict]], dict[str, str]]:
-    """(label, backend, options) of the usable ``wanted`` specs ("name" or "name:flag", e.g. "torch:aot_inductor")
-    and the reason each other one is skipped."""
-    usable, skipped = [], {}
-    for spec in wanted:
-        name, _, flag = spec.partition(":")
-        options = {flag: True} if flag else {}
-        if name not in BACKENDS:
-            skipped[spec] = "not built into this mixq_compile"
-            continue
-        try:
-            reason = get_backend(name, **options).unavailable_reason()
-        except ValueError as error:
-            reason = str(error)
-        if reason is None:
-            usable.append((spec, name, options))
-        else:
-            skipped[spec] = reason
-    return usable, skipped
 
 
 def cached_copy(model: torch.nn.Module) -> torch.nn.Module:

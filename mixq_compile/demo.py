@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import mixq_compile as mq
 
-from .runtimes import BACKENDS, get_backend
+from .runtimes import BACKENDS, available_backends
 
 
 @dataclass
@@ -82,14 +82,6 @@ def csl_task(hidden: int, seed: int) -> Task:
     return Task("CSL generated (GCN, residual)", model, (test.x, test.edge_index, test.batch), train, accuracy)
 
 
-def _backends(wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    usable, skipped = [], {}
-    for name in wanted or list(BACKENDS):
-        reason = get_backend(name).unavailable_reason() if name in BACKENDS else "unknown backend"
-        (skipped.__setitem__(name, reason) if reason else usable.append(name))
-    return usable, skipped
-
-
 def run_demo(
     data_root: str | None,
     *,
@@ -119,7 +111,7 @@ def run_demo(
     task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT")
     frozen.eval()
     print(mq.sites(frozen))
-    usable, skipped = _backends(backends)
+    usable, skipped = available_backends(backends or list(BACKENDS))
     for name, reason in skipped.items():
         print(f"skipping backend {name}: {reason}")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mixq_demo_"))
@@ -139,15 +131,16 @@ def run_demo(
         ),
     ]
     try:
-        for i, name in enumerate(usable):
-            print(f"[4/6] export to {name} ({i + 1}/{len(usable)}), [5/6] load, check accuracy, [6/6] profile")
+        for i, (label, name, options) in enumerate(usable):
+            print(f"[4/6] export to {label} ({i + 1}/{len(usable)}), [5/6] load, check accuracy, [6/6] profile")
             for precision, model in (("integer", frozen), ("fp32", fp32_model)):
-                path = mq.export(model, task.inputs, work / f"{name}_{precision}", backend=name)
+                folder = work / f"{label.replace(':', '_')}_{precision}"
+                path = mq.export(model, task.inputs, folder, backend=name, backend_options=options)
                 artifact = mq.load_artifact(path, cache_structure=True)
-                report = mq.profile(artifact, task.inputs, warmup=3, repeats=repeats, name=f"{name} {precision}")
+                report = mq.profile(artifact, task.inputs, warmup=3, repeats=repeats, name=f"{label} {precision}")
                 avg = artifact.manifest["avg_bits"]
                 gbit = artifact.manifest["bitops"]["paper"] / 1e9
-                rows.append(_row(f"{name} artifact", precision, task.accuracy(artifact), avg, gbit, report, eager))
+                rows.append(_row(f"{label} artifact", precision, task.accuracy(artifact), avg, gbit, report, eager))
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -109,14 +109,20 @@ class _Lowering:
         self.float_ops: list[str] = []
         self.sites: dict[str, dict] = {}
         self._count = 0
+        self._consts: dict[int, tuple[Tensor, fx.Node]] = {}
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def const(self, value: Tensor, hint: str) -> fx.Node:
+        """A ``get_attr`` node holding ``value``; the same tensor object (a grid's scale, zero...) is stored once."""
+        held = self._consts.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
         self._count += 1
         name = f"{hint}_{self._count}".replace(".", "_")
         self.root.register_buffer(name, value.detach().clone().contiguous())
         node = self.graph.get_attr(name)
         self.constants[node] = self.root.get_buffer(name)
+        self._consts[id(value)] = (value, node)
         return node
 
     def call(self, fn: Callable, *args) -> fx.Node:

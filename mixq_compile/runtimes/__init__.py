@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Sequence
 
 from .base import Backend, BackendUnavailableError
 
@@ -29,4 +30,25 @@ def get_backend(name: str, **options: object) -> Backend:
         raise ValueError(f"backend {name!r} takes the options {accepted}, got {sorted(options)}") from error
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "get_backend"]
+def available_backends(wanted: Sequence[str]) -> tuple[list[tuple[str, str, dict]], dict[str, str]]:
+    """(label, backend, options) of the usable ``wanted`` specs ("name" or "name:flag", e.g. "torch:aot_inductor")
+    and the reason each other one is skipped."""
+    usable, skipped = [], {}
+    for spec in wanted:
+        name, _, flag = spec.partition(":")
+        options = {flag: True} if flag else {}
+        if name not in BACKENDS:
+            skipped[spec] = "not built into this mixq_compile"
+            continue
+        try:
+            reason = get_backend(name, **options).unavailable_reason()
+        except ValueError as error:
+            reason = str(error)
+        if reason is None:
+            usable.append((spec, name, options))
+        else:
+            skipped[spec] = reason
+    return usable, skipped
+
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "available_backends", "get_backend"]
