@@ -70,7 +70,11 @@ def _load(results: Path, name: str) -> tuple[list[dict], list[dict]] | None:
 def _timing_line(name: str, timing: list[dict]) -> str:
     if not timing:
         return ""
-    parts = [f"{t['configs']} runs / {t['workers']} worker(s): {t['elapsed_s'] / 60:.1f} min" for t in timing]
+    parts = [
+        f"{', '.join(t.get('datasets') or []) or 'all'}: {t['configs']} runs / {t['workers']} worker(s) in "
+        f"{t['elapsed_s'] / 60:.1f} min"
+        for t in timing
+    ]
     return f"\nSweep invocations ({name}): " + "; ".join(parts) + ".\n"
 
 
