@@ -81,7 +81,7 @@ def _timing_line(name: str, timing: list[dict]) -> str:
 def planetoid(rows: list[dict], published: dict) -> str:
     header = ["data set", "setting", "λ", "runs", "acc (ours)", "acc (paper)", "Δ acc", "bits (ours)",
               "bits (paper)", "GBitOPs (ours)", "GBitOPs (paper)", "Δ G", "GBitOPs wa", "FP32 (ours)",
-              "FP32 (paper)", "wall s"]  # fmt: skip
+              "FP32 (paper)", "wall s", "CPU s"]  # fmt: skip
     body = []
     for r in rows:
         p = published.get((r["dataset"], r["lambda"])) if r["setting"].startswith("mixq") else None
@@ -91,7 +91,7 @@ def planetoid(rows: list[dict], published: dict) -> str:
             str(r["runs"]), _pm(r["acc_mean"], r["acc_std"]), _pm(p[0], p[1]) if p[0] else "–",
             _delta(r["acc_mean"], p[0]), _f(r["avg_bits"]), _f(p[2]), _f(r["gbitops_paper"], 3), _f(p[3], 3),
             _delta(r["gbitops_paper"], p[3], 3), _f(r["gbitops_wa"], 2), _pm(r["fp32_acc_mean"], r["fp32_acc_std"]),
-            _f(p[4]), f"{r['wall_s']:.0f}",
+            _f(p[4]), f"{r['wall_s']:.0f}", _f(r.get("cpu_s"), 0),
         ])  # fmt: skip
     return _table(header, body)
 
