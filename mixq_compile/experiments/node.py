@@ -35,6 +35,7 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
         budget=config.get("budget"),
         desc="search",
         progress=False,
+        track_best=False,
     )
     return qmodel.chosen_bits()
 
