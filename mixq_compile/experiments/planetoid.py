@@ -119,10 +119,10 @@ def plot(rows: list[dict], records: list[dict], out_dir, published: dict = PUBLI
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
         ours = [(f"{r['setting']} λ={r['lambda']:g}", r["gbitops_paper"], r["acc_mean"], r["acc_std"]) for r in mine]
-        published = [(f"λ={lam:g}", v[3], v[0]) for (ds, lam), v in published.items() if ds == dataset]
+        theirs = [(f"λ={lam:g}", v[3], v[0]) for (ds, lam), v in published.items() if ds == dataset]
         plots.acc_vs_cost(
             ours,
-            published,
+            theirs,
             out_dir / f"acc_vs_gbitops_{dataset}.png",
             title=f"{name}: {dataset} GCN",
             fp32=mine[0]["fp32_acc_mean"] if mine else None,
