@@ -65,10 +65,13 @@ def train_node(
     budget: float | None = None,
     desc: str = "train",
     progress: bool = True,
+    track_best: bool = True,
 ) -> TrainResult:
     """Adam on cross-entropy over the train mask (+ ``lam * penalty`` for a mixed model); keeps the best-val state.
 
-    The test accuracy reported is the one at the first epoch with the best validation accuracy.
+    The test accuracy reported is the one at the first epoch with the best validation accuracy. With
+    ``track_best=False`` nothing is evaluated and the last state is returned (the MixQ search only needs the final
+    bit-widths, and evaluating the three-candidate model every epoch costs about a third of the search).
     """
     searching = isinstance(model, QuantizedModel) and model.is_mixed and (lam != 0.0 or budget is not None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -83,10 +86,14 @@ def train_node(
             loss = loss + lam * penalty(model, scaling=penalty_scaling, budget=budget)
         loss.backward()
         optimizer.step()
+        if not track_best:
+            continue
         _, val, test = accuracies(model, data)
         if val > best.best_val:
             best = TrainResult(val, test, epoch, copy.deepcopy(model.state_dict()))
         bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val:.3f}", test=f"{test:.3f}")
+    if not track_best:
+        return TrainResult(float("nan"), float("nan"), epochs - 1, copy.deepcopy(model.state_dict()))
     return best
 
 

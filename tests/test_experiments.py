@@ -143,3 +143,22 @@ def test_tudataset_smoke_end_to_end(tmp_path):
     assert 0 <= float(row["acc_mean"]) <= 100 and 4 <= float(row["avg_bits"]) <= 8
     (record,) = read_records(out / "runs.jsonl")
     assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
+
+
+def test_planetoid_summary_and_plots_for_several_data_sets(tmp_path):
+    from mixq_compile.experiments import planetoid
+
+    def record(dataset, lam, seed, acc):
+        config = {"dataset": dataset, "setting": "mixq", "lambda": lam, "budget": None, "seed": seed}
+        result = {"acc": acc, "fp32_acc": 82.0, "avg_bits": 6.0, "gbitops_paper": 3.0, "gbitops_wa": 9.0,
+                  "fp32_gbitops_paper": 16.1, "fp32_gbitops_wa": 513.0}  # fmt: skip
+        return {"key": f"{dataset}{lam}{seed}", "config": config, "result": result, "wall_s": 1.0, "cpu_s": 0.5}
+
+    records = [record(ds, lam, s, 80.0 + s) for ds in ("Cora", "CiteSeer") for lam in (0.1, 1.0) for s in (0, 1)]
+    rows = planetoid.summarize(records)
+    assert len(rows) == 4 and all(r["runs"] == 2 for r in rows)
+    cora = next(r for r in rows if r["dataset"] == "Cora" and r["lambda"] == 0.1)
+    assert cora["acc_mean"] == 80.5 and cora["acc_std"] == 0.5 and cora["cpu_s"] == 1.0
+    assert cora["paper_acc"] == 77.72  # the paper's published Cora λ=0.1 accuracy
+    planetoid.plot(rows, records, tmp_path)
+    assert {p.name for p in tmp_path.glob("*.png")} == {"acc_vs_gbitops_Cora.png", "acc_vs_gbitops_CiteSeer.png"}

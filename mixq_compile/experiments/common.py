@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 import mixq_compile as mq
 from mixq_compile.config import QuantConfig
+from mixq_compile.quant import QuantSpec
 
 
 def seed_everything(seed: int) -> None:
@@ -36,18 +37,35 @@ def supports_degree_quant() -> bool:
     return "degree_quant" in {f.name for f in fields(QuantConfig)}
 
 
-def quant_config(bit_widths: Sequence[int], degree_quant: bool = False) -> QuantConfig:
+def quant_config(
+    bit_widths: Sequence[int], degree_quant: bool = False, input_granularity: str = "tensor"
+) -> QuantConfig:
+    """The default config, optionally with Degree-Quant or with one scale per feature of the tensors entering a
+    dense op (``"column"``: the reference's granularity for the node features X, which sit behind dropout and are
+    therefore an ``activation`` site; our default is one scale per tensor)."""
     if degree_quant and not supports_degree_quant():
         raise RuntimeError("this mixq_compile has no QuantConfig.degree_quant option yet (Degree-Quant branch)")
-    extra = {"degree_quant": True} if degree_quant else {}
+    extra: dict = {"degree_quant": True} if degree_quant else {}
+    if input_granularity == "column":
+        column = QuantSpec(signed=True, granularity="channel", axis=1)
+        extra["specs"] = {"input": column, "activation": column}
+    elif input_granularity != "tensor":
+        raise ValueError(f"input_granularity must be 'tensor' or 'column', got {input_granularity!r}")
     return QuantConfig(bit_widths=tuple(bit_widths), **extra)
 
 
-def quantize(model: nn.Module, inputs: Sequence[Tensor], bit_widths: Sequence[int], degree_quant: bool = False):
+def quantize(
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    bit_widths: Sequence[int],
+    degree_quant: bool = False,
+    input_granularity: str = "tensor",
+):
     """``mq.quantize`` without the warning about ops left in float (the site report lists them)."""
+    config = quant_config(bit_widths, degree_quant, input_granularity)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mq.quantize(model, tuple(inputs), config=quant_config(bit_widths, degree_quant))
+        return mq.quantize(model, tuple(inputs), config=config)
 
 
 def costs(model: nn.Module, inputs: Sequence[Tensor], prefix: str = "") -> dict[str, float]:

@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from . import paper, plots
-from .common import costs, load, seed_everything
+from .common import bits_summary, costs, load, seed_everything
 from .graph import example_inputs, fit, loaders, qat, search_bits, uniform_bits
 
 NAME = "csl"
@@ -80,7 +80,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         return {**result, "acc": result["fp32_acc"], **costs(fp_model, example_inputs(data[0]))}
     frozen, q = qat(fp_model, data, CANDIDATES, bits, train)
     cost = costs(frozen, example_inputs(data[0]))
-    return {**result, "acc": q.test_at_best_val * 100, **cost, "bits": list(bits.values())}
+    return {**result, "acc": q.test_at_best_val * 100, **cost, "bits": bits_summary(bits)}
 
 
 def _paper_key(row: dict) -> str:

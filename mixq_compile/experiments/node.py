@@ -22,10 +22,14 @@ def node_data(name: str) -> NodeData:
     return NodeData.from_pyg(load(name).dataset[0])
 
 
+def _options(config: dict[str, Any]) -> tuple[bool, str]:
+    return config.get("degree_quant", False), config.get("input_granularity", "tensor")
+
+
 def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
     """Phase A: the MixQ search; returns the argmax bit-width of every site after the last epoch."""
     model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1, hidden=config["hidden"])
-    qmodel = quantize(model, data.inputs, config["bit_widths"], config.get("degree_quant", False))
+    qmodel = quantize(model, data.inputs, config["bit_widths"], *_options(config))
     train_node(
         qmodel,
         data,
@@ -35,6 +39,7 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
         budget=config.get("budget"),
         desc="search",
         progress=False,
+        track_best=False,
     )
     return qmodel.chosen_bits()
 
@@ -49,7 +54,7 @@ def train_fp32(data: NodeData, config: dict[str, Any]):
 
 def qat(fp_model, data: NodeData, bits: dict[str, int], config: dict[str, Any]):
     """Phase C: quantize the trained FP32 model, fix its bits, fine-tune; returns the frozen model and result."""
-    qmodel = quantize(fp_model, data.inputs, config["bit_widths"], config.get("degree_quant", False))
+    qmodel = quantize(fp_model, data.inputs, config["bit_widths"], *_options(config))
     frozen = mq.freeze(qmodel, bits=bits)
     result = train_node(
         frozen, data, epochs=config["qat_epochs"], lr=config["qat_lr"], weight_decay=0.0, desc="QAT", progress=False

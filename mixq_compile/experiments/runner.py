@@ -29,6 +29,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/<experiment>)")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="run nothing: summarise and plot the runs finished so far"
+    )
 
 
 def _git_commit() -> str | None:
@@ -56,11 +59,28 @@ def run_experiment(module, args: argparse.Namespace) -> int:
         return 0
     out = out_dir(name, args)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.summarize_only:
+        _sweep(module, args, out)
+    all_ok = [r for r in read_records(out / "runs.jsonl") if r["status"] == "ok"]
+    rows = module.summarize(_latest(all_ok))
+    stats.write_table(rows, out)
+    module.plot(rows, _latest(all_ok), out)
+    print(stats.format_table(rows, getattr(module, "TABLE_COLUMNS", None)))
+    print(f"results in {out}")
+    if not args.smoke and args.out is None:
+        from .results_md import write_results_md
+
+        write_results_md()
+    return 0
+
+
+def _sweep(module, args: argparse.Namespace, out: Path) -> None:
+    """Build the configs, record the invocation, run what is not finished yet and time the sweep."""
     configs = module.configs(args)
     if hasattr(module, "prepare"):
         module.prepare(configs)  # load data once in this process, so workers never race on the cache
     meta = {
-        "experiment": name,
+        "experiment": module.NAME,
         "argv": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "runs_total": len(configs),
         "git_commit": _git_commit(),
@@ -76,25 +96,14 @@ def run_experiment(module, args: argparse.Namespace) -> int:
         executor=args.executor,
         workers=args.workers,
         threads=args.threads,
-        desc=name,
+        desc=module.NAME,
     )
     elapsed = time.perf_counter() - start
     with (out / "timing.jsonl").open("a") as f:
         f.write(
             json.dumps({"configs": len(configs), "workers": args.workers, "elapsed_s": elapsed, **meta["argv"]}) + "\n"
         )
-    all_ok = [r for r in read_records(out / "runs.jsonl") if r["status"] == "ok"]
-    rows = module.summarize(_latest(all_ok))
-    stats.write_table(rows, out)
-    module.plot(rows, _latest(all_ok), out)
-    print(f"\n{name}: {len(records)} of {len(configs)} requested runs finished; sweep wall {elapsed:.1f} s")
-    print(stats.format_table(rows, getattr(module, "TABLE_COLUMNS", None)))
-    print(f"results in {out}")
-    if not args.smoke and args.out is None:
-        from .results_md import write_results_md
-
-        write_results_md()
-    return 0
+    print(f"\n{module.NAME}: {len(records)} of {len(configs)} requested runs finished; sweep wall {elapsed:.1f} s")
 
 
 def _latest(records: list[dict]) -> list[dict]:

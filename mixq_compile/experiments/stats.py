@@ -32,8 +32,9 @@ def group(records: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict
 def summarize(
     records: Sequence[dict], keys: Sequence[str], metrics: Sequence[str], *, with_std: Sequence[str] = ()
 ) -> list[Row]:
-    """One row per group: the key fields, ``runs``, ``<metric>_mean`` (plus ``_std`` for ``with_std``) and the
-    summed ``wall_s`` of the runs."""
+    """One row per group: the key fields, ``runs``, ``<metric>_mean`` (plus ``_std`` for ``with_std``), the
+    summed ``wall_s`` of the runs and their summed process CPU time ``cpu_s`` (where recorded; on a shared machine
+    it is the better measure of cost)."""
     rows = []
     for values, members in group(records, keys).items():
         row: Row = dict(zip(keys, values))
@@ -44,6 +45,8 @@ def summarize(
             if metric in with_std:
                 row[f"{metric}_std"] = std
         row["wall_s"] = sum(m["wall_s"] for m in members)
+        cpu = [m["cpu_s"] for m in members if m.get("cpu_s") is not None]
+        row["cpu_s"] = sum(cpu) if cpu else None
         rows.append(row)
     return rows
 

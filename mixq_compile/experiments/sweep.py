@@ -78,9 +78,11 @@ def execute(run: Callable[[Config], dict], config: Config, threads: int = 1) -> 
     }
 
 
-def _local(run, configs: list[Config], workers: int, threads: int) -> Iterator[Record]:
+def _local(run, configs: list[Config], workers: int, threads: int, path: Path) -> Iterator[Record]:
     if workers <= 1:
         for config in configs:
+            if config_key(config) in finished(read_records(path)):
+                continue  # finished meanwhile by a concurrent sweep on the same file
             yield execute(run, config, threads)
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -89,7 +91,7 @@ def _local(run, configs: list[Config], workers: int, threads: int) -> Iterator[R
             yield future.result()
 
 
-def _ray(run, configs: list[Config], workers: int, threads: int) -> Iterator[Record]:
+def _ray(run, configs: list[Config], workers: int, threads: int, path: Path) -> Iterator[Record]:
     try:
         import ray
     except ImportError as error:
@@ -126,7 +128,7 @@ def run_sweep(
     backend = _local if executor == "local" else _ray
     failures = 0
     with tqdm(total=len(todo), desc=desc) as bar:
-        for record in backend(run, todo, workers, threads):
+        for record in backend(run, todo, workers, threads, path):
             append_record(path, record)
             if record["status"] == "ok":
                 done[record["key"]] = record

@@ -9,7 +9,7 @@ import functools
 from typing import Any
 
 from . import paper, plots
-from .common import costs, load, seed_everything
+from .common import bits_summary, costs, load, seed_everything
 from .graph import example_inputs, fit, loaders, qat, search_bits
 
 NAME = "tudataset"
@@ -93,7 +93,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "acc": result.test_at_best_val * 100,
         "best_epoch": result.best_epoch,
         **costs(frozen, example_inputs(data[0])),
-        "bits": list(bits.values()),
+        "bits": bits_summary(bits),
     }
 
 
