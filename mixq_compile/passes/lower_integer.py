@@ -243,8 +243,10 @@ class _Lowering:
         if not any(isinstance(d, Grid | Acc) for d in domains):
             lowered = [self.env[n][0] for n in node.all_input_nodes]
             if lowered and all(n in self.constants for n in lowered):  # constant folding (e.g. quantized biases)
-                value = node.target(*fx.node.map_arg(node.args, lambda n: self.constants[self.env[n][0]]))
-                return self.const(value, node.name), None
+                fetch = lambda n: self.constants[self.env[n][0]]  # noqa: E731
+                value = node.target(*fx.node.map_arg(node.args, fetch), **fx.node.map_arg(node.kwargs, fetch))
+                if isinstance(value, Tensor):
+                    return self.const(value, node.name), None
             return self.copy_node(node, self.float_arg), None
         rule = self.integer_rule(node)
         if rule is not None:
