@@ -187,7 +187,9 @@ NOTES = {
     "planetoid": "Bits are the search's last-epoch argmax, as in the reference; the FP32 column is the FP phase of "
     "the same runs. `mixq` = the paper's λ with the paper's penalty scaling; `relative` = λ on our scale-free "
     "penalty (expected BitOPs / all-8-bit BitOPs); `budget` = hinge penalty on a fraction of the all-8-bit wa "
-    "BitOPs. The paper's Cora λ=0.1 row has 5 runs.",
+    "BitOPs. The paper's Cora λ=0.1 row has 5 runs. Wall times were measured on 2 cores under a load average "
+    "of about 11 from other jobs (and our processes were paused by another job for a while); the CPU column (process "
+    "CPU seconds, recorded from the second sweep on) is the contention-free cost.",
     "planetoid_dq": "Runs only once `QuantConfig` has the `degree_quant` option (another branch).",
     "tudataset": "Where the epochs/folds columns are below 200/10, the protocol was shortened to fit the shared "
     "machine (StepLR step scaled to 25 × epochs / 200). GBitOPs: mean over folds, each on the fold's first training "
