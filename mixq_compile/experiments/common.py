@@ -6,14 +6,13 @@ import functools
 import random
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 import mixq_compile as mq
-from mixq_compile.config import QuantConfig
+from mixq_compile.config import DegreeQuant, QuantConfig
 from mixq_compile.quant import QuantSpec
 
 
@@ -32,20 +31,13 @@ def load(name: str):
     return load_dataset(name)
 
 
-def supports_degree_quant() -> bool:
-    """Whether this build's :class:`QuantConfig` has the Degree-Quant option (added on another branch)."""
-    return "degree_quant" in {f.name for f in fields(QuantConfig)}
-
-
 def quant_config(
     bit_widths: Sequence[int], degree_quant: bool = False, input_granularity: str = "tensor"
 ) -> QuantConfig:
     """The default config, optionally with Degree-Quant or with one scale per feature of the tensors entering a
     dense op (``"column"``: the reference's granularity for the node features X, which sit behind dropout and are
     therefore an ``activation`` site; our default is one scale per tensor)."""
-    if degree_quant and not supports_degree_quant():
-        raise RuntimeError("this mixq_compile has no QuantConfig.degree_quant option yet (Degree-Quant branch)")
-    extra: dict = {"degree_quant": True} if degree_quant else {}
+    extra: dict = {"degree_quant": DegreeQuant()} if degree_quant else {}
     if input_granularity == "column":
         column = QuantSpec(signed=True, granularity="channel", axis=1)
         extra["specs"] = {"input": column, "activation": column}
