@@ -38,11 +38,14 @@ def quantize(
         config: full :class:`QuantConfig` (kinds, specs, per-site candidates, skips).
         dynamic_shapes / strict: passed to ``torch.export`` (default: every dim automatic, non-strict then strict).
 
-    Returns a :class:`QuantizedModel` in the model's original train/eval mode. Feature ops with no rule stay in
+    Returns a :class:`QuantizedModel` in the model's original train/eval mode, with its own copy of the weights
+    (training it leaves ``model`` unchanged). Feature ops with no rule stay in
     float; they are listed in ``sites(qmodel)`` and a warning names how many.
     """
     config = config or QuantConfig(bit_widths=tuple(bit_widths))
-    gm, input_specs = capture(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+    # A private copy: the captured graph would otherwise share the user's parameters, and training the quantized
+    # model would silently change the FP32 model.
+    gm, input_specs = capture(copy.deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
     gm = run_pipeline(gm, search_pipeline(config))
     qmodel = QuantizedModel(gm, input_specs, config)
     qmodel.calibrate(tuple(example_inputs))

@@ -29,7 +29,7 @@ class Task:
     name: str
     model: nn.Module
     inputs: tuple[Tensor, ...]  # the graph (or batch) that calibrates, exports and is profiled
-    train: object  # (model, epochs, lam, lr, weight_decay, desc) -> None; loads the best state into the model
+    train: object  # (model, epochs, lam, lr, weight_decay, desc) -> result with the best-validation ``best_state``
     accuracy: object  # callable -> test accuracy in [0, 1]
 
 
@@ -42,8 +42,7 @@ def node_task(root: str, hidden: int) -> Task:
     classes = int(data.y.max()) + 1
 
     def train(model, epochs, lam, lr, weight_decay, desc):
-        result = train_node(model, data, epochs=epochs, lam=lam, lr=lr, weight_decay=weight_decay, desc=desc)
-        model.load_state_dict(result.best_state)
+        return train_node(model, data, epochs=epochs, lam=lam, lr=lr, weight_decay=weight_decay, desc=desc)
 
     @torch.no_grad()
     def accuracy(fn) -> float:
@@ -70,9 +69,8 @@ def csl_task(hidden: int, seed: int) -> Task:
     test = next(iter(DataLoader(parts[2], batch_size=len(parts[2]))))
 
     def train(model, epochs, lam, lr, weight_decay, desc):
-        result = train_graph(model, loaders, epochs=epochs, lam=lam, lr=lr * 0.5, weight_decay=0.0,
-                             schedule="plateau", desc=desc)  # fmt: skip
-        model.load_state_dict(result.best_state)
+        return train_graph(model, loaders, epochs=epochs, lam=lam, lr=lr * 0.5, weight_decay=0.0,
+                           schedule="plateau", desc=desc)  # fmt: skip
 
     @torch.no_grad()
     def accuracy(fn) -> float:
@@ -99,16 +97,16 @@ def run_demo(
     task = node_task(data_root, hidden) if data_root else csl_task(hidden=min(hidden, 150), seed=seed)
     started = time.perf_counter()
     print(f"[1/6] FP32 training on {task.name}")
-    task.train(task.model, epochs, 0.0, 0.01, 2e-4, "FP32")
+    task.model.load_state_dict(task.train(task.model, epochs, 0.0, 0.01, 2e-4, "FP32").best_state)
     fp32_model = task.model.eval()
     print(f"[2/6] quantize (candidates {bits}) and MixQ search (λ={lam})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = mq.quantize(fp32_model, task.inputs, bits)
-    task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")
+    task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")  # bits from the last epoch, as the paper (not best-val)
     print("[3/6] freeze the argmax bit-widths and fine-tune (QAT)")
     frozen = mq.freeze(qmodel)
-    task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT")
+    frozen.load_state_dict(task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT").best_state)
     frozen.eval()
     print(mq.sites(frozen))
     usable, skipped = available_backends(backends or list(BACKENDS))

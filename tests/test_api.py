@@ -154,3 +154,18 @@ def test_unsigned_range_after_relu():
     signed = {s.name: s.spec.signed for s in q.plan.sites}
     assert signed["a.output"] is True
     assert "b.input" not in signed, "ReLU keeps a.output's grid: no second quantizer"
+
+
+def test_training_the_quantized_model_leaves_the_fp32_model_unchanged():
+    args = random_graph(30, 90, 8)
+    model = PlanetoidGCN(8, 3, hidden=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, args)
+    optimizer = torch.optim.SGD(qmodel.parameters(), lr=0.5)
+    qmodel(*args).pow(2).mean().backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    changed = qmodel.graph_module.conv1.lin.weight
+    assert not torch.equal(changed, before["conv1.lin.weight"])
