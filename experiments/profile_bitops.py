@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         total = 1 + len(backends) * (len(configs) + 2)
         with tqdm(total=total, desc="profile") as bar:
+            with torch.no_grad():  # warm the process (thread pools, allocator) before the first timed baseline
+                for _ in range(4 * args.warmup):
+                    model(*inputs)
             measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32", False)
             measure(cached_copy(model), "pyg_fp32_eager_cached", "eager", "fp32", "fp32_cached", True)
             bar.update()
