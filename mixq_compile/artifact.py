@@ -25,6 +25,7 @@ from .cost.bitops import BitOpsReport
 from .errors import MixQError
 from .integer.program import IntegerProgram, lower
 from .model import QuantizedModel
+from .passes.structure import StructureCache
 from .runtimes import get_backend
 from .runtimes.base import Runner
 
@@ -137,7 +138,7 @@ class Artifact:
 
     With ``cache_structure=True`` the structure part (self loops, normalisation, edge-weight codes) is computed once
     per graph and reused while the same topology tensors (same objects, unmodified) and input shapes come back — the
-    transductive setting of PyG's ``cached=True``.
+    transductive setting of PyG's ``cached=True`` (:class:`~mixq_compile.passes.structure.StructureCache`).
     """
 
     def __init__(self, path: Path, manifest: dict, structure: Runner, features: Runner, cache_structure: bool) -> None:
@@ -146,9 +147,8 @@ class Artifact:
         self.input_specs = tuple(_spec_from_dict(d) for d in manifest["inputs"])
         spec = manifest.get("output_spec")
         self.out_spec = pytree.treespec_loads(spec) if spec else None
-        self._structure, self._features = structure, features
-        self.cache_structure = cache_structure
-        self._cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+        self.structure_cache = StructureCache(structure) if cache_structure else None
+        self._structure, self._features = self.structure_cache or structure, features
 
     @property
     def backend(self) -> str:
@@ -161,14 +161,7 @@ class Artifact:
         check_signature(self.input_specs, args, "the artifact")
 
     def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        if not self.cache_structure:
-            return tuple(self._structure(*inputs))
-        key = tuple(
-            (id(t), t._version, tuple(t.shape)) if not t.is_floating_point() else tuple(t.shape) for t in inputs
-        )
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, tuple(self._structure(*inputs)))
-        return self._cache[1]
+        return tuple(self._structure(*inputs))
 
     def __call__(self, *inputs: Tensor) -> object:
         self.check_inputs(inputs)

@@ -60,11 +60,14 @@ def test_structure_cache_reuses_until_the_topology_changes(frozen_gcn, torch_art
     _, frozen, args = frozen_gcn
     artifact = mq.load_artifact(torch_artifact, cache_structure=True)
     first = artifact(*args)
-    cached = artifact._cache
-    assert torch.equal(artifact(*args), first) and artifact._cache is cached
+    assert artifact.structure_cache.misses == 1
+    assert torch.equal(artifact(*args), first) and artifact.structure_cache.misses == 1
+    new_features = (torch.randn_like(args[0]), args[1])  # same graph, new features: structure is reused
+    assert torch.equal(artifact(*new_features), mq.lower(frozen)(*new_features))
+    assert artifact.structure_cache.misses == 1
     other = random_graph(60, 240, 12, seed=9)
     assert torch.equal(artifact(*other), mq.lower(frozen)(*other))
-    assert artifact._cache is not cached
+    assert artifact.structure_cache.misses == 2
 
 
 def test_fp32_artifact_matches_the_fp32_model(frozen_gcn, tmp_path):

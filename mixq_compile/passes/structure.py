@@ -12,7 +12,7 @@ the same on every step, so the structure work can be done once. :func:`structure
 from __future__ import annotations
 
 import operator
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -148,14 +148,16 @@ def _propagate(gm: fx.GraphModule, sources: set[fx.Node], excluded: set[fx.Node]
 class StructureCache(nn.Module):
     """Runs a structure-only subgraph and replays its outputs while the graph inputs stay the same.
 
-    The cache key is, per input: for a tensor, the tensor object itself (held, so its identity cannot be reused by
-    a new tensor), its version counter (bumped by every in-place write) and its shape; for a size, its value; and
+    The cache key is, per input: for an integer tensor, the tensor object itself (held, so its identity cannot be
+    reused by a new tensor), its version counter (bumped by every in-place write) and its shape; for a
+    floating-point tensor (node features, which structure work reads only through their shape), its shape; for a
+    size, its value; and
     whether inference mode is on (its outputs cannot be used by autograd later). A different ``edge_index`` object,
     an in-place edit of it or a different number of nodes recomputes. Inputs that require grad, and inference tensors
     (which have no version counter), are never cached. Copies and pickles of the module start with an empty cache.
     """
 
-    def __init__(self, subgraph: fx.GraphModule) -> None:
+    def __init__(self, subgraph: fx.GraphModule | Callable[..., tuple]) -> None:
         super().__init__()
         self.subgraph = subgraph
         self._key: tuple | None = None
@@ -166,7 +168,9 @@ class StructureCache(nn.Module):
     def _key_of(inputs: tuple) -> tuple | None:
         key: list = [torch.is_inference_mode_enabled()]  # inference tensors must not reach autograd later
         for value in inputs:
-            if isinstance(value, Tensor):
+            if isinstance(value, Tensor) and value.is_floating_point():
+                key.append(("shape", tuple(value.shape)))  # node features: structure reads only their shape
+            elif isinstance(value, Tensor):
                 if value.requires_grad or value.is_inference():  # no version counter to watch: never cached
                     return None
                 key.append((value, value._version, tuple(value.shape)))
@@ -177,7 +181,7 @@ class StructureCache(nn.Module):
     @staticmethod
     def _same(a: tuple, b: tuple) -> bool:
         for x, y in zip(a, b, strict=True):
-            if isinstance(x, tuple):  # (tensor, version, shape)
+            if isinstance(x, tuple) and isinstance(x[0], Tensor):  # (tensor, version, shape)
                 if x[0] is not y[0] or x[1:] != y[1:]:
                     return False
             elif x != y:
