@@ -16,6 +16,7 @@ from torch import fx
 
 from ..errors import MixQError
 from ..quant.degree_quant import protect
+from .split_structure import remove_dead_code
 from .structure import StructureCache
 
 
@@ -36,18 +37,6 @@ def _inline_structure_cache(gm: fx.GraphModule, node: fx.Node, cache: StructureC
     gm.graph.erase_node(node)
 
 
-def _remove_unused(gm: fx.GraphModule) -> None:
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(list(gm.graph.nodes)):
-            if node.op in ("call_function", "call_module") and not node.users and node.target is not operator.setitem:
-                if getattr(node.target, "_schema", None) is not None and node.target._schema.is_mutable:
-                    continue
-                gm.graph.erase_node(node)
-                changed = True
-
-
 def inference_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` without training-only machinery (see module docstring)."""
     gm = copy.deepcopy(gm)
@@ -57,7 +46,7 @@ def inference_graph(gm: fx.GraphModule) -> fx.GraphModule:
         elif node.op == "call_function" and node.target is protect:
             node.replace_all_uses_with(node.args[1])
             gm.graph.erase_node(node)
-    _remove_unused(gm)
+    remove_dead_code(gm.graph)
     gm.graph.lint()
     gm.recompile()
     return gm

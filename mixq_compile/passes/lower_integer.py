@@ -190,7 +190,7 @@ class _Lowering:
         return new, None
 
     def on_get_attr(self, node: fx.Node):
-        value = _fetch(self.source, node.target)
+        value = operator.attrgetter(node.target)(self.source)
         if not isinstance(value, Tensor):
             raise LoweringError(f"unsupported attribute {node.target!r} of type {type(value).__name__}")
         return self.const(value, node.target), None
@@ -383,13 +383,6 @@ class _Lowering:
         if reduce in ("amax", "amin") and not include_self:
             return self.call(K.scatter_select_int, acc, dim, idx, base_domain.size, reduce), acc_domain
         return None
-
-
-def _fetch(module: nn.Module, target: str):
-    value = module
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _op_name(target) -> str:

@@ -42,7 +42,7 @@ def _frontier(gm: fx.GraphModule) -> list[fx.Node]:
     return out
 
 
-def _remove_dead(graph: fx.Graph) -> None:
+def remove_dead_code(graph: fx.Graph) -> None:
     """Dead-code elimination that also drops unused in-place ops when nothing else reads the mutated tensor."""
     changed = True
     while changed:
@@ -75,7 +75,7 @@ def split_structure(gm: fx.GraphModule) -> StructureSplit:
     with structure.graph.inserting_before(old_output):
         structure.graph.output(tuple(by_name[name] for name in names))
     structure.graph.erase_node(old_output)
-    _remove_dead(structure.graph)
+    remove_dead_code(structure.graph)
     structure.graph.lint()
     structure.recompile()
 
@@ -88,7 +88,7 @@ def split_structure(gm: fx.GraphModule) -> StructureSplit:
             placeholder = features.graph.placeholder(f"structure_{name}")
         placeholder.meta = dict(old.meta)
         old.replace_all_uses_with(placeholder)
-    _remove_dead(features.graph)
+    remove_dead_code(features.graph)
     features.graph.lint()
     features.recompile()
     for part in (structure, features):

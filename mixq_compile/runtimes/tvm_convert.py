@@ -250,7 +250,7 @@ class Converter:
             with self.bb.dataflow():
                 for node in self.gm.graph.nodes:
                     if node.op == "get_attr":
-                        self.env[node] = _fetch(self.gm, node.target)
+                        self.env[node] = operator.attrgetter(node.target)(self.gm)
                     elif node.op in ("call_function", "call_module"):
                         self.env[node] = self.convert(node)
                     elif node.op == "output":
@@ -280,13 +280,6 @@ def check_supported(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.op in ("call_function", "call_module", "call_method"):
             _converter(gm, node)
-
-
-def _fetch(gm: fx.GraphModule, target: str) -> Tensor:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _dtype(expr: relax.Expr) -> str:
