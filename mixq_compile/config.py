@@ -32,7 +32,9 @@ def _default_specs() -> Mapping[str, QuantSpec]:
     # Weights: symmetric per-output-channel, so integer matmuls need no weight zero-point terms.
     # Activations: affine per-tensor; a per-feature scale would vary along a matmul's reduction axis and could
     # not be factored out of an integer dot product. Edge weights: unsigned (GCN normalisation, attention >= 0).
-    activation = QuantSpec(signed=True)
+    # Everything but weights starts from the MSE-optimal clipping of its range: with min/max a 2-bit grid over
+    # row-normalised node features rounds nearly every value to zero (Cora: ~50 % instead of ~81 % accuracy).
+    activation = QuantSpec(signed=True, range_init="mse")
     return dict(
         {
             "input": activation,
@@ -40,7 +42,7 @@ def _default_specs() -> Mapping[str, QuantSpec]:
             "weight": QuantSpec(signed=True, symmetric=True, granularity="channel", axis=0),
             "linear_out": activation,
             "message": activation,
-            "edge_weight": QuantSpec(signed=False),
+            "edge_weight": QuantSpec(signed=False, range_init="mse"),
             "aggregate": activation,
             "pool_input": activation,
             "pool": activation,

@@ -69,7 +69,7 @@ def test_eval_output_is_unaffected_and_activation_ranges_use_percentiles():
     assert _config_from_dict(_config_to_dict(dq.config)) == dq.config, "save/load keeps the option"
     for site in dq.plan.sites:
         assert site.spec.range_init == ("minmax" if site.kind == "weight" else "percentile"), site.name
-    assert {s.spec.range_init for s in plain.plan.sites} == {"minmax"}
+    assert {s.spec.range_init for s in plain.plan.sites} == {"minmax", "mse"}  # weights min/max, the rest MSE
 
 
 def test_protected_nodes_keep_their_float_values_in_training():

@@ -158,6 +158,29 @@ def test_percentile_range_ignores_outliers():
     assert q.scale.item() < 0.02
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_mse_range_clips_outliers_and_never_does_worse_than_min_max(granularity):
+    # Row-normalised bag-of-words features (as Cora's): mostly zeros, typical values 1/20, a few rows with 1 or 2
+    # words. A 2-bit min/max grid rounds every typical value to zero; the MSE clipping keeps them apart.
+    g = torch.Generator().manual_seed(0)
+    words = (torch.rand(500, 64, generator=g) < 0.3).float()
+    words[:3] = 0
+    words[:3, 0] = 1
+    x = words / words.sum(dim=1, keepdim=True).clamp_min(1)
+
+    def error(range_init):
+        q = FakeQuantizer(QuantSpec(bits=2, signed=False, granularity=granularity, axis=1, range_init=range_init))
+        out = q(x)
+        return (out - x).square().mean().item(), q.scale.detach().mean().item(), q
+
+    mse_error, mse_scale, q = error("mse")
+    minmax_error, minmax_scale, _ = error("minmax")
+    assert mse_error < minmax_error
+    assert mse_scale < minmax_scale
+    typical = (x > 0) & (x < 0.2)
+    assert (q(x)[typical] > 0).float().mean() > 0.9, "typical values survive"
+
+
 def test_state_dict_round_trips_per_channel_shapes():
     src = FakeQuantizer(QuantSpec(granularity="channel", axis=1))
     src(torch.randn(4, 6))

@@ -18,7 +18,7 @@ MIN_BITS = 1
 MAX_BITS = 16
 
 Granularity = Literal["tensor", "channel"]
-RangeInit = Literal["minmax", "percentile"]
+RangeInit = Literal["minmax", "percentile", "mse"]
 
 
 def check_bits(bits: object) -> int:
@@ -66,7 +66,8 @@ class QuantSpec:
             otherwise affine with a learnable zero-point that is rounded to an integer in every forward pass.
         granularity: one scale for the whole tensor, or one per index of ``axis``.
         axis: the channel axis for ``granularity="channel"`` (0 = output channels of a weight).
-        range_init: initial range from min/max (always including zero) or from percentiles (Degree-Quant style).
+        range_init: initial range from min/max (always including zero), from percentiles (Degree-Quant style), or
+            ``"mse"``: min/max shrunk to the clipping that minimises the quantization error on the calibration data.
         percentile: the lower tail fraction for ``range_init="percentile"`` (0.01 = 1st and 99th percentiles).
         learnable: whether scale (and zero-point) are trained (LSQ+ gradients) or stay at their initial values.
     """
@@ -84,8 +85,8 @@ class QuantSpec:
         check_bits(self.bits)
         if self.granularity not in ("tensor", "channel"):
             raise ValueError(f"granularity must be 'tensor' or 'channel', got {self.granularity!r}")
-        if self.range_init not in ("minmax", "percentile"):
-            raise ValueError(f"range_init must be 'minmax' or 'percentile', got {self.range_init!r}")
+        if self.range_init not in ("minmax", "percentile", "mse"):
+            raise ValueError(f"range_init must be 'minmax', 'percentile' or 'mse', got {self.range_init!r}")
         if not 0.0 <= self.percentile < 0.5:
             raise ValueError(f"percentile must be in [0, 0.5), got {self.percentile!r}")
 
