@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,22 @@ def random_batch(graphs: int, nodes_per_graph: int, features: int, seed: int = 0
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@st.composite
+def adversarial_graphs(draw):
+    """Graphs with isolated nodes, self loops, duplicate edges, no edges at all, and high-degree hubs."""
+    n = draw(st.integers(2, 40))
+    kind = draw(st.sampled_from(["random", "empty", "hub", "duplicates"]))
+    if kind == "empty":
+        pairs = []
+    elif kind == "hub":
+        pairs = [(i, 0) for i in range(n)] + [(0, i) for i in range(n)]
+    else:
+        pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4 * n))
+        if kind == "duplicates" and pairs:
+            pairs = pairs * 3
+    edge_index = torch.tensor(pairs, dtype=torch.long).t().reshape(2, -1)
+    seed = draw(st.integers(0, 2**16))
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)) * draw(st.sampled_from([0.01, 1.0, 30.0]))
+    return x, edge_index

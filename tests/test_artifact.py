@@ -44,6 +44,7 @@ def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn
     assert manifest["model_bytes"] < 12 * 16 * 4  # sub-8-bit weights are counted at their width
     assert {"torch", "mixq_compile"} <= set(manifest["versions"])
     assert set(manifest["files"]) == {"structure.pt2", "features.pt2"}
+    assert manifest["backend_entries"]["csr_aggregations"] == 2, "both layers aggregate with mixq::csr_sum"
     assert all(len(digest) == 64 for digest in manifest["files"].values())
 
 
@@ -149,6 +150,16 @@ def test_fixed_point_artifact_runs_and_records_its_requantization(frozen_gcn, tm
     artifact = mq.load_artifact(mq.export(frozen, args, tmp_path / "fx", backend="torch", fixed_point=True))
     assert artifact.manifest["requantization"] == "fixed_point"
     assert torch.equal(artifact(*args), mq.lower(frozen, fixed_point=True)(*args))
+
+
+def test_scatter_aggregation_option_keeps_plain_aten_programs(frozen_gcn, tmp_path):
+    _, frozen, args = frozen_gcn
+    options = {"sparse_aggregation": False}
+    path = mq.export(frozen, args, tmp_path / "scatter", backend="torch", backend_options=options)
+    artifact = mq.load_artifact(path)
+    assert artifact.manifest["backend_entries"]["csr_aggregations"] == 0
+    assert "mixq.csr_sum" not in str(torch.export.load(path / "features.pt2").graph)
+    assert torch.equal(artifact(*args), mq.lower(frozen)(*args))
 
 
 def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_path):

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import adversarial_graphs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_zoo import ALL
@@ -89,25 +90,6 @@ def test_kernels_requantize_fixed_point_matches_float_multiplier():
     fixed = K.requantize_fixed_point(acc, mantissa, shift, zero, -128, 127).int()
     floating = K.requantize(acc, multiplier, zero, -128, 127).int()
     assert (fixed - floating).abs().max() <= 1
-
-
-@st.composite
-def adversarial_graphs(draw):
-    """Graphs with isolated nodes, self loops, duplicate edges, no edges at all, and high-degree hubs."""
-    n = draw(st.integers(2, 40))
-    kind = draw(st.sampled_from(["random", "empty", "hub", "duplicates"]))
-    if kind == "empty":
-        pairs = []
-    elif kind == "hub":
-        pairs = [(i, 0) for i in range(n)] + [(0, i) for i in range(n)]
-    else:
-        pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4 * n))
-        if kind == "duplicates" and pairs:
-            pairs = pairs * 3
-    edge_index = torch.tensor(pairs, dtype=torch.long).t().reshape(2, -1)
-    seed = draw(st.integers(0, 2**16))
-    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)) * draw(st.sampled_from([0.01, 1.0, 30.0]))
-    return x, edge_index
 
 
 _PROGRAMS: dict[str, tuple] = {}

@@ -79,9 +79,9 @@ def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
     on Relax's own matmul and scatter_elements, and must be just as exact."""
     import tvm
 
-    from mixq_compile.runtimes import tvm_convert
+    from mixq_compile.runtimes import tvm_relax
 
-    monkeypatch.setattr(tvm_convert, "find_aggregations", lambda *args: [])
+    monkeypatch.setattr(tvm_relax, "find_aggregations", lambda *args: [])
     monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
     frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0])
     artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))

@@ -22,7 +22,7 @@ run = planetoid_run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=["Cora", "CiteSeer", "PubMed"])
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=["mixq", "relative", "budget"])
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(PAPER_LAMBDAS), help="paper-scaled λ")
     parser.add_argument("--relative-lambdas", type=float, nargs="+", default=[0.1, 1.0], help="scale-free λ")
     parser.add_argument("--budget", type=float, default=0.25, help="BitOPs budget: fraction of all-8-bit wa cost")

@@ -1,7 +1,10 @@
-"""The ``torch`` backend: the integer program as ``torch.export`` programs (``.pt2``), loadable with plain torch.
+"""The ``torch`` backend: the integer program as ``torch.export`` programs (``.pt2``).
 
-The integer kernels are ordinary ATen ops (``torch._int_mm``, integer scatter-add, round/clamp), so the exported
-files do not need mixq_compile to run: ``torch.export.load(path).module()`` is enough.
+The integer kernels are ATen ops (``torch._int_mm``, round/clamp) plus, by default, ``torch.ops.mixq.csr_sum``
+for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure program also sorts each aggregation's edges
+by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter. Such
+files need ``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program
+keeps its integer scatter-adds and loads with plain torch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import Tensor
 from torch.export import Dim
 
 from ..integer.program import IntegerProgram
+from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
 from .base import Backend, Runner
 
 STRUCTURE_FILE = "structure.pt2"
@@ -32,27 +36,37 @@ def export_program(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> torch
 
 class TorchBackend(Backend):
     """Options: ``aot_inductor=True`` compiles the feature program ahead of time with AOTInductor (fused C++
-    kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model)."""
+    kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model);
+    ``sparse_aggregation=False`` keeps the scatter-add aggregations (files load without mixq_compile)."""
 
     name = "torch"
 
-    def __init__(self, aot_inductor: bool = False) -> None:
+    def __init__(self, aot_inductor: bool = False, sparse_aggregation: bool = True) -> None:
         self.aot_inductor = aot_inductor
+        self.sparse_aggregation = sparse_aggregation
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
     def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
-        frontier = tuple(program.structure(*example_inputs))
-        torch.export.save(export_program(program.structure, example_inputs), directory / STRUCTURE_FILE)
-        features = export_program(program.features, example_inputs + frontier)
+        structure, features, aggregations = program.structure, program.features, []
+        if self.sparse_aggregation:
+            frontier = tuple(structure(*example_inputs))
+            aggregations = find_aggregations(features, len(example_inputs), frontier)
+            structure, features = sorted_structure(structure, aggregations), csr_features(features, aggregations)
+        frontier = tuple(structure(*example_inputs))
+        torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
+        exported = export_program(features, example_inputs + frontier)
+        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations)}
         if self.aot_inductor:
-            torch._inductor.aoti_compile_and_package(features, package_path=str(directory / AOTI_FILE))
-            return {"structure": STRUCTURE_FILE, "features": AOTI_FILE, "aot_inductor": True}
-        torch.export.save(features, directory / FEATURES_FILE)
-        return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "aot_inductor": False}
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
+            return entries | {"features": AOTI_FILE, "aot_inductor": True}
+        torch.export.save(exported, directory / FEATURES_FILE)
+        return entries | {"features": FEATURES_FILE, "aot_inductor": False}
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
+        from ..integer import csr  # noqa: F401  (registers torch.ops.mixq.csr_sum before the programs load)
+
         structure = load_pt2(directory / entries["structure"])
         if entries.get("aot_inductor"):
             return structure, _no_grad_tuple(torch._inductor.aoti_load_package(str(directory / entries["features"])))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..integer.program import IntegerProgram
+from ..passes.aggregation import find_aggregations, sorted_structure
 from .base import Backend, BackendUnavailableError, Runner
 from .torch_pt2 import export_program, load_pt2
 
@@ -62,8 +63,8 @@ class TvmBackend(Backend):
 
         tvm_convert.check_supported(program.features)
         frontier = tuple(program.structure(*example_inputs))
-        aggregations = tvm_convert.find_aggregations(program.features, len(example_inputs), frontier)
-        structure = export_program(tvm_convert.sorted_structure(program.structure, aggregations), example_inputs)
+        aggregations = find_aggregations(program.features, len(example_inputs), frontier)
+        structure = export_program(sorted_structure(program.structure, aggregations), example_inputs)
         torch.export.save(structure, directory / STRUCTURE_FILE)
 
         target_json = host_target()

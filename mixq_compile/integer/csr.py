@@ -1,0 +1,55 @@
+"""``mixq::csr_sum``: a sum aggregation as one sparse-matrix product, exact on integer codes.
+
+The integer program aggregates with a gather -> center -> multiply -> scatter-add chain, which materialises an
+``[E, C]`` int32 message tensor and adds it with atomics. Over edges sorted by target (done once per graph in the
+structure program, :func:`mixq_compile.passes.aggregation.sorted_structure`) the same sum is a CSR matrix times the
+centered code table, which MKL's sparse kernels compute without any per-edge tensor.
+
+Exactness: every product and partial sum is an integer of magnitude at most
+``max|w| * max in-degree * max|q - z|``; below 2**24 float32 represents all of them exactly, so the float
+accumulation equals the int32 one bit for bit in any order. Above that bound the op computes in float64 (exact below
+2**53, far beyond the int32 accumulator it replaces). Float tables (FP32 programs) are summed in float32.
+
+Registered as a ``torch.library`` custom op so that ``torch.export`` keeps it as one node and AOTInductor calls it;
+loading a program that uses it needs ``import mixq_compile`` (which registers it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+_FLOAT32_EXACT = 2**24
+
+
+@torch.library.custom_op("mixq::csr_sum", mutates_args=())
+def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int) -> Tensor:
+    """``out[r] = Σ_{e: dst[e] = r} weight[e] * (table[src[e]] - zero)`` for ``dst`` sorted ascending.
+
+    ``dst``, ``src``: int64 ``[E]``; ``weight``: ``[E]`` (integer or float) or ``None`` for 1; ``table``: ``[N, C]``
+    codes (int8/int16/int32) or floats; ``zero``: the table's zero-point (0-d or ``[C]``) or ``None``. Returns int32
+    ``[rows, C]`` for integer tables, the table's dtype otherwise.
+    """
+    integer = not table.is_floating_point()
+    dtype = torch.float32 if integer or table.dtype != torch.float64 else torch.float64
+    centered = table.to(dtype) if zero is None else table.to(dtype) - zero.to(dtype)
+    values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
+    rowptr = torch.searchsorted(dst, torch.arange(rows + 1, dtype=dst.dtype, device=dst.device))
+    if integer and src.numel() > 0 and centered.numel() > 0:
+        degree = int((rowptr[1:] - rowptr[:-1]).max()) if rows > 0 else 0
+        bound = float(values.abs().max()) * degree * float(centered.abs().max())
+        if bound >= _FLOAT32_EXACT:
+            centered, values = centered.double(), values.double()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(rowptr, src, values, (rows, table.shape[0]), check_invariants=False)
+    out = torch.sparse.mm(matrix, centered)
+    return out.to(torch.int32) if integer else out.to(table.dtype)
+
+
+@csr_sum.register_fake
+def _(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int) -> Tensor:
+    dtype = table.dtype if table.is_floating_point() else torch.int32
+    return table.new_empty((rows, table.shape[1]), dtype=dtype)
