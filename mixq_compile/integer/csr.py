@@ -6,7 +6,8 @@ structure program, :func:`mixq_compile.passes.aggregation.sorted_structure`) the
 centered code table, which MKL's sparse kernels compute without any per-edge tensor.
 
 Exactness: every product and partial sum is an integer of magnitude at most
-``max|w| * max in-degree * max|q - z|``; below 2**24 float32 represents all of them exactly, so the float
+``max|w| * max in-degree * (container range)`` (255 for int8 codes); below 2**24 float32 represents all of them
+exactly, so the float
 accumulation equals the int32 one bit for bit in any order. Above that bound the op computes in float64 (exact below
 2**53, far beyond the int32 accumulator it replaces). Float tables (FP32 programs) are summed in float32.
 
@@ -34,14 +35,14 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
     """
     integer = not table.is_floating_point()
     dtype = torch.float32 if integer or table.dtype != torch.float64 else torch.float64
-    centered = table.to(dtype) if zero is None else table.to(dtype) - zero.to(dtype)
     values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
-    rowptr = torch.searchsorted(dst, torch.arange(rows + 1, dtype=dst.dtype, device=dst.device))
-    if integer and src.numel() > 0 and centered.numel() > 0:
-        degree = int((rowptr[1:] - rowptr[:-1]).max()) if rows > 0 else 0
-        bound = float(values.abs().max()) * degree * float(centered.abs().max())
-        if bound >= _FLOAT32_EXACT:
-            centered, values = centered.double(), values.double()
+    rowptr = torch._convert_indices_from_coo_to_csr(dst, rows, out_int32=False)
+    if integer and src.numel() > 0 and rows > 0 and table.numel() > 0:
+        info = torch.iinfo(table.dtype)  # codes and zero-points both lie in the container's range
+        degree = int((rowptr[1:] - rowptr[:-1]).max())
+        if float(values.abs().max()) * degree * (info.max - info.min) >= _FLOAT32_EXACT:
+            dtype, values = torch.float64, values.double()
+    centered = table.to(dtype) if zero is None else table.to(dtype) - zero.to(dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         matrix = torch.sparse_csr_tensor(rowptr, src, values, (rows, table.shape[0]), check_invariants=False)
