@@ -6,6 +6,7 @@ import functools
 import random
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,18 +33,25 @@ def load(name: str):
 
 
 def quant_config(
-    bit_widths: Sequence[int], degree_quant: bool = False, input_granularity: str = "tensor"
+    bit_widths: Sequence[int],
+    degree_quant: bool = False,
+    input_granularity: str = "tensor",
+    range_init: str | None = None,
 ) -> QuantConfig:
-    """The default config, optionally with Degree-Quant or with one scale per feature of the tensors entering a
+    """The default config, optionally with Degree-Quant, with one scale per feature of the tensors entering a
     dense op (``"column"``: the reference's granularity for the node features X, which sit behind dropout and are
-    therefore an ``activation`` site; our default is one scale per tensor)."""
+    therefore an ``activation`` site; our default is one scale per tensor), or with another initial range for
+    every non-weight site (``range_init``; the default is the MSE clipping)."""
     extra: dict = {"degree_quant": DegreeQuant()} if degree_quant else {}
+    specs = dict(QuantConfig().specs)
     if input_granularity == "column":
         column = QuantSpec(signed=True, granularity="channel", axis=1)
-        extra["specs"] = {"input": column, "activation": column}
+        specs |= {"input": column, "activation": column}
     elif input_granularity != "tensor":
         raise ValueError(f"input_granularity must be 'tensor' or 'column', got {input_granularity!r}")
-    return QuantConfig(bit_widths=tuple(bit_widths), **extra)
+    if range_init is not None:
+        specs = {k: v if k == "weight" else replace(v, range_init=range_init) for k, v in specs.items()}
+    return QuantConfig(bit_widths=tuple(bit_widths), specs=specs, **extra)
 
 
 def quantize(
@@ -52,9 +60,10 @@ def quantize(
     bit_widths: Sequence[int],
     degree_quant: bool = False,
     input_granularity: str = "tensor",
+    range_init: str | None = None,
 ):
     """``mq.quantize`` without the warning about ops left in float (the site report lists them)."""
-    config = quant_config(bit_widths, degree_quant, input_granularity)
+    config = quant_config(bit_widths, degree_quant, input_granularity, range_init)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return mq.quantize(model, tuple(inputs), config=config)

@@ -46,17 +46,29 @@ def fit(model: nn.Module, data: Loaders, train: dict[str, Any], **extra: Any) ->
 
 
 def search_bits(
-    make_model: Callable[[], nn.Module], data: Loaders, candidates: Sequence[int], lam: float, train: dict[str, Any]
+    make_model: Callable[[], nn.Module],
+    data: Loaders,
+    candidates: Sequence[int],
+    lam: float,
+    train: dict[str, Any],
+    range_init: str | None = None,
 ) -> dict[str, int]:
     """MixQ search from scratch; bits of the lowest-val-loss (λ-penalised) relaxed state."""
-    qmodel = quantize(make_model(), example_inputs(data[0]), candidates)
+    qmodel = quantize(make_model(), example_inputs(data[0]), candidates, range_init=range_init)
     fit(qmodel, data, train, lam=lam, penalty_scaling="paper", desc="search")
     return qmodel.chosen_bits()
 
 
-def qat(model: nn.Module, data: Loaders, candidates: Sequence[int], bits: dict[str, int], train: dict[str, Any]):
+def qat(
+    model: nn.Module,
+    data: Loaders,
+    candidates: Sequence[int],
+    bits: dict[str, int],
+    train: dict[str, Any],
+    range_init: str | None = None,
+):
     """Quantize ``model`` (fresh or FP32-trained), fix ``bits`` and train; returns the frozen model and result."""
-    frozen = mq.freeze(quantize(model, example_inputs(data[0]), candidates), bits=bits)
+    frozen = mq.freeze(quantize(model, example_inputs(data[0]), candidates, range_init=range_init), bits=bits)
     return frozen, fit(frozen, data, train, desc="QAT")
 
 
