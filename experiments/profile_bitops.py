@@ -144,27 +144,32 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
 
     try:
-        total = 1 + len(backends) * (len(configs) + 2)
-        with tqdm(total=total, desc="profile") as bar:
+        # Export everything first, then measure back to back: compilers and builds do not run between timings.
+        targets: list[tuple[str, str, str, str, bool, Path]] = []  # (name, backend, precision, config, cached, path)
+        with tqdm(total=len(backends) * (len(configs) + 1), desc="export") as bar:
+            for backend, name, options in backends:
+                folder = Path(work) / backend.replace(":", "_")
+                path = mq.export(model, inputs, folder / "fp32", backend=name, backend_options=options)
+                targets.append(("fp32", backend, "fp32", "fp32", True, path))
+                bar.update()
+                for config, bits in configs.items():
+                    frozen = mq.freeze(qmodel, bits).eval()
+                    path = mq.export(frozen, inputs, folder / config, backend=name, backend_options=options)
+                    targets.append((config, backend, "integer", config, True, path))
+                    if config == "all8":
+                        targets.append((config, backend, "integer", config, False, path))
+                    bar.update()
+        print("measure phase", flush=True)
+        with tqdm(total=2 + len(targets), desc="measure") as bar:
             with torch.no_grad():  # warm the process (thread pools, allocator) before the first timed baseline
                 for _ in range(4 * args.warmup):
                     model(*inputs)
             measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32", False)
             measure(cached_copy(model), "pyg_fp32_eager_cached", "eager", "fp32", "fp32_cached", True)
-            bar.update()
-            for backend, name, options in backends:
-                folder = Path(work) / backend.replace(":", "_")
-                path = mq.export(model, inputs, folder / "fp32", backend=name, backend_options=options)
-                measure(mq.load_artifact(path, cache_structure=True), "fp32", backend, "fp32", "fp32", True)
+            bar.update(2)
+            for name, backend, precision, config, cached, path in targets:
+                measure(mq.load_artifact(path, cache_structure=cached), name, backend, precision, config, cached)
                 bar.update()
-                for config, bits in configs.items():
-                    frozen = mq.freeze(qmodel, bits).eval()
-                    path = mq.export(frozen, inputs, folder / config, backend=name, backend_options=options)
-                    measure(mq.load_artifact(path, cache_structure=True), config, backend, "integer", config, True)
-                    if config == "all8":
-                        measure(mq.load_artifact(path), config, backend, "integer", config, False)
-                        bar.update()
-                    bar.update()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
