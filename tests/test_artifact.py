@@ -45,6 +45,7 @@ def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn
     assert {"torch", "mixq_compile"} <= set(manifest["versions"])
     assert set(manifest["files"]) == {"structure.pt2", "features.pt2"}
     assert manifest["backend_entries"]["csr_aggregations"] == 2, "both layers aggregate with mixq::csr_sum"
+    assert "mixq.quantize" in str(torch.export.load(torch_artifact / "features.pt2").graph), "blocked quantize"
     assert all(len(digest) == 64 for digest in manifest["files"].values())
 
 

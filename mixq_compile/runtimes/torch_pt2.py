@@ -4,17 +4,20 @@ The integer kernels are ATen ops (``torch._int_mm``, round/clamp) plus, by defau
 for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure program also sorts each aggregation's edges
 by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter. Such
 files need ``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program
-keeps its integer scatter-adds and loads with plain torch.
+keeps its integer scatter-adds. Without AOTInductor, ``quantize`` instructions become
+``torch.ops.mixq.quantize`` (the same arithmetic in cache-sized blocks, :mod:`mixq_compile.integer.chunked`).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.export import Dim
 
+from ..integer import kernels as K
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
 from .base import Backend, Runner
@@ -37,7 +40,7 @@ def export_program(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> torch
 class TorchBackend(Backend):
     """Options: ``aot_inductor=True`` compiles the feature program ahead of time with AOTInductor (fused C++
     kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model);
-    ``sparse_aggregation=False`` keeps the scatter-add aggregations (files load without mixq_compile)."""
+    ``sparse_aggregation=False`` keeps the scatter-add aggregations."""
 
     name = "torch"
 
@@ -54,6 +57,8 @@ class TorchBackend(Backend):
             frontier = tuple(structure(*example_inputs))
             aggregations = find_aggregations(features, len(example_inputs), frontier)
             structure, features = sorted_structure(structure, aggregations), csr_features(features, aggregations)
+        if not self.aot_inductor:
+            features = blocked_quantize(features)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
@@ -65,12 +70,25 @@ class TorchBackend(Backend):
         return entries | {"features": FEATURES_FILE, "aot_inductor": False}
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
-        from ..integer import csr  # noqa: F401  (registers torch.ops.mixq.csr_sum before the programs load)
+        from ..integer import chunked, csr  # noqa: F401  (registers the mixq ops before the programs load)
 
         structure = load_pt2(directory / entries["structure"])
         if entries.get("aot_inductor"):
             return structure, _no_grad_tuple(torch._inductor.aoti_load_package(str(directory / entries["features"])))
         return structure, load_pt2(directory / entries["features"])
+
+
+def blocked_quantize(features: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``features`` with every ``quantize`` instruction computed by ``mixq::quantize`` (cache-sized blocks, same
+    codes). Only for programs run op by op: AOTInductor fuses the element-wise chain better on its own."""
+    from ..integer import chunked  # noqa: F401  (registers torch.ops.mixq.quantize)
+
+    gm = copy.deepcopy(features)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is K.quantize:
+            node.target = torch.ops.mixq.quantize.default
+    gm.recompile()
+    return gm
 
 
 def load_pt2(path: Path) -> Runner:

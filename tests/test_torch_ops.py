@@ -1,4 +1,5 @@
-"""``mixq::csr_sum`` and the torch backend's CSR rewrite: exact integer sums on every kind of graph."""
+"""The torch backend's custom ops: ``mixq::csr_sum`` (exact integer sums on every kind of graph, and the CSR
+rewrite of feature programs) and ``mixq::quantize`` (the same codes as the quantize instruction)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_lowering import _program
 
-from mixq_compile.integer import csr  # noqa: F401
+from mixq_compile.integer import chunked, csr  # noqa: F401
+from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
 
 csr_sum = torch.ops.mixq.csr_sum
@@ -88,3 +90,27 @@ def test_graphs_without_edges_give_zero_rows(rows):
     empty = torch.zeros(0, dtype=torch.long)
     got = csr_sum(empty, empty, None, torch.ones(rows, 3, dtype=torch.int8), None, rows)
     assert got.shape == (rows, 3) and not got.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.sampled_from([(0, 5), (1, 1), (7, 3), (300, 1433), (2, 3, 4000), (5,)]),
+    per_channel=st.booleans(),
+    bits=st.sampled_from([(-128, 127), (0, 3), (-8, 7), (-32768, 32767)]),
+    seed=st.integers(0, 99),
+)
+def test_blocked_quantize_gives_the_instruction_s_codes_bit_for_bit(shape, per_channel, bits, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * 10
+    x.view(-1)[::7] = 0.5  # exact ties: rounding must agree (half to even) there too
+    channels = shape[-1]
+    scale = torch.rand(channels if per_channel else (), generator=gen) + 0.01
+    zero = torch.randint(bits[0], bits[1] + 1, (channels,) if per_channel else (), generator=gen).float()
+    if per_channel and len(shape) == 1:
+        scale, zero = scale[:1], zero[:1]
+    expected = K.quantize(x, scale, zero, *bits)
+    got = torch.ops.mixq.quantize(x, scale, zero, *bits)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    if per_channel:
+        scale.fill_(0.5), zero.fill_(0)
+    assert torch.equal(torch.ops.mixq.quantize(x, scale, zero, *bits), K.quantize(x, scale, zero, *bits))
