@@ -18,7 +18,9 @@ from mixq_compile.integer import kernels as K
 from mixq_compile.integer.program import IntegerProgram
 from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
 from mixq_compile.runtimes import BACKENDS
-from mixq_compile.runtimes.onnx_ort import CONVERTERS, OnnxConversionError, convert_program
+from mixq_compile.runtimes.onnx_convert import CONVERTERS
+from mixq_compile.runtimes.onnx_graph import OnnxConversionError
+from mixq_compile.runtimes.onnx_ort import convert_program
 
 GCN_BITS = {
     "int8": {},
