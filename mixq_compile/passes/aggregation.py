@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, fx
 
 from ..integer import kernels as K
+from .split_structure import remove_dead_code
 
 aten = torch.ops.aten
 
@@ -177,9 +178,6 @@ def csr_features(features: fx.GraphModule, aggregations: list[Aggregation]) -> f
     ``csr_sum`` over them (same values, exactly, for integer codes) and its gather/center/multiply/scatter chain is
     removed when nothing else uses it.
     """
-    from ..integer import csr  # noqa: F401  (registers torch.ops.mixq.csr_sum)
-    from .split_structure import remove_dead_code
-
     gm = copy.deepcopy(features)
     graph = gm.graph
     by_name = {node.name: node for node in graph.nodes}

@@ -70,8 +70,6 @@ class TorchBackend(Backend):
         return entries | {"features": FEATURES_FILE, "aot_inductor": False}
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
-        from ..integer import chunked, csr  # noqa: F401  (registers the mixq ops before the programs load)
-
         structure = load_pt2(directory / entries["structure"])
         if entries.get("aot_inductor"):
             return structure, _no_grad_tuple(torch._inductor.aoti_load_package(str(directory / entries["features"])))
@@ -81,8 +79,6 @@ class TorchBackend(Backend):
 def blocked_quantize(features: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``features`` with every ``quantize`` instruction computed by ``mixq::quantize`` (cache-sized blocks, same
     codes). Only for programs run op by op: AOTInductor fuses the element-wise chain better on its own."""
-    from ..integer import chunked  # noqa: F401  (registers torch.ops.mixq.quantize)
-
     gm = copy.deepcopy(features)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is K.quantize:
