@@ -130,11 +130,13 @@ def test_planetoid_smoke_end_to_end_and_resume(tmp_path, capsys):
 
 
 @pytest.mark.skipif(data_root() is None, reason="shared data sets (MIXQ_DATA) not available")
-def test_tudataset_smoke_end_to_end(tmp_path):
+@pytest.mark.parametrize("setting", ["mixq", "mixq_ft"])
+def test_tudataset_smoke_end_to_end(tmp_path, setting):
     out = tmp_path / "tudataset"
-    assert main(["experiment", "tudataset", "--smoke", "--data-root", str(data_root()), "--out", str(out)]) == 0
+    args = ["experiment", "tudataset", "--smoke", "--settings", setting, "--data-root", str(data_root())]
+    assert main(args + ["--out", str(out)]) == 0
     (row,) = _summary(out)
-    assert row["dataset"] == "IMDB-BINARY" and row["setting"] == "mixq" and row["epochs"] == "2"
+    assert row["dataset"] == "IMDB-BINARY" and row["setting"] == setting and row["epochs"] == "2"
     assert 0 <= float(row["acc_mean"]) <= 100 and 4 <= float(row["avg_bits"]) <= 8
     (record,) = read_records(out / "runs.jsonl")
     assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
