@@ -34,7 +34,7 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
     ``[rows, C]`` for integer tables, the table's dtype otherwise.
     """
     integer = not table.is_floating_point()
-    dtype = torch.float32 if integer or table.dtype != torch.float64 else torch.float64
+    dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
     values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
     rowptr = torch._convert_indices_from_coo_to_csr(dst, rows, out_int32=False)
     if integer and src.numel() > 0 and rows > 0 and table.numel() > 0:

@@ -59,8 +59,8 @@ def _mse_clipped_range(rows: Tensor, low: Tensor, high: Tensor, spec: QuantSpec)
     """
     if rows.shape[1] > _MSE_SAMPLES:
         rows = rows[:, :: -(-rows.shape[1] // _MSE_SAMPLES)]
-    best_err = torch.full((rows.shape[0],), float("inf"))
-    best = torch.ones(rows.shape[0])
+    best_err = torch.full((rows.shape[0],), float("inf"), device=rows.device)
+    best = torch.ones(rows.shape[0], device=rows.device)
     for fraction in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
         scale, zero_point = initial_scale_zero_point(low * fraction, high * fraction, spec)
         scale, zero_point = scale[:, None], zero_point[:, None]
