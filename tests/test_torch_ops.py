@@ -1,5 +1,6 @@
 """The torch backend's custom ops: ``mixq::csr_sum`` (exact integer sums on every kind of graph, and the CSR
-rewrite of feature programs) and ``mixq::quantize`` (the same codes as the quantize instruction)."""
+rewrite of feature programs) and ``mixq::quantize`` (the same codes as the quantize instruction). Every test runs on
+both implementations: the native C kernels and the ATen code used where no C compiler is available."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_lowering import _program
 
-from mixq_compile.integer import chunked, csr  # noqa: F401
+from mixq_compile.integer import chunked, csr, native  # noqa: F401
 from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
 
 csr_sum = torch.ops.mixq.csr_sum
+
+
+@pytest.fixture(autouse=True, params=["native", "aten"])
+def kernels(request, monkeypatch):
+    """Runs each test with the native kernels, then with them switched off (the ATen fallback)."""
+    if request.param == "native" and native.unavailable_reason() is not None:
+        pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
+    if request.param == "aten":
+        monkeypatch.setattr(native, "library", lambda: None)
+    return request.param
 
 
 def _reference(dst, src, weight, table, zero, rows):
@@ -30,7 +41,10 @@ def _sorted(edge_index):
     return edge_index[1][order], edge_index[0][order]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FIXTURE_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(graph=adversarial_graphs(), weighted=st.booleans(), per_channel_zero=st.booleans(), seed=st.integers(0, 99))
 def test_int8_codes_sum_exactly_on_adversarial_graphs(graph, weighted, per_channel_zero, seed):
     x, edge_index = graph
@@ -69,7 +83,7 @@ def test_float_tables_sum_in_their_dtype():
     assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(graph=adversarial_graphs(), name=st.sampled_from(["paper_gcn", "sage_sum"]))
 def test_csr_rewritten_program_equals_the_integer_program(graph, name):
     _, program = _program(name)
@@ -92,7 +106,7 @@ def test_graphs_without_edges_give_zero_rows(rows):
     assert got.shape == (rows, 3) and not got.any()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(
     shape=st.sampled_from([(0, 5), (1, 1), (7, 3), (300, 1433), (2, 3, 4000), (5,)]),
     per_channel=st.booleans(),
@@ -114,3 +128,21 @@ def test_blocked_quantize_gives_the_instruction_s_codes_bit_for_bit(shape, per_c
     if per_channel:
         scale.fill_(0.5), zero.fill_(0)
     assert torch.equal(torch.ops.mixq.quantize(x, scale, zero, *bits), K.quantize(x, scale, zero, *bits))
+
+
+def test_quantize_rounds_exact_ties_half_to_even():
+    x = (torch.arange(-300, 300).float() + 0.5) * 0.25  # x / 0.25 lands exactly on .5 for every element
+    scale, zero = torch.tensor(0.25), torch.tensor(0.0)
+    assert torch.equal(torch.ops.mixq.quantize(x, scale, zero, -128, 127), K.quantize(x, scale, zero, -128, 127))
+
+
+@pytest.mark.parametrize(
+    ("dst", "src", "message"),
+    [([1, 0, 2], [0, 1, 2], "sorted ascending"), ([0, 1, 3], [0, 1, 2], "sorted ascending"), ([0, 1, 2], [0, 1, 9], "src")],
+)
+def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src, message):
+    if kernels != "native":
+        pytest.skip("the bounds checks are the native kernel's (the ATen path trusts the structure program)")
+    table = torch.ones(3, 2, dtype=torch.int8)
+    with pytest.raises(ValueError, match=message):
+        csr_sum(torch.tensor(dst), torch.tensor(src), None, table, None, 3)

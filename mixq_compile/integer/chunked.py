@@ -4,8 +4,8 @@ Run op by op (a ``.pt2`` program without AOTInductor), ``clamp(round(x / scale +
 the input, each writing a fresh float tensor the size of the input: for Cora's 2708 × 1433 node features that is
 four 15 MB allocations and ~6 ms, more than the whole integer GEMM. This op applies the same element-wise steps, in
 the same order (so the codes are bit-identical), to blocks of rows that stay in cache, in place in one small
-buffer, and writes the int8/int16 codes directly. AOTInductor fuses the chain by itself, so only the plain ``.pt2``
-program uses this op.
+buffer, and writes the int8/int16 codes directly; with the native kernels (:mod:`.native`) it is one C pass.
+AOTInductor fuses the chain about as well by itself, so only the plain ``.pt2`` program uses this op.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import native
 from .kernels import container_dtype
 
 _BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block: in L2, and few enough blocks that dispatch stays cheap
@@ -21,7 +22,10 @@ _BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block: in L2, and few enough b
 @torch.library.custom_op("mixq::quantize", mutates_args=())
 def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
     """Float -> codes, exactly as ``kernels.quantize`` (``scale``/``zero`` 0-d or broadcast over the last dim)."""
-    out = torch.empty(x.shape, dtype=container_dtype(qmin, qmax), device=x.device)
+    code = container_dtype(qmin, qmax)
+    if native.supports_quantize(x, scale, zero, code):
+        return native.quantize(x, scale, zero, qmin, qmax, code)
+    out = torch.empty(x.shape, dtype=code, device=x.device)
     if x.numel() == 0:
         return out
     rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)

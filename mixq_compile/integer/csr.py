@@ -11,6 +11,9 @@ exactly, so the float
 accumulation equals the int32 one bit for bit in any order. Above that bound the op computes in float64 (exact below
 2**53, far beyond the int32 accumulator it replaces). Float tables (FP32 programs) are summed in float32.
 
+Integer tables are summed by a native C kernel (:mod:`.native`: int32 arithmetic, no float round trip, ~20× faster
+than the ATen path below) wherever a C compiler is available; the ATen path computes the same sums without one.
+
 Registered as a ``torch.library`` custom op so that ``torch.export`` keeps it as one node and AOTInductor calls it;
 loading a program that uses it needs ``import mixq_compile`` (which registers it).
 """
@@ -21,6 +24,8 @@ import warnings
 
 import torch
 from torch import Tensor
+
+from . import native
 
 _FLOAT32_EXACT = 2**24
 
@@ -33,6 +38,8 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
     codes (int8/int16/int32) or floats; ``zero``: the table's zero-point (0-d or ``[C]``) or ``None``. Returns int32
     ``[rows, C]`` for integer tables, the table's dtype otherwise.
     """
+    if native.supports_csr_sum(table, weight):
+        return native.csr_sum(dst, src, weight, table, zero, rows)
     integer = not table.is_floating_point()
     dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
     values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
