@@ -138,7 +138,11 @@ def test_quantize_rounds_exact_ties_half_to_even():
 
 @pytest.mark.parametrize(
     ("dst", "src", "message"),
-    [([1, 0, 2], [0, 1, 2], "sorted ascending"), ([0, 1, 3], [0, 1, 2], "sorted ascending"), ([0, 1, 2], [0, 1, 9], "src")],
+    [
+        ([1, 0, 2], [0, 1, 2], "sorted ascending"),
+        ([0, 1, 3], [0, 1, 2], "sorted ascending"),
+        ([0, 1, 2], [0, 1, 9], "src"),
+    ],
 )
 def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src, message):
     if kernels != "native":

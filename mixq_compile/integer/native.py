@@ -111,7 +111,8 @@ def unavailable_reason() -> str | None:
 
 @functools.cache
 def _warn_once(reason: str) -> None:
-    warnings.warn(f"mixq_compile: native kernels unavailable ({reason}); mixq::csr_sum and mixq::quantize use slower ATen code")
+    message = f"mixq_compile: native kernels unavailable ({reason}); mixq::csr_sum and mixq::quantize use ATen code"
+    warnings.warn(message, stacklevel=3)
 
 
 def supports_csr_sum(table: Tensor, weight: Tensor | None) -> bool:
@@ -164,8 +165,8 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
     channels = table.shape[1]
     out = torch.empty((rows, channels), dtype=torch.int32)
     dst, src, table = dst.contiguous().to(torch.int64), src.contiguous().to(torch.int64), table.contiguous()
-    zeros = torch.zeros(channels, dtype=torch.int32) if zero is None else zero.reshape(-1).to(torch.int32).expand(channels)
-    zeros = zeros.contiguous()
+    zeros = torch.zeros(1, dtype=torch.int32) if zero is None else zero.reshape(-1).to(torch.int32)
+    zeros = zeros.expand(channels).contiguous()
     weights = None if weight is None else weight.reshape(-1).to(torch.int32).contiguous()
     status = getattr(library(), _CSR[table.dtype])(
         dst.data_ptr(),
