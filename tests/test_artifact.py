@@ -45,7 +45,8 @@ def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn
     assert {"torch", "mixq_compile"} <= set(manifest["versions"])
     assert set(manifest["files"]) == {"structure.pt2", "features.pt2"}
     assert manifest["backend_entries"]["csr_aggregations"] == 2, "both layers aggregate with mixq::csr_sum"
-    assert "mixq.quantize" in str(torch.export.load(torch_artifact / "features.pt2").graph), "blocked quantize"
+    assert manifest["backend_entries"]["fused_input_linears"] == 1, "the input layer: quantize + GEMM in one op"
+    assert "mixq.quantize_linear" in str(torch.export.load(torch_artifact / "features.pt2").graph)
     assert all(len(digest) == 64 for digest in manifest["files"].values())
 
 
@@ -153,13 +154,16 @@ def test_fixed_point_artifact_runs_and_records_its_requantization(frozen_gcn, tm
     assert torch.equal(artifact(*args), mq.lower(frozen, fixed_point=True)(*args))
 
 
-def test_scatter_aggregation_option_keeps_plain_aten_programs(frozen_gcn, tmp_path):
+def test_dense_options_keep_scatter_aggregations_and_a_separate_input_gemm(frozen_gcn, tmp_path):
     _, frozen, args = frozen_gcn
-    options = {"sparse_aggregation": False}
+    options = {"sparse_aggregation": False, "sparse_input": False}
     path = mq.export(frozen, args, tmp_path / "scatter", backend="torch", backend_options=options)
     artifact = mq.load_artifact(path)
     assert artifact.manifest["backend_entries"]["csr_aggregations"] == 0
-    assert "mixq.csr_sum" not in str(torch.export.load(path / "features.pt2").graph)
+    assert artifact.manifest["backend_entries"]["fused_input_linears"] == 0
+    graph = str(torch.export.load(path / "features.pt2").graph)
+    assert "mixq.csr_sum" not in graph and "mixq.quantize_linear" not in graph
+    assert "mixq.quantize.default" in graph, "blocked quantize of the input"
     assert torch.equal(artifact(*args), mq.lower(frozen)(*args))
 
 

@@ -1,5 +1,6 @@
 """The torch backend's custom ops: ``mixq::csr_sum`` (exact integer sums on every kind of graph, and the CSR
-rewrite of feature programs) and ``mixq::quantize`` (the same codes as the quantize instruction). Every test runs on
+rewrite of feature programs), ``mixq::quantize`` (the same codes as the quantize instruction) and
+``mixq::quantize_linear`` (quantize + first GEMM, skipping zero features; the fusion pass keeps programs exact). Every test runs on
 both implementations: the native C kernels and the ATen code used where no C compiler is available."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from test_lowering import _program
 from mixq_compile.integer import chunked, csr, native  # noqa: F401
 from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
+from mixq_compile.passes.fuse_input_linear import fuse_input_linear
 
 csr_sum = torch.ops.mixq.csr_sum
 
@@ -150,3 +152,75 @@ def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src,
     table = torch.ones(3, 2, dtype=torch.int8)
     with pytest.raises(ValueError, match=message):
         csr_sum(torch.tensor(dst), torch.tensor(src), None, table, None, 3)
+
+
+def _dense_reference(x, scale, zero, bits, w_t, bias):
+    w_sum = w_t.to(torch.int32).sum(0, dtype=torch.int32)
+    return K.linear_int(K.quantize(x, scale, zero, *bits), zero, w_t, w_sum, bias), w_sum
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    shape=st.sampled_from([(1, 1), (7, 16), (33, 40), (200, 300), (2, 5, 17), (0, 9)]),
+    density=st.sampled_from([0.0, 0.01, 0.2, 1.0]),
+    bits=st.sampled_from([(-128, 127), (-2, 1), (0, 3), (-32768, 32767)]),
+    weight=st.sampled_from([torch.int8, torch.int16]),
+    biased=st.booleans(),
+    seed=st.integers(0, 99),
+)
+def test_quantize_linear_equals_quantize_then_linear_int(shape, density, bits, weight, biased, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * (torch.rand(shape, generator=gen) < density)
+    x.view(-1)[::5] *= 0.0 if density < 1 else 1.0  # exact zeros (and -0.0) among the features
+    scale = torch.rand((), generator=gen) * 0.1 + 0.01
+    zero = torch.randint(bits[0], bits[1] + 1, (), generator=gen).float()
+    info = torch.iinfo(weight)
+    w_t = torch.randint(max(info.min, -1000), min(info.max, 1000), (shape[-1], 12), dtype=weight, generator=gen)
+    bias = torch.randint(-(2**20), 2**20, (12,), dtype=torch.int32, generator=gen) if biased else None
+    expected, w_sum = _dense_reference(x, scale, zero, bits, w_t, bias)
+    got = torch.ops.mixq.quantize_linear(x, scale, zero, *bits, w_t, w_sum, bias)
+    assert got.dtype == torch.int32 and torch.equal(got, expected)
+    if native.supports_quantize_linear(x, scale, zero, w_t):  # the native kernel is exact at every density
+        assert torch.equal(native.quantize_linear(x, scale, zero, *bits, w_t, bias), expected)
+
+
+def test_quantize_linear_takes_the_sparse_kernel_only_for_sparse_features(kernels, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        native, "quantize_linear", lambda *args: calls.append(1) or torch.zeros(4, 3, dtype=torch.int32)
+    )
+    w_t, zero = torch.ones(10, 3, dtype=torch.int8), torch.tensor(0.0)
+    sparse, dense = torch.zeros(4, 10), torch.ones(4, 10)
+    torch.ops.mixq.quantize_linear(
+        sparse, torch.tensor(0.1), zero, -128, 127, w_t, w_t.int().sum(0, dtype=torch.int32), None
+    )
+    torch.ops.mixq.quantize_linear(
+        dense, torch.tensor(0.1), zero, -128, 127, w_t, w_t.int().sum(0, dtype=torch.int32), None
+    )
+    assert calls == ([1] if kernels == "native" else [])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(graph=adversarial_graphs(), density=st.sampled_from([0.02, 1.0]))
+def test_input_linear_fusion_keeps_the_program_exact(graph, density):
+    _, program = _program("paper_gcn")
+    x, edge_index = graph
+    x = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < density)
+    fused, count = fuse_input_linear(program.features)
+    assert count == 1, "the input layer's quantize -> linear_int pair"
+    targets = [n.target for n in fused.graph.nodes if n.op == "call_function"]
+    assert torch.ops.mixq.quantize_linear.default in targets and K.quantize not in targets
+    frontier = program.structure(x, edge_index)
+    assert torch.equal(fused(x, edge_index, *frontier)[0], program(x, edge_index))
+
+
+def test_input_codes_read_by_more_than_the_linear_are_not_fused():
+    _, program = _program("sage_sum")  # SAGE's input codes feed the aggregation and the root linear
+    _, count = fuse_input_linear(program.features)
+    assert count == 0
+
+
+def test_input_codes_read_by_more_than_the_linear_are_not_fused():
+    _, program = _program("sage_sum")  # SAGE's input codes feed the aggregation and the root linear
+    _, count = fuse_input_linear(program.features)
+    assert count == 0

@@ -12,6 +12,11 @@
  *
  * Returns 0 on success, 1 if dst is not sorted or out of [0, rows), 2 if a src index is out of [0, nodes).
  *
+ * quantize_linear_<weight>: the quantize instruction fused with the integer linear that consumes its codes,
+ * out[i, :] = bias + sum_k (q_ik - z) * w_t[k, :] in int32 (wrap-around, as the int32 GEMM), q_ik computed as in
+ * quantize_<code>. Features equal to 0.0 quantize to the zero-point and add nothing, so blocks of 16 zero features
+ * are skipped after one vector test: sparse node features (bag-of-words, one-hot) cost one read of x.
+ *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
  * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
  * the integer program's quantize instruction, so the codes are bit-identical; one pass over x, no temporaries.
@@ -19,6 +24,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <string.h>
 
 static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr) {
@@ -95,3 +103,61 @@ static inline float clampf(float v, float lo, float hi) {
 
 QUANTIZE(quantize_int8, int8_t)
 QUANTIZE(quantize_int16, int16_t)
+
+/* Writes the indices k in [0, n) with x[k] != 0.0f to idx and those x[k] to val (branch-free on AVX-512);
+ * returns how many. */
+static inline int64_t nonzeros(const float *x, int64_t n, int32_t *idx, float *val) {
+    int64_t count = 0, k = 0;
+#if defined(__AVX512F__)
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; k + 16 <= n; k += 16) {
+        const __mmask16 mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + k), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        _mm512_mask_compressstoreu_epi32(idx + count, mask, lanes);
+        _mm512_mask_compressstoreu_ps(val + count, mask, _mm512_loadu_ps(x + k));
+        count += __builtin_popcount((unsigned)mask);
+        lanes = _mm512_add_epi32(lanes, step);
+    }
+#endif
+    for (; k < n; ++k) {
+        idx[count] = (int32_t)k;
+        val[count] = x[k];
+        count += x[k] != 0.0f;
+    }
+    return count;
+}
+
+#define QUANTIZE_LINEAR(NAME, WEIGHT)                                                                        \
+    void NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,              \
+              const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out) { \
+        const int skip_zeros = clampf(rintf(0.0f / scale + zero), qmin, qmax) == zero;                        \
+        _Pragma("omp parallel num_threads(threads)")                                                         \
+        {                                                                                                    \
+            const size_t slots = (size_t)(in > 0 ? in : 1);                                                  \
+            int32_t *idx = (int32_t *)malloc(slots * sizeof(int32_t)), *d = (int32_t *)malloc(slots * sizeof(int32_t)); \
+            float *val = (float *)malloc(slots * sizeof(float));                                             \
+            _Pragma("omp for schedule(static)")                                                              \
+            for (int64_t r = 0; r < rows; ++r) {                                                             \
+                const float *restrict xr = x + r * in;                                                       \
+                int32_t *restrict acc = out + r * out_features;                                              \
+                for (int64_t n = 0; n < out_features; ++n) acc[n] = bias ? bias[n] : 0;                     \
+                int64_t count = in;                                                                          \
+                if (skip_zeros)                                                                              \
+                    count = nonzeros(xr, in, idx, val);                                                      \
+                else                                                                                         \
+                    for (int64_t k = 0; k < in; ++k) idx[k] = (int32_t)k, val[k] = xr[k];                    \
+                for (int64_t i = 0; i < count; ++i)                                                          \
+                    d[i] = (int32_t)clampf(rintf(val[i] / scale + zero), qmin, qmax) - (int32_t)zero;        \
+                for (int64_t i = 0; i < count; ++i) {                                                        \
+                    const uint32_t di = (uint32_t)d[i];                                                      \
+                    const WEIGHT *restrict w = w_t + (int64_t)idx[i] * out_features;                         \
+                    for (int64_t n = 0; n < out_features; ++n)                                               \
+                        acc[n] = (int32_t)((uint32_t)acc[n] + di * (uint32_t)(int32_t)w[n]);                 \
+                }                                                                                            \
+            }                                                                                                \
+            free(idx), free(d), free(val);                                                                   \
+        }                                                                                                    \
+    }
+
+QUANTIZE_LINEAR(quantize_linear_int8, int8_t)
+QUANTIZE_LINEAR(quantize_linear_int16, int16_t)

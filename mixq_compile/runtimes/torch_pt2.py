@@ -2,7 +2,9 @@
 
 The integer kernels are ATen ops (``torch._int_mm``, round/clamp) plus, by default, ``torch.ops.mixq.csr_sum``
 for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure program also sorts each aggregation's edges
-by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter. Such
+by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter; and
+``torch.ops.mixq.quantize_linear`` for the input layer (quantize + first GEMM in one pass that skips zero
+features, :mod:`mixq_compile.integer.input_linear`). Such
 files need ``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program
 keeps its integer scatter-adds. Without AOTInductor, ``quantize`` instructions become
 ``torch.ops.mixq.quantize`` (the same arithmetic in cache-sized blocks, :mod:`mixq_compile.integer.chunked`).
@@ -20,6 +22,7 @@ from torch.export import Dim
 from ..integer import kernels as K
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
+from ..passes.fuse_input_linear import fuse_input_linear
 from .base import Backend, Runner
 
 STRUCTURE_FILE = "structure.pt2"
@@ -40,13 +43,15 @@ def export_program(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> torch
 class TorchBackend(Backend):
     """Options: ``aot_inductor=True`` compiles the feature program ahead of time with AOTInductor (fused C++
     kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model);
-    ``sparse_aggregation=False`` keeps the scatter-add aggregations."""
+    ``sparse_aggregation=False`` keeps the scatter-add aggregations; ``sparse_input=False`` keeps the input layer's
+    quantize and dense GEMM apart (by default they are one ``mixq::quantize_linear``, which skips zero features)."""
 
     name = "torch"
 
-    def __init__(self, aot_inductor: bool = False, sparse_aggregation: bool = True) -> None:
+    def __init__(self, aot_inductor: bool = False, sparse_aggregation: bool = True, sparse_input: bool = True) -> None:
         self.aot_inductor = aot_inductor
         self.sparse_aggregation = sparse_aggregation
+        self.sparse_input = sparse_input
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -57,12 +62,15 @@ class TorchBackend(Backend):
             frontier = tuple(structure(*example_inputs))
             aggregations = find_aggregations(features, len(example_inputs), frontier)
             structure, features = sorted_structure(structure, aggregations), csr_features(features, aggregations)
+        fused = 0
+        if self.sparse_input:
+            features, fused = fuse_input_linear(features)
         if not self.aot_inductor:
             features = blocked_quantize(features)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
-        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations)}
+        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused}
         if self.aot_inductor:
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}

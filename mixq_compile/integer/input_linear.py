@@ -1,0 +1,52 @@
+"""``mixq::quantize_linear``: an input layer's quantize instruction fused with the integer linear that reads it.
+
+GNN node features are often sparse (bag-of-words, one-hot: Cora's are 98.7 % zeros). A feature equal to 0.0
+quantizes to the zero-point, and ``(q - z) = 0`` adds nothing to ``Σ_k (q_k - z) W[k]``, so a kernel that reads x
+once and multiplies only its non-zero features computes the same int32 accumulator as quantize -> int8 GEMM, at a
+fraction of the cost (Cora: 0.6 ms instead of 0.64 + 0.82). The native kernel (:mod:`.native`) is used when it is
+available and the features are sparse; otherwise the op is exactly ``linear_int(quantize(x))`` with the dense GEMM.
+Whichever path runs, the result is the same int32 tensor (wrap-around int32 sums are order-independent).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import kernels as K
+from . import native
+
+SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
+_SAMPLE_ROWS = 64
+
+
+def density(x: Tensor) -> float:
+    """Fraction of non-zero features, estimated on up to 64 evenly spaced rows (a decision about speed only)."""
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
+    if rows.numel() == 0:
+        return 0.0
+    sample = rows[:: max(1, rows.shape[0] // _SAMPLE_ROWS)]
+    return float(torch.count_nonzero(sample)) / sample.numel()
+
+
+@torch.library.custom_op("mixq::quantize_linear", mutates_args=())
+def quantize_linear(
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    w_t: Tensor,
+    w_sum: Tensor,
+    bias: Tensor | None,
+) -> Tensor:
+    """``K.linear_int(K.quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)``, int32 ``[..., out]``."""
+    if native.supports_quantize_linear(x, scale, zero, w_t) and density(x) <= SPARSE_DENSITY:
+        return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
+    codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
+    return K.linear_int(codes, zero, w_t, w_sum, bias)
+
+
+@quantize_linear.register_fake
+def _(x, scale, zero, qmin, qmax, w_t, w_sum, bias) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_t.shape[1]), dtype=torch.int32)
