@@ -1,5 +1,5 @@
-"""Native kernels behind ``mixq::csr_sum``, ``mixq::quantize`` and ``mixq::quantize_linear``: one small C file compiled once per machine, called
-via ctypes.
+"""Native kernels behind ``mixq::csr_sum``, ``mixq::quantize`` and ``mixq::quantize_linear``: one small C file
+compiled once per machine, called via ctypes.
 
 Why native code: summing Cora's 13k messages of 128 channels is ~1.7 M multiply-adds, a few tens of µs, but doing it
 with ATen ops (int -> float conversion, MKL's float CSR product, conversion back) costs ~0.5 ms per aggregation, a
