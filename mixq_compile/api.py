@@ -60,13 +60,15 @@ def quantize(
     return qmodel
 
 
-def penalty(qmodel: QuantizedModel, *, scaling: str = "relative", budget: float | None = None) -> Tensor:
+def penalty(
+    qmodel: QuantizedModel, *, scaling: str = "relative", budget: float | None = None, budget_convention: str = "wa"
+) -> Tensor:
     """Differentiable expected cost for the search loss ``task_loss + λ * penalty(qmodel)``.
 
     See :mod:`mixq_compile.cost.penalty` for the ``"relative"`` (default, in (0, 1]), ``"paper"`` and budget forms.
     """
     _require_quantized(qmodel, "penalty")
-    return compute_penalty(qmodel, scaling=scaling, budget=budget)
+    return compute_penalty(qmodel, scaling=scaling, budget=budget, budget_convention=budget_convention)
 
 
 def freeze(qmodel: QuantizedModel, bits: Mapping[str, int] | None = None) -> QuantizedModel:

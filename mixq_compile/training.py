@@ -63,6 +63,7 @@ def train_node(
     lam: float = 0.0,
     penalty_scaling: str = "relative",
     budget: float | None = None,
+    budget_convention: str = "wa",
     desc: str = "train",
     progress: bool = True,
     track_best: bool = True,
@@ -83,7 +84,9 @@ def train_node(
         out = model(*data.inputs)
         loss = F.cross_entropy(out[data.train_mask], data.y[data.train_mask])
         if searching:
-            loss = loss + lam * penalty(model, scaling=penalty_scaling, budget=budget)
+            loss = loss + lam * penalty(
+                model, scaling=penalty_scaling, budget=budget, budget_convention=budget_convention
+            )
         loss.backward()
         optimizer.step()
         if not track_best:

@@ -9,6 +9,8 @@ import torch
 from conftest import random_graph
 
 import mixq_compile as mq
+from mixq_compile.cost.bitops import quantized_bitops
+from mixq_compile.cost.penalty import expected_bitops, site_expected_bits
 from mixq_compile.models import PlanetoidGCN
 
 CORA = {"nodes": 2708, "edges": 10556, "features": 1433, "classes": 7}
@@ -130,6 +132,21 @@ def test_paper_penalty_and_budget_hinge():
         mq.penalty(q, budget=-1)
     with pytest.raises(ValueError, match="scaling"):
         mq.penalty(q, scaling="kib")
+
+
+def test_budget_in_the_paper_convention_is_a_hinge_at_that_count():
+    x, edge_index = random_graph(50, 200, 8, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = mq.quantize(PlanetoidGCN(8, 3, hidden=16), (x, edge_index))
+    expected = sum(  # each site at its expected bit-width, counted the reference's way
+        c.bitops for c in quantized_bitops(q.graph_module, q.plan, q.example_shapes, site_expected_bits(q), "paper")
+    )
+    expected = float(expected)
+    assert float(expected_bitops(q, "paper")) == pytest.approx(expected)
+    assert float(expected_bitops(q, "paper")) != pytest.approx(float(expected_bitops(q, "wa")))
+    assert mq.penalty(q, budget=expected * 1.01, budget_convention="paper").item() == 0.0
+    assert mq.penalty(q, budget=expected / 2, budget_convention="paper").item() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_paper_numbers_on_the_real_cora_graph(tmp_path):

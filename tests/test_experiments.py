@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
+from unittest.mock import patch
 
 import pytest
 
 from mixq_compile.cli import main
 from mixq_compile.experiments import ablation, explore_all, report_sections
+from mixq_compile.experiments.runner import add_common_arguments
 from mixq_compile.experiments.sweep import config_key, read_records, run_sweep
 from tests.conftest import data_root
 
@@ -140,6 +143,22 @@ def test_tudataset_smoke_end_to_end(tmp_path, setting):
     assert 0 <= float(row["acc_mean"]) <= 100 and 4 <= float(row["avg_bits"]) <= 8
     (record,) = read_records(out / "runs.jsonl")
     assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
+
+
+def test_planetoid_budget_paper_configs_search_under_the_published_cost():
+    from mixq_compile.experiments import planetoid
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    planetoid.add_arguments(parser)
+    args = parser.parse_args(["--datasets", "Cora", "--settings", "budget_paper", "--runs", "2"])
+    with patch.object(planetoid, "_available", lambda names: names):
+        configs = planetoid.configs(args)
+    assert [(c["lambda"], c["seed"]) for c in configs] == [(lam, s) for lam in planetoid.PAPER_LAMBDAS for s in (0, 1)]
+    for config in configs:
+        published = planetoid.PUBLISHED[("Cora", config["lambda"])]
+        assert config["budget"] == pytest.approx(published[3] * 1e9) and config["budget_convention"] == "paper"
+        assert config["penalty_weight"] == 1.0, "the hinge's weight, not the label λ, scales the penalty"
 
 
 def test_planetoid_summary_and_plots_for_several_data_sets(tmp_path):

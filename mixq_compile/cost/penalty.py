@@ -9,7 +9,8 @@ Three forms, chosen by arguments of :func:`mixq_compile.penalty`:
   ``MessagePassing`` layer divided by 8192 once more (MIXQ_METHOD.md §3.1), so the paper's λ values mean what they
   meant there, quirks included. ``numel(t)`` is the size seen in the latest forward pass.
 - ``budget=B``: a hinge ``relu(E[BitOPs] / B - 1)`` that is zero once the expected cost meets the budget, with
-  ``B`` in ``"wa"`` BitOPs, or as a fraction of the all-highest-bits cost when ``0 < B <= 1``.
+  ``B`` in BitOPs of ``budget_convention`` (``"wa"`` by default, or the reference's ``"paper"`` counting), or as a
+  fraction of the all-highest-bits cost when ``0 < B <= 1``.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ def site_max_bits(qmodel) -> dict[str, float]:
     }
 
 
-def expected_bitops(qmodel) -> Tensor:
-    """Differentiable expected BitOPs (``"wa"``) on the shapes recorded from the example inputs."""
-    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, site_expected_bits(qmodel), "wa")
+def expected_bitops(qmodel, convention: str = "wa") -> Tensor:
+    """Differentiable expected BitOPs on the shapes recorded from the example inputs."""
+    expected = site_expected_bits(qmodel)
+    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, expected, convention)
     return sum((torch.as_tensor(c.bitops) for c in costs), torch.zeros(()))
 
 
-def max_bitops(qmodel) -> float:
-    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, site_max_bits(qmodel), "wa")
+def max_bitops(qmodel, convention: str = "wa") -> float:
+    highest = site_max_bits(qmodel)
+    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, highest, convention)
     return float(sum(c.bitops for c in costs))
 
 
@@ -62,12 +65,14 @@ def paper_penalty(qmodel) -> Tensor:
     return total
 
 
-def compute_penalty(qmodel, scaling: str = "relative", budget: float | None = None) -> Tensor:
+def compute_penalty(
+    qmodel, scaling: str = "relative", budget: float | None = None, budget_convention: str = "wa"
+) -> Tensor:
     if budget is not None:
         if budget <= 0:
             raise ValueError(f"budget must be positive (BitOPs, or a fraction in (0, 1]), got {budget}")
-        target = budget * max_bitops(qmodel) if budget <= 1 else float(budget)
-        return torch.relu(expected_bitops(qmodel) / target - 1.0)
+        target = budget * max_bitops(qmodel, budget_convention) if budget <= 1 else float(budget)
+        return torch.relu(expected_bitops(qmodel, budget_convention) / target - 1.0)
     if scaling == "relative":
         return expected_bitops(qmodel) / max_bitops(qmodel)
     if scaling == "paper":
