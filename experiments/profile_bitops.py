@@ -1,15 +1,17 @@
 """Latency vs BitOPs: ≥ 8 bit configurations of the Cora GCN (hidden 128), exported to every available backend.
 
-One process run measures, side by side: PyG FP32 eager (as written, and with GCNConv ``cached=True``), each
-backend's FP32 artifact, and each backend's integer
+One process run measures, side by side: PyG FP32 eager (as written, and with GCNConv ``cached=True``; timed first
+and last, the faster counts), each backend's FP32 artifact, and each backend's integer
 artifact for every bit configuration (structure cached, the transductive setting of PyG ``cached=True``; the
 uncached integer latency of the 8-bit model is measured too). Writes ``results/profile_bitops/latency.csv``,
 ``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
 
     python experiments/profile_bitops.py [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
 
-Latency depends on shapes and bit-widths only, so the model is randomly initialised and calibrated on the graph
-(no training). bitBLAS needs a CUDA GPU: where none is present it is skipped with its reason.
+Latency depends on shapes and bit-widths only, so the model is randomly initialised (seed 0) and calibrated on the
+graph (no training). The artifacts are exported by a child process (the same script with ``--export-to``): compiler
+worker pools and runtime thread pools started while exporting would otherwise still run during the timings, which
+inflated the first ones by up to 2x. bitBLAS needs a CUDA GPU: where none is present it is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import csv
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +100,44 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return float(spearmanr(xs, ys).statistic) if len(xs) > 2 else float("nan")
 
 
+def export_all(args: argparse.Namespace, folder: Path) -> None:
+    """Export the FP32 model and every bit configuration to every available backend; list them in targets.json."""
+    model, qmodel, inputs, _ = build(args)
+    backends, _ = available_backends(args.backends)
+    targets: list[tuple[str, str, str, str, bool, str]] = []  # (name, backend, precision, config, cached, path)
+    configs = bit_configs_for(qmodel, args.smoke)
+    with tqdm(total=len(backends) * (len(configs) + 1), desc="export") as bar:
+        for backend, name, options in backends:
+            root = folder / backend.replace(":", "_")
+            path = mq.export(model, inputs, root / "fp32", backend=name, backend_options=options)
+            targets.append(("fp32", backend, "fp32", "fp32", True, str(path)))
+            bar.update()
+            for config, bits in configs.items():
+                frozen = mq.freeze(qmodel, bits).eval()
+                path = mq.export(frozen, inputs, root / config, backend=name, backend_options=options)
+                targets.append((config, backend, "integer", config, True, str(path)))
+                if config == "all8":
+                    targets.append((config, backend, "integer", config, False, str(path)))
+                bar.update()
+    (folder / "targets.json").write_text(json.dumps(targets))
+
+
+def build(args: argparse.Namespace):
+    """The FP32 GCN (seed 0, so parent and export child build the same weights), its mixed model and the graph."""
+    torch.manual_seed(0)
+    dataset, inputs, classes = load_graph(args.data_root, args.smoke)
+    model = PlanetoidGCN(inputs[0].shape[1], classes, hidden=args.hidden).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, inputs, (2, 4, 8))
+    return model, qmodel, inputs, dataset
+
+
+def bit_configs_for(qmodel, smoke: bool) -> dict[str, dict[str, int]]:
+    configs = bit_configs({row.name: row.kind for row in mq.sites(qmodel)})
+    return {k: configs[k] for k in ("all8", "w2_mp4")} if smoke else configs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None)
@@ -111,26 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
+    parser.add_argument("--export-to", type=Path, default=None, help=argparse.SUPPRESS)  # the export child
     args = parser.parse_args(argv)
+    if args.export_to is not None:
+        export_all(args, args.export_to)
+        return 0
     if args.smoke:
         args.warmup, args.repeats = 1, 3
 
-    torch.manual_seed(0)
-    dataset, inputs, classes = load_graph(args.data_root, args.smoke)
-    model = PlanetoidGCN(inputs[0].shape[1], classes, hidden=args.hidden).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        qmodel = mq.quantize(model, inputs, (2, 4, 8))
-    sites = {row.name: row.kind for row in mq.sites(qmodel)}
-    configs = bit_configs(sites)
-    if args.smoke:
-        configs = {k: configs[k] for k in ("all8", "w2_mp4")}
+    model, qmodel, inputs, dataset = build(args)
+    configs = bit_configs_for(qmodel, args.smoke)
     backends, skipped = available_backends(args.backends)
     for name, reason in skipped.items():
         print(f"skipping backend {name}: {reason}", file=sys.stderr)
 
     rows: list[dict] = []
-    work = tempfile.mkdtemp(prefix="mixq_profile_")
+    work = Path(tempfile.mkdtemp(prefix="mixq_profile_"))
     started = time.perf_counter()
 
     def measure(target, name: str, backend: str, precision: str, config: str, cached: bool) -> None:
@@ -144,23 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
 
     try:
-        # Export everything first, then measure back to back: compilers and builds do not run between timings.
-        targets: list[tuple[str, str, str, str, bool, Path]] = []  # (name, backend, precision, config, cached, path)
-        with tqdm(total=len(backends) * (len(configs) + 1), desc="export") as bar:
-            for backend, name, options in backends:
-                folder = Path(work) / backend.replace(":", "_")
-                path = mq.export(model, inputs, folder / "fp32", backend=name, backend_options=options)
-                targets.append(("fp32", backend, "fp32", "fp32", True, path))
-                bar.update()
-                for config, bits in configs.items():
-                    frozen = mq.freeze(qmodel, bits).eval()
-                    path = mq.export(frozen, inputs, folder / config, backend=name, backend_options=options)
-                    targets.append((config, backend, "integer", config, True, path))
-                    if config == "all8":
-                        targets.append((config, backend, "integer", config, False, path))
-                    bar.update()
+        child = [sys.executable, str(Path(__file__).resolve()), "--export-to", str(work), "--hidden", str(args.hidden)]
+        child += ["--backends", *args.backends] + (["--data-root", args.data_root] if args.data_root else [])
+        subprocess.run(child + (["--smoke"] if args.smoke else []), check=True)
+        targets = json.loads((work / "targets.json").read_text())
         print("measure phase", flush=True)
-        with tqdm(total=2 + len(targets), desc="measure") as bar:
+        with tqdm(total=4 + len(targets), desc="measure") as bar:
             with torch.no_grad():  # warm the process (thread pools, allocator) before the first timed baseline
                 for _ in range(4 * args.warmup):
                     model(*inputs)
@@ -173,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             # The baselines again, last: the ratios use the faster of the two timings (the conservative choice).
             measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32_end", False)
             measure(cached_copy(model), "pyg_fp32_eager_cached", "eager", "fp32", "fp32_cached_end", True)
+            bar.update(2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
