@@ -12,7 +12,7 @@ all split rows over OpenMP threads.
 The shared library is built with the system C compiler (``$CC``, else ``cc``) into
 ``$MIXQ_KERNEL_CACHE`` (default ``~/.cache/mixq_compile/native``), keyed by a hash of the source, the flags and
 the CPU, and renamed into place atomically, so concurrent processes never load a half-written file. Without a
-compiler, or with ``MIXQ_NATIVE=0``, :func:`library` returns ``None`` and both ops compute with their ATen paths
+compiler, or with ``MIXQ_NATIVE=0``, :func:`library` returns ``None`` and the three ops compute with ATen code
 (same results, slower); the reason is given once as a warning and by :func:`unavailable_reason`.
 """
 
