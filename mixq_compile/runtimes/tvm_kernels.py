@@ -66,6 +66,19 @@ def row_block(o: int) -> int:
     return max(1, min(8, 24 // _blocks(o)))
 
 
+@T.macro
+def _vnni_step(acc, r, a32, W, s, ob):
+    """``acc[r, :] += Σ_{4 bytes} u8(a32) * W[s]``: one ``vpdpbusd`` per output vector (a 4-byte K step)."""
+    for b in T.unroll(ob):
+        acc[r, T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+            "int32x16",
+            "llvm.x86.avx512.vpdpbusd.512",
+            acc.vload([r, b * 16], "int32x16"),
+            T.reinterpret("int8x64", T.broadcast(a32, 16)),
+            W.vload([s, b * 64], "int8x64"),
+        )
+
+
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
     """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` for int8 A (codes, row-major ``[n, k]``) and a packed W.
@@ -95,14 +108,7 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
                     for r in T.unroll(rows):
                         row = T.min(i * rows + r, n - 1)
                         a32 = T.bitwise_xor(T.reinterpret("int32", A.vload([row, s * 4], "int8x4")), T.int32(_FLIP))
-                        for b in T.unroll(ob):
-                            acc[r, T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                "int32x16",
-                                "llvm.x86.avx512.vpdpbusd.512",
-                                acc.vload([r, b * 16], "int32x16"),
-                                T.reinterpret("int8x64", T.broadcast(a32, 16)),
-                                W.vload([s, b * 64], "int8x64"),
-                            )
+                        _vnni_step(acc, r, a32, W, s, ob)
                 if tail > 0:
                     # bytes past K read as -128, which flips to 0; their packed weights are 0 anyway
                     last = T.decl_buffer((VNNI_K,), "int8", scope="local")
@@ -113,14 +119,7 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
                                 k_full * 4 + t < k, A[row, T.min(k_full * 4 + t, k - 1)], T.int8(-128)
                             )
                         a_last = T.bitwise_xor(T.reinterpret("int32", last.vload([0], "int8x4")), T.int32(_FLIP))
-                        for b in T.unroll(ob):
-                            acc[r, T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                "int32x16",
-                                "llvm.x86.avx512.vpdpbusd.512",
-                                acc.vload([r, b * 16], "int32x16"),
-                                T.reinterpret("int8x64", T.broadcast(a_last, 16)),
-                                W.vload([k_full, b * 64], "int8x64"),
-                            )
+                        _vnni_step(acc, r, a_last, W, k_full, ob)
                 for r in T.unroll(rows):
                     for v in T.vectorized(o):
                         C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
