@@ -4,7 +4,7 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 ``task_loss + λ * penalty(qmodel)`` -> ``freeze`` (argmax bit-widths) -> QAT -> ``bitops`` / deployment.
 """
 
-from .api import bitops, freeze, penalty, quantize, sites
+from .api import bitops, fit_budget, freeze, penalty, quantize, sites
 from .artifact import Artifact, ArtifactError, export, load_artifact
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableOpError
@@ -35,6 +35,7 @@ __all__ = [
     "SavedModelError",
     "bitops",
     "export",
+    "fit_budget",
     "freeze",
     "load",
     "load_artifact",

@@ -11,6 +11,7 @@ from torch import Tensor, fx, nn
 from .capture import capture
 from .config import QuantConfig
 from .cost.bitops import BitOpsReport, as_report, check_convention, fp32_bitops, model_bytes, quantized_bitops
+from .cost.budget import fit_budget as fit_assignment
 from .cost.ops import record_shapes
 from .cost.penalty import compute_penalty
 from .model import QuantizedModel
@@ -69,6 +70,18 @@ def penalty(
     """
     _require_quantized(qmodel, "penalty")
     return compute_penalty(qmodel, scaling=scaling, budget=budget, budget_convention=budget_convention)
+
+
+def fit_budget(
+    qmodel: QuantizedModel, budget: float, *, convention: str = "wa", bits: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """The searched bits (or ``bits``) lowered where the search minds least until they cost ≤ ``budget`` BitOPs.
+
+    Use it between the search and :func:`freeze` when the budget is a hard limit: the budget penalty only bounds
+    the relaxed model's expected cost. See :mod:`mixq_compile.cost.budget`.
+    """
+    _require_quantized(qmodel, "fit_budget")
+    return fit_assignment(qmodel, budget, convention, bits)
 
 
 def freeze(qmodel: QuantizedModel, bits: Mapping[str, int] | None = None) -> QuantizedModel:

@@ -9,7 +9,7 @@ import torch
 from conftest import random_graph
 
 import mixq_compile as mq
-from mixq_compile.cost.bitops import quantized_bitops
+from mixq_compile.cost.bitops import assignment_bitops, quantized_bitops
 from mixq_compile.cost.penalty import expected_bitops, site_expected_bits
 from mixq_compile.models import PlanetoidGCN
 
@@ -169,3 +169,38 @@ def test_paper_numbers_on_the_real_cora_graph(tmp_path):
     names = [s.name for s in qmodel.plan.sites]
     assert mq.bitops(qmodel, args, convention="paper", bits=dict.fromkeys(names, 8)).bitops == 4_015_909_440
     assert mq.bitops(model, args, convention="paper").bitops == 16_110_067_712
+
+
+def _mixed_gcn():
+    x, edge_index = random_graph(60, 240, 8, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(PlanetoidGCN(8, 3, hidden=16), (x, edge_index))
+
+
+def test_fit_budget_lowers_the_cheapest_sites_until_the_assignment_fits():
+    q = _mixed_gcn()
+    highest = {name: 8 for name in q.chosen_bits()}
+    full = assignment_bitops(q, highest, "wa")
+    with torch.no_grad():
+        for alpha in q.arch_parameters():
+            alpha.copy_(torch.tensor([0.0, 0.0, 0.1]))  # every site leans weakly to 8 bits
+        q.quantizer("conv1.lin.weight").alpha.copy_(torch.tensor([0.0, 0.0, 50.0]))  # ...this one strongly
+    assert mq.fit_budget(q, full) == highest, "an assignment within budget is returned as it is"
+    fitted = mq.fit_budget(q, 0.6 * full)
+    assert assignment_bitops(q, fitted, "wa") <= 0.6 * full
+    assert all(fitted[name] <= 8 for name in fitted) and fitted != highest
+    assert fitted["conv1.lin.weight"] == 8, "the site the search prefers most keeps its bits"
+    assert fitted["conv1.edge_weight"] == 8 and fitted["conv2.edge_weight"] == 8, "no BitOPs saved there"
+    assert mq.fit_budget(q, 0.6) == fitted, "a budget in (0, 1] is a fraction of the all-highest cost"
+    paper = mq.fit_budget(q, 0.6 * assignment_bitops(q, highest, "paper"), convention="paper")
+    assert assignment_bitops(q, paper, "paper") <= 0.6 * assignment_bitops(q, highest, "paper")
+
+
+def test_fit_budget_below_the_cheapest_assignment_names_the_minimum():
+    q = _mixed_gcn()
+    lowest = assignment_bitops(q, {name: 2 for name in q.chosen_bits()}, "wa")
+    with pytest.raises(ValueError, match="cheapest assignment"):
+        mq.fit_budget(q, 0.5 * lowest)
+    with pytest.raises(ValueError, match="convention"):
+        mq.fit_budget(q, lowest, convention="bops")

@@ -125,6 +125,12 @@ def quantized_bitops(
     return tuple(op_cost(op, nodes[op.node], shapes, bits, plan, convention, edges) for op in plan.ops)
 
 
+def assignment_bitops(qmodel, bits: Mapping[str, float], convention: str) -> float:
+    """BitOPs of a quantized model with each site at ``bits[site]``, on the shapes recorded from its example inputs."""
+    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, bits, convention)
+    return float(sum(c.bitops for c in costs))
+
+
 def fp32_bitops(gm: fx.GraphModule, plan: SitePlan, shapes: NodeShapes, convention: str) -> tuple[OpCost, ...]:
     """FP32 cost of the same graph: every width 32 (``wa``), or 32 x every feature op count (``paper``)."""
     if convention == "wa":

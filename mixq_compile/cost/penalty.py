@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..quant.mixed import MixedQuantizer
-from .bitops import quantized_bitops
+from .bitops import assignment_bitops, quantized_bitops
 
 KIB_BITS = 8192.0
 SCALINGS = ("relative", "paper")
@@ -49,9 +49,14 @@ def expected_bitops(qmodel, convention: str = "wa") -> Tensor:
 
 
 def max_bitops(qmodel, convention: str = "wa") -> float:
-    highest = site_max_bits(qmodel)
-    costs = quantized_bitops(qmodel.graph_module, qmodel.plan, qmodel.example_shapes, highest, convention)
-    return float(sum(c.bitops for c in costs))
+    return assignment_bitops(qmodel, site_max_bits(qmodel), convention)
+
+
+def budget_bitops(qmodel, budget: float, convention: str) -> float:
+    """A budget in BitOPs: ``budget`` itself, or that fraction of the all-highest-bits cost when ``0 < budget <= 1``."""
+    if budget <= 0:
+        raise ValueError(f"budget must be positive (BitOPs, or a fraction in (0, 1]), got {budget}")
+    return budget * max_bitops(qmodel, convention) if budget <= 1 else float(budget)
 
 
 def paper_penalty(qmodel) -> Tensor:
@@ -69,9 +74,7 @@ def compute_penalty(
     qmodel, scaling: str = "relative", budget: float | None = None, budget_convention: str = "wa"
 ) -> Tensor:
     if budget is not None:
-        if budget <= 0:
-            raise ValueError(f"budget must be positive (BitOPs, or a fraction in (0, 1]), got {budget}")
-        target = budget * max_bitops(qmodel, budget_convention) if budget <= 1 else float(budget)
+        target = budget_bitops(qmodel, budget, budget_convention)
         return torch.relu(expected_bitops(qmodel, budget_convention) / target - 1.0)
     if scaling == "relative":
         return expected_bitops(qmodel) / max_bitops(qmodel)
