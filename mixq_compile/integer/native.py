@@ -37,7 +37,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-err
 _ERRORS = {
     1: "edge targets (dst) must be sorted ascending and lie in [0, rows)",
     2: "edge sources (src) must lie in [0, number of table rows)",
-    3: "out of memory for the row pointers",
+    3: "out of memory for the kernel's scratch buffers",
 }
 _CSR = {torch.int8: "csr_sum_int8", torch.int16: "csr_sum_int16", torch.int32: "csr_sum_int32"}
 _QUANTIZE = {torch.int8: "quantize_int8", torch.int16: "quantize_int16"}
@@ -98,7 +98,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         function.argtypes = [pointer] * 3 + [i64] * 2 + [i32, f32, f32, i32, pointer]
     for name in _QUANTIZE_LINEAR.values():
         function = getattr(lib, name)
-        function.restype = None
+        function.restype = i32
         function.argtypes = [pointer] + [f32] * 4 + [pointer] * 2 + [i64] * 3 + [i32, pointer]
     return lib, None
 
@@ -215,7 +215,7 @@ def quantize_linear(
     w_t = w_t.contiguous()
     out = torch.empty((rows.shape[0], w_t.shape[1]), dtype=torch.int32)
     bias32 = None if bias is None else bias.to(torch.int32).expand(w_t.shape[1]).contiguous()
-    getattr(library(), _QUANTIZE_LINEAR[w_t.dtype])(
+    status = getattr(library(), _QUANTIZE_LINEAR[w_t.dtype])(
         rows.data_ptr(),
         float(scale),
         float(zero),
@@ -229,4 +229,6 @@ def quantize_linear(
         torch.get_num_threads(),
         out.data_ptr(),
     )
+    if status:
+        raise MemoryError(f"mixq::quantize_linear: {_ERRORS[status]}")
     return out.reshape(*x.shape[:-1], w_t.shape[1])

@@ -14,8 +14,10 @@
  *
  * quantize_linear_<weight>: the quantize instruction fused with the integer linear that consumes its codes,
  * out[i, :] = bias + sum_k (q_ik - z) * w_t[k, :] in int32 (wrap-around, as the int32 GEMM), q_ik computed as in
- * quantize_<code>. Features equal to 0.0 quantize to the zero-point and add nothing, so blocks of 16 zero features
- * are skipped after one vector test: sparse node features (bag-of-words, one-hot) cost one read of x.
+ * quantize_<code>. Features equal to 0.0 quantize to the zero-point and add nothing, so each row's non-zero
+ * features are gathered first (one vector compare + compress per 16 features on AVX-512, no branches) and only
+ * those are quantized and multiplied: sparse node features (bag-of-words, one-hot) cost about one read of x.
+ * Returns 0, or 3 if the per-thread scratch cannot be allocated.
  *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
  * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
@@ -28,6 +30,9 @@
 #include <immintrin.h>
 #endif
 #include <string.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr) {
     int64_t e = 0;
@@ -79,6 +84,12 @@ CSR_SUM(csr_sum_int8, int8_t)
 CSR_SUM(csr_sum_int16, int16_t)
 CSR_SUM(csr_sum_int32, int32_t)
 
+#if defined(_OPENMP)
+#define THREAD_NUM(var) (var) = omp_get_thread_num()
+#else
+#define THREAD_NUM(var) (void)(var)
+#endif
+
 static inline float clampf(float v, float lo, float hi) {
     v = v < lo ? lo : v;
     return v > hi ? hi : v;
@@ -128,14 +139,20 @@ static inline int64_t nonzeros(const float *x, int64_t n, int32_t *idx, float *v
 }
 
 #define QUANTIZE_LINEAR(NAME, WEIGHT)                                                                        \
-    void NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,              \
-              const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out) { \
+    int NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,               \
+             const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out) {  \
         const int skip_zeros = clampf(rintf(0.0f / scale + zero), qmin, qmax) == zero;                        \
+        const size_t slots = (size_t)(in > 0 ? in : 1);                                                      \
+        /* per thread: nonzero indices, their values, their centered codes */                               \
+        char *scratch = (char *)malloc((size_t)(threads > 0 ? threads : 1) * slots * 12);                     \
+        if (!scratch) return 3;                                                                              \
         _Pragma("omp parallel num_threads(threads)")                                                         \
         {                                                                                                    \
-            const size_t slots = (size_t)(in > 0 ? in : 1);                                                  \
-            int32_t *idx = (int32_t *)malloc(slots * sizeof(int32_t)), *d = (int32_t *)malloc(slots * sizeof(int32_t)); \
-            float *val = (float *)malloc(slots * sizeof(float));                                             \
+            int thread = 0;                                                                                  \
+            THREAD_NUM(thread);                                                                             \
+            int32_t *idx = (int32_t *)(scratch + (size_t)thread * slots * 12);                               \
+            float *val = (float *)(idx + slots);                                                             \
+            int32_t *d = (int32_t *)(val + slots);                                                           \
             _Pragma("omp for schedule(static)")                                                              \
             for (int64_t r = 0; r < rows; ++r) {                                                             \
                 const float *restrict xr = x + r * in;                                                       \
@@ -155,8 +172,9 @@ static inline int64_t nonzeros(const float *x, int64_t n, int32_t *idx, float *v
                         acc[n] = (int32_t)((uint32_t)acc[n] + di * (uint32_t)(int32_t)w[n]);                 \
                 }                                                                                            \
             }                                                                                                \
-            free(idx), free(d), free(val);                                                                   \
         }                                                                                                    \
+        free(scratch);                                                                                       \
+        return 0;                                                                                            \
     }
 
 QUANTIZE_LINEAR(quantize_linear_int8, int8_t)
