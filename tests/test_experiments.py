@@ -159,6 +159,10 @@ def test_planetoid_budget_paper_configs_search_under_the_published_cost():
         published = planetoid.PUBLISHED[("Cora", config["lambda"])]
         assert config["budget"] == pytest.approx(published[3] * 1e9) and config["budget_convention"] == "paper"
         assert config["penalty_weight"] == 1.0, "the hinge's weight, not the label λ, scales the penalty"
+    args.fit_budget = True
+    with patch.object(planetoid, "_available", lambda names: names):
+        fitted = planetoid.configs(args)
+    assert {c["setting"] for c in fitted} == {"budget_paper_fit"} and all(c["fit_budget"] for c in fitted)
 
 
 def test_planetoid_summary_and_plots_for_several_data_sets(tmp_path):

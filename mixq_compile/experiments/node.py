@@ -27,7 +27,8 @@ def _options(config: dict[str, Any]) -> tuple[bool, str]:
 
 
 def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
-    """Phase A: the MixQ search; returns the argmax bit-width of every site after the last epoch."""
+    """Phase A: the MixQ search; returns the argmax bit-width of every site after the last epoch (lowered to fit
+    the budget with ``fit_budget``)."""
     model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1, hidden=config["hidden"])
     qmodel = quantize(model, data.inputs, config["bit_widths"], *_options(config))
     train_node(
@@ -42,6 +43,8 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
         progress=False,
         track_best=False,
     )
+    if config.get("fit_budget"):  # the budget as a hard limit on the argmax bits, not only on the expected cost
+        return mq.fit_budget(qmodel, config["budget"], convention=config.get("budget_convention", "wa"))
     return qmodel.chosen_bits()
 
 

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(PAPER_LAMBDAS), help="paper-scaled λ")
     parser.add_argument("--relative-lambdas", type=float, nargs="+", default=[0.1, 1.0], help="scale-free λ")
     parser.add_argument("--budget", type=float, default=0.25, help="BitOPs budget: fraction of all-8-bit wa cost")
+    parser.add_argument(
+        "--fit-budget",
+        action="store_true",
+        help="budget settings: make the budget a hard limit on the searched bits (mq.fit_budget); adds '_fit'",
+    )
     parser.add_argument("--epochs", type=int, default=50, help="epochs of each phase (search, FP32, QAT)")
 
 
@@ -70,10 +75,12 @@ def configs(args: argparse.Namespace, *, name: str = NAME, degree_quant: bool = 
     if args.smoke:
         variants = variants[:1]
     suffix = "_dq" if degree_quant else ""
+    fit = getattr(args, "fit_budget", False)
     return [
         node_config(name, ds, setting + suffix, lam, scaling, args.seed + i, epochs, budget, degree_quant)
         | ({"input_granularity": "column"} if setting == "mixq_colx" else {})
         | (_paper_budget(ds, lam) if setting == "budget_paper" else {})
+        | ({"setting": setting + suffix + "_fit", "fit_budget": True} if fit and setting.startswith("budget") else {})
         for ds in datasets
         for setting, lam, scaling, budget in variants
         for i in range(runs)
