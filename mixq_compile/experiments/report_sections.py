@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paper
+from . import planetoid as planetoid_experiment
 
 HEADER = """# Results: measured here vs. published
 
@@ -86,7 +87,7 @@ def planetoid(rows: list[dict], published: dict) -> str:
               "FP32 (paper)", "wall s", "CPU s"]  # fmt: skip
     body = []
     for r in rows:
-        compared = r["setting"].startswith(("mixq", "budget_paper"))
+        compared = planetoid_experiment.compared_with_paper(r["setting"])
         p = (published.get((r["dataset"], r["lambda"])) if compared else None) or (None,) * 6
         budget = "" if not r.get("budget") or r["setting"].startswith("budget_paper") else f" (budget {r['budget']:g})"
         body.append([
