@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
+from conftest import random_batch, random_graph
 from torch import nn
-from torch_geometric.nn import GCNConv
+from torch_geometric.nn import GCNConv, GINConv, global_max_pool, global_mean_pool
 
 import mixq_compile as mq
 from mixq_compile.models import ArxivGCN, PlanetoidGCN
@@ -169,3 +169,27 @@ def test_training_the_quantized_model_leaves_the_fp32_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     changed = qmodel.graph_module.conv1.lin.weight
     assert not torch.equal(changed, before["conv1.lin.weight"])
+
+
+@pytest.mark.parametrize("pool", [global_max_pool, global_mean_pool])
+def test_readout_after_message_passing_is_pooling_not_a_message(pool):
+    """The readout's input descends from gathered rows only through the conv's aggregation: it is pooled node
+    features (kinds pool_input/pool, category pooling), not a custom message."""
+    x, edge_index, batch = random_batch(4, 6, 8)
+
+    class ConvThenReadout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = GINConv(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+            self.norm = nn.BatchNorm1d(8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(pool(self.norm(self.conv(x, edge_index)), batch))
+
+    q = _quiet_quantize(ConvThenReadout().eval(), (x, edge_index, batch))
+    categories = [op.category for op in q.plan.ops]
+    assert categories.count("message_passing") == 1 and categories.count("pooling") == 1
+    kinds = {s.kind for s in q.plan.sites}
+    assert "pool_input" in kinds and ("pool" in kinds) == (pool is global_mean_pool)
+    assert [s.kind for s in q.plan.sites].count("message") == 1

@@ -36,6 +36,7 @@ from .rules import (
     NON_COMPUTE_OPS,
     NON_NEGATIVE_OPS,
     SELECTING_REDUCTIONS,
+    SHAPE_ONLY_OPS,
     rule_for,
 )
 from .train_mode import ModeDropout
@@ -70,7 +71,8 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
 
 
 def feature_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """Tensor values that depend on a float model input or a float parameter (not on graph structure alone)."""
+    """Tensor values that depend on a float model input or a float parameter (not on graph structure alone, nor on
+    a feature's shape alone: the ones a mean aggregation counts with are structure)."""
     feature: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if not isinstance(_val(node), torch.Tensor):
@@ -78,7 +80,7 @@ def feature_nodes(gm: fx.GraphModule) -> set[fx.Node]:
         if node.op in ("placeholder", "get_attr"):
             if _is_float(node):
                 feature.add(node)
-        elif any(i in feature for i in _tensor_inputs(node)):
+        elif node.target not in SHAPE_ONLY_OPS and any(i in feature for i in _tensor_inputs(node)):
             feature.add(node)
     return feature
 
@@ -337,7 +339,9 @@ class _SiteFinder:
 
 
 def _ancestors_until_gather(node: fx.Node, limit: int = 64) -> list[fx.Node]:
-    """Ancestors of ``node`` (bounded breadth-first walk), used to recognise custom messages built from x_j."""
+    """Ancestors of ``node`` back to the previous aggregations (bounded breadth-first walk), used to recognise custom
+    messages built from x_j. The walk does not pass an aggregation: what was gathered before it was already reduced
+    to nodes, so a readout after message passing is pooling, not a message."""
     seen, frontier, out = set(), [node], []
     while frontier and len(out) < limit:
         current = frontier.pop(0)
@@ -345,7 +349,9 @@ def _ancestors_until_gather(node: fx.Node, limit: int = 64) -> list[fx.Node]:
             if parent not in seen:
                 seen.add(parent)
                 out.append(parent)
-                frontier.append(parent)
+                rule = rule_for(parent.target) if parent.op == "call_function" else None
+                if rule is None or rule.category != "aggregation":
+                    frontier.append(parent)
     return out
 
 

@@ -104,6 +104,21 @@ GRID_PRESERVING_OPS = frozenset(
     }
 )
 
+#: Ops whose output depends only on the input's shape, dtype and device, never on its values (e.g. the ones that
+#: PyG's mean aggregation scatters to count rows): their output is not a feature value even when the input is.
+SHAPE_ONLY_OPS = frozenset(
+    {
+        aten.new_ones.default,
+        aten.new_zeros.default,
+        aten.new_full.default,
+        aten.new_empty.default,
+        aten.ones_like.default,
+        aten.zeros_like.default,
+        aten.full_like.default,
+        aten.empty_like.default,
+    }
+)
+
 #: Ops whose output is never negative (their quantizer can use the unsigned range).
 NON_NEGATIVE_OPS = frozenset(
     {
