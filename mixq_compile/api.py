@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -14,6 +13,7 @@ from .cost.bitops import BitOpsReport, as_report, check_convention, fp32_bitops,
 from .cost.budget import fit_budget as fit_assignment
 from .cost.ops import record_shapes
 from .cost.penalty import compute_penalty
+from .graph_copy import quiet_deepcopy
 from .model import QuantizedModel
 from .passes.find_sites import find_sites
 from .passes.pipeline import run_pipeline, search_pipeline
@@ -46,7 +46,7 @@ def quantize(
     config = config or QuantConfig(bit_widths=tuple(bit_widths))
     # A private copy: the captured graph would otherwise share the user's parameters, and training the quantized
     # model would silently change the FP32 model.
-    gm, input_specs = capture(copy.deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+    gm, input_specs = capture(quiet_deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
     gm = run_pipeline(gm, search_pipeline(config))
     qmodel = QuantizedModel(gm, input_specs, config)
     qmodel.calibrate(tuple(example_inputs))
@@ -87,7 +87,7 @@ def fit_budget(
 def freeze(qmodel: QuantizedModel, bits: Mapping[str, int] | None = None) -> QuantizedModel:
     """A copy of ``qmodel`` with each site fixed at its argmax bit-width (or ``bits[site]``), ready for QAT."""
     _require_quantized(qmodel, "freeze")
-    frozen = copy.deepcopy(qmodel)
+    frozen = quiet_deepcopy(qmodel)
     frozen.freeze_(bits)
     return frozen
 

@@ -193,3 +193,13 @@ def test_readout_after_message_passing_is_pooling_not_a_message(pool):
     kinds = {s.kind for s in q.plan.sites}
     assert "pool_input" in kinds and ("pool" in kinds) == (pool is global_mean_pool)
     assert [s.kind for s in q.plan.sites].count("message") == 1
+
+
+def test_copying_exported_graphs_does_not_leak_torchs_pytree_deprecation_warning():
+    x, edge_index = random_graph(30, 90, 8)
+    q = _quiet_quantize(PlanetoidGCN(8, 3, hidden=8), (x, edge_index))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frozen = mq.freeze(q)
+        mq.bitops(frozen, (x, edge_index))
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]

@@ -9,13 +9,13 @@ which runs once per graph and is cached with the rest of the topology preprocess
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
 
+from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
 from .split_structure import remove_dead_code
 
@@ -140,7 +140,7 @@ def sorted_structure(structure: fx.GraphModule, aggregations: list[Aggregation])
     weight, in that order, after the frontier). Sorting runs once per graph with the rest of the topology
     preprocessing (and is cached with it), so the feature program's aggregation is a parallel row-sum with no
     atomics. Built as an fx graph so that it keeps the structure program's named inputs for ``torch.export``."""
-    gm = copy.deepcopy(structure)
+    gm = quiet_deepcopy(structure)
     graph = gm.graph
     output = next(n for n in graph.nodes if n.op == "output")
     frontier = list(output.args[0])
@@ -178,7 +178,7 @@ def csr_features(features: fx.GraphModule, aggregations: list[Aggregation]) -> f
     ``csr_sum`` over them (same values, exactly, for integer codes) and its gather/center/multiply/scatter chain is
     removed when nothing else uses it.
     """
-    gm = copy.deepcopy(features)
+    gm = quiet_deepcopy(features)
     graph = gm.graph
     by_name = {node.name: node for node in graph.nodes}
     last = [n for n in graph.nodes if n.op == "placeholder"][-1]

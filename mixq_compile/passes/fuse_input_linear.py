@@ -9,11 +9,10 @@ features -> codes -> first weight.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import fx
 
+from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
 
 
@@ -30,7 +29,7 @@ def _fusable(node: fx.Node) -> fx.Node | None:
 
 def fuse_input_linear(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
     """A copy of ``features`` with every fusable pair fused, and how many pairs were fused."""
-    gm = copy.deepcopy(features)
+    gm = quiet_deepcopy(features)
     fused = 0
     for node in list(gm.graph.nodes):
         linear = _fusable(node)

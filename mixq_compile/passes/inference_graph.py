@@ -9,12 +9,12 @@ not modified: the pass works on a copy.
 
 from __future__ import annotations
 
-import copy
 import operator
 
 from torch import fx
 
 from ..errors import MixQError
+from ..graph_copy import quiet_deepcopy
 from ..quant.degree_quant import protect
 from .split_structure import remove_dead_code
 from .structure import StructureCache
@@ -39,7 +39,7 @@ def _inline_structure_cache(gm: fx.GraphModule, node: fx.Node, cache: StructureC
 
 def inference_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` without training-only machinery (see module docstring)."""
-    gm = copy.deepcopy(gm)
+    gm = quiet_deepcopy(gm)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), StructureCache):
             _inline_structure_cache(gm, node, gm.get_submodule(node.target))

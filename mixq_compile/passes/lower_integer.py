@@ -24,7 +24,6 @@ Every value is tracked in one of three domains: float, :class:`Grid` (codes) or 
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..errors import MixQError
+from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
 from ..quant.mixed import MixedQuantizer
 from ..quant.quantizer import FakeQuantizer
@@ -102,7 +102,7 @@ class _Lowering:
         self.source = gm
         self.fixed_point = fixed_point
         self.graph = fx.Graph()
-        self.graph._codegen = copy.deepcopy(gm.graph._codegen)  # keep the captured input/output pytree signature
+        self.graph._codegen = quiet_deepcopy(gm.graph._codegen)  # keep the captured input/output pytree signature
         self.root = nn.Module()
         self.env: dict[fx.Node, tuple[fx.Node | None, Domain]] = {}
         self.constants: dict[fx.Node, Tensor] = {}  # lowered get_attr node -> its tensor (weights, folded codes)

@@ -14,12 +14,12 @@ inputs only through their shapes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
 
+from ..graph_copy import quiet_deepcopy
 from .structure import structure_nodes
 
 
@@ -60,7 +60,7 @@ def remove_dead_code(graph: fx.Graph) -> None:
 
 
 def _plain(gm: fx.GraphModule) -> fx.GraphModule:
-    new = copy.deepcopy(gm)
+    new = quiet_deepcopy(gm)
     new.graph._codegen = fx.graph.CodeGen()
     return new
 

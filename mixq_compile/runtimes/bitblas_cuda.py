@@ -16,7 +16,6 @@ builds the kernels and runs the glue on the GPU; here, without CUDA, loading rai
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import io
 import json
@@ -33,6 +32,7 @@ from torch import Tensor, fx
 from torch.export import Dim
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
 from ..integer.program import IntegerProgram
 from ..passes.lower_integer import WEIGHT_SITE_KEY
@@ -138,7 +138,7 @@ def _plan_linear(gm: fx.GraphModule, node: fx.Node, site_bits: dict[str, int]) -
 def _annotated_features(program: IntegerProgram, example_inputs: tuple[Tensor, ...]) -> fx.GraphModule:
     """A copy of the feature program with every node's dtype and shape recorded (for mapping and rewriting)."""
     frontier = tuple(program.structure(*example_inputs))
-    gm = copy.deepcopy(program.features)
+    gm = quiet_deepcopy(program.features)
     ShapeProp(gm).propagate(*example_inputs, *frontier)
     return gm
 

@@ -12,13 +12,13 @@ keeps its integer scatter-adds. Without AOTInductor, ``quantize`` instructions b
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.export import Dim
 
+from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
@@ -87,7 +87,7 @@ class TorchBackend(Backend):
 def blocked_quantize(features: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``features`` with every ``quantize`` instruction computed by ``mixq::quantize`` (cache-sized blocks, same
     codes). Only for programs run op by op: AOTInductor fuses the element-wise chain better on its own."""
-    gm = copy.deepcopy(features)
+    gm = quiet_deepcopy(features)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target is K.quantize:
             node.target = torch.ops.mixq.quantize.default
