@@ -143,6 +143,24 @@ def test_tudataset_smoke_end_to_end(tmp_path, setting):
     assert 0 <= float(row["acc_mean"]) <= 100 and 4 <= float(row["avg_bits"]) <= 8
     (record,) = read_records(out / "runs.jsonl")
     assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
+    assert record["config"]["range_init"] == "minmax"
+    assert record["config"].get("qat_range_init") == ("mse" if setting == "mixq_ft" else None)
+
+
+def test_tudataset_summary_keeps_fine_tuning_with_min_max_ranges_apart():
+    from mixq_compile.experiments import tudataset
+
+    def record(qat_range_init, acc):
+        config = {"dataset": "IMDB-BINARY", "setting": "mixq_ft", "lambda": -1e-8, "epochs": 200}
+        config |= {"qat_range_init": qat_range_init} if qat_range_init else {}
+        result = {"acc": acc, "avg_bits": 8.0, "gbitops_paper": 1.0, "gbitops_wa": 7.0}
+        return {"config": config, "result": result, "wall_s": 1.0, "cpu_s": 1.0}
+
+    rows = tudataset.summarize([record(None, 50.0), record("mse", 70.0), record("mse", 80.0)])
+    assert [(r["setting"], r["runs"], r["acc_mean"]) for r in rows] == [
+        ("mixq_ft_minmax", 1, 50.0),
+        ("mixq_ft", 2, 75.0),
+    ]
 
 
 def test_planetoid_budget_paper_configs_search_under_the_published_cost():
