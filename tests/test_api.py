@@ -193,6 +193,7 @@ def test_readout_after_message_passing_is_pooling_not_a_message(pool):
     kinds = {s.kind for s in q.plan.sites}
     assert "pool_input" in kinds and ("pool" in kinds) == (pool is global_mean_pool)
     assert [s.kind for s in q.plan.sites].count("message") == 1
+    assert ("readout.pool_input" if pool is global_max_pool else "readout.pool") in {s.name for s in q.plan.sites}
 
 
 def test_copying_exported_graphs_does_not_leak_torchs_pytree_deprecation_warning():

@@ -31,6 +31,7 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
     the budget with ``fit_budget``)."""
     model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1, hidden=config["hidden"])
     qmodel = quantize(model, data.inputs, config["bit_widths"], *_options(config))
+    convention = config.get("budget_convention", "wa")
     train_node(
         qmodel,
         data,
@@ -38,13 +39,13 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
         lam=config.get("penalty_weight", config["lambda"]),
         penalty_scaling=config["scaling"],
         budget=config.get("budget"),
-        budget_convention=config.get("budget_convention", "wa"),
+        budget_convention=convention,
         desc="search",
         progress=False,
         track_best=False,
     )
     if config.get("fit_budget"):  # the budget as a hard limit on the argmax bits, not only on the expected cost
-        return mq.fit_budget(qmodel, config["budget"], convention=config.get("budget_convention", "wa"))
+        return mq.fit_budget(qmodel, config["budget"], convention=convention)
     return qmodel.chosen_bits()
 
 

@@ -206,6 +206,8 @@ class _SiteFinder:
         ``owner`` is the op the site serves: the site is named after its layer (the consuming layer for operands).
         """
         path = _module_path(owner)
+        if not path and kind in ("pool_input", "pool"):
+            path = "readout"  # a graph-level pooling called in the model's own forward belongs to no layer
         existing = self.on_grid(value)
         if existing is not None:
             return existing, False

@@ -43,7 +43,7 @@ class ModeBatchNorm(nn.Module):
         return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, self.momentum, self.eps)
 
 
-def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple, counter: int) -> None:
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple) -> None:
     name = f"mode_{node.name}"
     gm.add_submodule(name, module)
     with gm.graph.inserting_before(node):
@@ -55,17 +55,17 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, a
 
 def make_mode_aware(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite dropout and batch-norm nodes into mode-aware modules (see module docstring)."""
-    for i, node in enumerate(list(gm.graph.nodes)):
+    for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         if node.target in (aten.dropout.default, aten.feature_dropout.default):
             p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
-            _replace_with_module(gm, node, ModeDropout(float(p)), (node.args[0],), i)
+            _replace_with_module(gm, node, ModeDropout(float(p)), (node.args[0],))
         elif node.target == aten.batch_norm.default:
             x, weight, bias, mean, var = node.args[:5]
             momentum = node.args[6] if len(node.args) > 6 else 0.1
             eps = node.args[7] if len(node.args) > 7 else 1e-5
-            _replace_with_module(gm, node, ModeBatchNorm(float(momentum), float(eps)), (x, weight, bias, mean, var), i)
+            _replace_with_module(gm, node, ModeBatchNorm(float(momentum), float(eps)), (x, weight, bias, mean, var))
     gm.graph.lint()
     gm.recompile()
     return gm
