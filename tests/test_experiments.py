@@ -121,6 +121,7 @@ def test_planetoid_smoke_end_to_end_and_resume(tmp_path, capsys):
     assert 0 <= float(row["acc_mean"]) <= 100 and 0 <= float(row["fp32_acc_mean"]) <= 100
     assert 2 <= float(row["avg_bits"]) <= 8
     assert 0 < float(row["gbitops_paper"]) < float(row["fp32_gbitops_paper"])
+    assert float(row["gbitops_paper_max"]) == float(row["gbitops_paper"]), "one run: its cost is the maximum"
     assert 0 < float(row["gbitops_wa"]) < float(row["fp32_gbitops_wa"])
     config = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])
     assert config["configs"][0]["seed"] == 0 and config["configs"][0]["dataset"] == "Cora"
