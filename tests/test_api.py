@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_batch, random_graph
 from torch import nn
-from torch_geometric.nn import GCNConv, GINConv, global_max_pool, global_mean_pool
+from torch_geometric.nn import GCNConv, GINConv, SAGEConv, global_max_pool, global_mean_pool
 
 import mixq_compile as mq
 from mixq_compile.models import ArxivGCN, PlanetoidGCN
@@ -204,3 +204,13 @@ def test_copying_exported_graphs_does_not_leak_torchs_pytree_deprecation_warning
         frozen = mq.freeze(q)
         mq.bitops(frozen, (x, edge_index))
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
+
+
+def test_mean_aggregation_counts_neighbours_in_float():
+    """PyG's mean aggregation scatters ``new_ones`` to count each node's neighbours: a count made from the message's
+    shape, not its values, so it is structure — quantizing it (as before) rounded the divisor itself."""
+    x, edge_index = random_graph(30, 90, 8)
+    q = _quiet_quantize(SAGEConv(8, 4, aggr="mean"), (x, edge_index))
+    kinds = [s.kind for s in q.plan.sites]
+    assert kinds.count("message") == 1 and kinds.count("aggregate") == 1
+    assert [op.category for op in q.plan.ops].count("message_passing") == 1
