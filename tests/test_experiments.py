@@ -10,7 +10,7 @@ from unittest.mock import patch
 
 import pytest
 
-from mixq_compile.cli import main
+from mixq_compile.cli import build_parser, main
 from mixq_compile.experiments import ablation, explore_all, report_sections
 from mixq_compile.experiments.runner import add_common_arguments
 from mixq_compile.experiments.sweep import config_key, read_records, run_sweep
@@ -211,3 +211,12 @@ def test_planetoid_dq_smoke_runs_with_degree_quant(tmp_path):
     record = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])
     assert record["config"]["degree_quant"] is True and record["error"] is None
     assert 0.0 <= float(rows[0]["acc_mean"]) <= 100.0
+
+
+def test_negative_lambdas_in_scientific_notation_parse_as_values():
+    """``--lambdas -1e-8`` (the paper's λ) was rejected by argparse as an unknown option."""
+    args = build_parser().parse_args(["experiment", "tudataset", "--lambdas", "-1e-8", "0.125", "-.5", "--epochs", "3"])
+    assert args.lambdas == [-1e-8, 0.125, -0.5] and args.epochs == 3
+    assert build_parser().parse_args(["demo", "--lam", "-1E-3"]).lam == -1e-3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["experiment", "tudataset", "--lambdas", "-x"])
