@@ -78,6 +78,27 @@ def test_ray_executor_without_ray_says_how_to_install(tmp_path):
         run_sweep(square, [{"x": 1}], tmp_path / "runs.jsonl", executor="ray")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray not installed (extra [ray])")
+def test_ray_executor_runs_every_config_and_records_failures(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import ray
+
+    # Ray's workers import ``square`` by module name: let them find this test module.
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    path = tmp_path / "runs.jsonl"
+    try:
+        configs = [{"x": 1, "fail": True}, {"x": 2}, {"x": 3}]
+        records = run_sweep(square, configs, path, executor="ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert sorted(r["result"]["y"] for r in records) == [4, 9]
+    failed = [r for r in read_records(path) if r["status"] == "error"]
+    assert len(failed) == 1 and "bad config 1" in failed[0]["error"]
+
+
 def test_pareto_front_keeps_strict_improvements():
     points = [(2.0, 40.0), (2.0, 45.0), (3.0, 44.0), (4.0, 80.0), (5.0, 79.0), (6.0, 81.0)]
     assert explore_all.pareto_front(points) == [(2.0, 45.0), (4.0, 80.0), (6.0, 81.0)]

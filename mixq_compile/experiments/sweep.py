@@ -101,10 +101,17 @@ def _ray(run, configs: list[Config], workers: int, threads: int, path: Path) -> 
     if not ray.is_initialized():
         ray.init(num_cpus=max(workers, 1), include_dashboard=False)
     remote = ray.remote(num_cpus=1)(execute)
-    pending = [remote.remote(run, config, threads) for config in configs]
+    config_of = {remote.remote(run, config, threads): config for config in configs}
+    pending = list(config_of)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+        try:
+            yield ray.get(done[0])
+        except ray.exceptions.RayError as error:  # the worker died or could not load the run: record, go on
+            config = config_of[done[0]]
+            yield {"key": config_key(config), "config": config, "status": "error", "result": None,
+                   "error": f"{type(error).__name__}: {error}", "wall_s": 0.0, "cpu_s": None,
+                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
 
 
 def run_sweep(
