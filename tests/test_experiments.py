@@ -167,6 +167,9 @@ def test_tudataset_smoke_end_to_end(tmp_path, setting):
     assert record["status"] == "ok" and set(record["result"]["bits"]) <= {4, 8}
     assert record["config"]["range_init"] == "minmax"
     assert record["config"].get("qat_range_init") == ("mse" if setting == "mixq_ft" else None)
+    text = report_sections.render(tmp_path)  # beside every published column: FP32, MixQ, DQ INT8/INT4, A²Q
+    assert f"({setting}, 2 ep., 1 folds, " in text
+    assert "| 71.10 ± 3.96 | 68.60 ± 6.98 | 74.60 ± 3.40 (4.48 bits) |" in text
 
 
 def test_tudataset_summary_keeps_fine_tuning_with_min_max_ranges_apart():
