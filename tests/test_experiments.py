@@ -89,14 +89,23 @@ def test_ray_executor_runs_every_config_and_records_failures(tmp_path, monkeypat
     here = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     path = tmp_path / "runs.jsonl"
+    real_get = ray.get
+
+    def get_or_crash(ref):  # a worker that dies (e.g. killed for memory) surfaces as a RayError in ray.get
+        record = real_get(ref)
+        if record["config"].get("crash"):
+            raise ray.exceptions.WorkerCrashedError()
+        return record
+
+    monkeypatch.setattr(ray, "get", get_or_crash)
     try:
-        configs = [{"x": 1, "fail": True}, {"x": 2}, {"x": 3}]
+        configs = [{"x": 1, "fail": True}, {"x": 2}, {"x": 3}, {"x": 4, "crash": True}]
         records = run_sweep(square, configs, path, executor="ray", workers=2)
     finally:
         ray.shutdown()
     assert sorted(r["result"]["y"] for r in records) == [4, 9]
-    failed = [r for r in read_records(path) if r["status"] == "error"]
-    assert len(failed) == 1 and "bad config 1" in failed[0]["error"]
+    failed = {r["config"]["x"]: r["error"] for r in read_records(path) if r["status"] == "error"}
+    assert set(failed) == {1, 4} and "bad config 1" in failed[1] and "WorkerCrashedError" in failed[4]
 
 
 def test_pareto_front_keeps_strict_improvements():
@@ -172,6 +181,18 @@ def test_tudataset_smoke_end_to_end(tmp_path, setting):
     assert "| 71.10 ± 3.96 | 68.60 ± 6.98 | 74.60 ± 3.40 (4.48 bits) |" in text
 
 
+def test_planetoid_summary_reports_the_costliest_run():
+    from mixq_compile.experiments import planetoid
+
+    def record(seed, gbitops):
+        config = {"dataset": "Cora", "setting": "budget_paper_fit", "lambda": 1.0, "budget": 1.676e9, "seed": seed}
+        result = {"acc": 80.0, "fp32_acc": 82.0, "avg_bits": 5.0, "gbitops_paper": gbitops, "gbitops_wa": 4.0}
+        return {"config": config, "result": result, "wall_s": 1.0, "cpu_s": 1.0}
+
+    (row,) = planetoid.summarize([record(0, 1.2), record(1, 1.6), record(2, 1.4)])
+    assert row["runs"] == 3 and row["gbitops_paper"] == pytest.approx(1.4) and row["gbitops_paper_max"] == 1.6
+
+
 def test_tudataset_summary_keeps_fine_tuning_with_min_max_ranges_apart():
     from mixq_compile.experiments import tudataset
 
@@ -239,8 +260,10 @@ def test_planetoid_dq_smoke_runs_with_degree_quant(tmp_path):
 
 def test_negative_lambdas_in_scientific_notation_parse_as_values():
     """``--lambdas -1e-8`` (the paper's λ) was rejected by argparse as an unknown option."""
-    args = build_parser().parse_args(["experiment", "tudataset", "--lambdas", "-1e-8", "0.125", "-.5", "--epochs", "3"])
-    assert args.lambdas == [-1e-8, 0.125, -0.5] and args.epochs == 3
+    args = build_parser().parse_args(
+        ["experiment", "tudataset", "--lambdas", "-1e-8", "0.125", "-2E+3", "--epochs", "3"]
+    )
+    assert args.lambdas == [-1e-8, 0.125, -2000.0] and args.epochs == 3
     assert build_parser().parse_args(["demo", "--lam", "-1E-3"]).lam == -1e-3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["experiment", "tudataset", "--lambdas", "-x"])

@@ -63,17 +63,21 @@ def execute(run: Callable[[Config], dict], config: Config, threads: int = 1) -> 
     torch.set_num_threads(threads)
     start, cpu = time.perf_counter(), time.process_time()
     try:
-        result, status, error = run(config), "ok", None
+        result, error = run(config), None
     except Exception as exc:
-        result, status, error = None, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        result, error = None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    return _record(config, result, error, time.perf_counter() - start, time.process_time() - cpu)
+
+
+def _record(config: Config, result: dict | None, error: str | None, wall_s: float, cpu_s: float | None) -> Record:
     return {
         "key": config_key(config),
         "config": config,
-        "status": status,
+        "status": "ok" if error is None else "error",
         "result": result,
         "error": error,
-        "wall_s": time.perf_counter() - start,
-        "cpu_s": time.process_time() - cpu,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -106,12 +110,10 @@ def _ray(run, configs: list[Config], workers: int, threads: int, path: Path) -> 
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         try:
-            yield ray.get(done[0])
+            record = ray.get(done[0])
         except ray.exceptions.RayError as error:  # the worker died or could not load the run: record, go on
-            config = config_of[done[0]]
-            yield {"key": config_key(config), "config": config, "status": "error", "result": None,
-                   "error": f"{type(error).__name__}: {error}", "wall_s": 0.0, "cpu_s": None,
-                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+            record = _record(config_of[done[0]], None, f"{type(error).__name__}: {error}", 0.0, None)
+        yield record
 
 
 def run_sweep(

@@ -121,9 +121,10 @@ def summarize(records: list[dict]) -> list[dict]:
     keys = ("dataset", "setting", "lambda", "epochs", "qat_range_init")
     rows = group_summary(records, keys, METRICS, with_std=("acc",))
     for row in rows:
-        # ``mixq_ft`` runs recorded before QAT had its own range init fine-tuned with the search's min/max ranges.
-        if row.pop("qat_range_init") is None and row["setting"] == "mixq_ft":
-            row["setting"] = "mixq_ft_minmax"
+        # ``mixq_ft`` runs recorded before QAT had its own range init fine-tuned with the search's ranges.
+        init = row.pop("qat_range_init") or RANGE_INIT
+        if row["setting"] == "mixq_ft" and init != FT_QAT_RANGE_INIT:
+            row["setting"] = f"mixq_ft_{init}"
         for metric in METRICS[1:]:
             row[metric] = row.pop(f"{metric}_mean")
         if row["setting"] == "fp32":

@@ -314,7 +314,7 @@ class _SiteFinder:
                 if isinstance(gathered, fx.Node) and self.is_gathered(gathered):
                     weight = factor if isinstance(factor, fx.Node) and _is_float(factor) else None
                     return gathered, weight
-        if any(self.is_gathered(i) for i in _ancestors_until_gather(node)):
+        if any(self.is_gathered(i) for i in _ancestors_since_aggregation(node)):
             return src, None  # a custom message computed from gathered rows: quantize the message itself
         return None, None
 
@@ -340,7 +340,7 @@ class _SiteFinder:
         return SitePlan(tuple(self.sites), tuple(self.ops), float_ops)
 
 
-def _ancestors_until_gather(node: fx.Node, limit: int = 64) -> list[fx.Node]:
+def _ancestors_since_aggregation(node: fx.Node, limit: int = 64) -> list[fx.Node]:
     """Ancestors of ``node`` back to the previous aggregations (bounded breadth-first walk), used to recognise custom
     messages built from x_j. The walk does not pass an aggregation: what was gathered before it was already reduced
     to nodes, so a readout after message passing is pooling, not a message."""

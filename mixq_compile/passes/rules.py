@@ -137,27 +137,27 @@ NON_NEGATIVE_OPS = frozenset(
 MESSAGE_SCALE_OPS = frozenset({aten.mul.Tensor, aten.mul_.Tensor})
 
 #: Ops that carry no computation worth listing as "left in float".
-NON_COMPUTE_OPS = MOVEMENT_OPS | {
-    aten.sym_size.int,
-    aten.sym_numel.default,
-    aten._assert_scalar.default,
-    aten.new_zeros.default,
-    aten.zeros.default,
-    aten.zeros_like.default,
-    aten.new_full.default,
-    aten.full.default,
-    aten.ones.default,
-    aten.ones_like.default,
-    aten.arange.start,
-    aten.arange.default,
-    aten.item.default,
-    aten.cat.default,
-    aten.stack.default,
-    aten.to.dtype,
-    aten._to_copy.default,
-    aten.detach.default,
-    aten.lift_fresh_copy.default,
-}
+NON_COMPUTE_OPS = (
+    MOVEMENT_OPS
+    | SHAPE_ONLY_OPS
+    | {
+        aten.sym_size.int,
+        aten.sym_numel.default,
+        aten._assert_scalar.default,
+        aten.zeros.default,
+        aten.full.default,
+        aten.ones.default,
+        aten.arange.start,
+        aten.arange.default,
+        aten.item.default,
+        aten.cat.default,
+        aten.stack.default,
+        aten.to.dtype,
+        aten._to_copy.default,
+        aten.detach.default,
+        aten.lift_fresh_copy.default,
+    }
+)
 
 
 def rule_for(target: object) -> OpRule | None:
