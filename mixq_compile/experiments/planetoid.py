@@ -131,20 +131,14 @@ def node_config(
 
 
 def summarize(records: list[dict], published: dict = PUBLISHED) -> list[dict]:
-    from .stats import group
     from .stats import summarize as group_summary
 
-    keys = ("dataset", "setting", "lambda", "budget")
-    rows = group_summary(records, keys, METRICS, with_std=("acc", "fp32_acc"))
     # The acceptance is per point, not per mean: the costliest run says whether every run stayed within the paper's.
-    costliest = {
-        k: max((c for m in ms if (c := m["result"].get("gbitops_paper")) is not None), default=None)
-        for k, ms in group(records, keys).items()
-    }
+    keys = ("dataset", "setting", "lambda", "budget")
+    rows = group_summary(records, keys, METRICS, with_std=("acc", "fp32_acc"), with_max=("gbitops_paper",))
     for row in rows:
         for metric in METRICS[2:]:
             row[metric] = row.pop(f"{metric}_mean")
-        row["gbitops_paper_max"] = costliest[tuple(row[k] for k in keys)]
         found = published.get((row["dataset"], row["lambda"])) if compared_with_paper(row["setting"]) else None
         row["paper_acc"] = found[0] if found else None
         row["paper_gbitops"] = found[3] if found else None

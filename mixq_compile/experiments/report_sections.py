@@ -133,7 +133,7 @@ def tudataset_baselines(rows: list[dict]) -> str:
         preference = ([r for r in quantized if r["setting"] == "mixq_ft"],  # fine-tuned, current QAT ranges
                       [r for r in quantized if r["setting"].startswith("mixq_ft_")],  # fine-tuned, earlier ranges
                       [r for r in quantized if r["setting"] == "mixq"])  # fmt: skip
-        mixq = _longest(next((rows for rows in preference if rows), []))
+        mixq = _longest(next((found for found in preference if found), []))
         published_fp32, published_mixq = paper.TU_FP32[dataset], paper.TU_MIXQ[(dataset, -1e-8)]
         body.append([
             dataset, _run_cell(fp32), _run_cell(mixq, bits=True), _pm(*published_fp32[:2]),

@@ -30,9 +30,15 @@ def group(records: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict
 
 
 def summarize(
-    records: Sequence[dict], keys: Sequence[str], metrics: Sequence[str], *, with_std: Sequence[str] = ()
+    records: Sequence[dict],
+    keys: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    with_std: Sequence[str] = (),
+    with_max: Sequence[str] = (),
 ) -> list[Row]:
-    """One row per group: the key fields, ``runs``, ``<metric>_mean`` (plus ``_std`` for ``with_std``), the
+    """One row per group: the key fields, ``runs``, ``<metric>_mean`` (plus ``_std`` for ``with_std`` and ``_max``
+    for ``with_max``), the
     summed ``wall_s`` of the runs and their summed process CPU time ``cpu_s`` (where recorded; on a shared machine
     it is the better measure of cost)."""
     rows = []
@@ -40,10 +46,13 @@ def summarize(
         row: Row = dict(zip(keys, values))
         row["runs"] = len(members)
         for metric in metrics:
-            mean, std = mean_std([m["result"].get(metric) for m in members])
+            values = [m["result"].get(metric) for m in members]
+            mean, std = mean_std(values)
             row[f"{metric}_mean"] = mean
             if metric in with_std:
                 row[f"{metric}_std"] = std
+            if metric in with_max:
+                row[f"{metric}_max"] = max((v for v in values if v is not None), default=None)
         row["wall_s"] = sum(m["wall_s"] for m in members)
         cpu = [m["cpu_s"] for m in members if m.get("cpu_s") is not None]
         row["cpu_s"] = sum(cpu) if cpu else None
