@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import strategies as st
+from torch import nn
+from torch_geometric.nn import GINConv, GraphNorm, global_add_pool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +46,18 @@ def random_batch(graphs: int, nodes_per_graph: int, features: int, seed: int = 0
         xs.append(torch.randn(n, features, generator=gen))
         batch.append(torch.full((n,), g))
     return torch.cat(xs), torch.cat(edges, 1), torch.cat(batch)
+
+
+class GraphNormGIN(nn.Module):
+    """GIN layer, GraphNorm (per-graph statistics gathered back to each graph's nodes), sum readout, head."""
+
+    def __init__(self, features: int, hidden: int = 16, classes: int = 3):
+        super().__init__()
+        self.conv = GINConv(nn.Sequential(nn.Linear(features, hidden), nn.ReLU()))
+        self.norm, self.head = GraphNorm(hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x, edge_index, batch):
+        return self.head(global_add_pool(self.norm(self.conv(x, edge_index), batch), batch))
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,18 @@ import pytest
 import torch
 from conftest import random_batch, random_graph
 from torch import nn
-from torch_geometric.nn import GCNConv, GINConv, SAGEConv, global_max_pool, global_mean_pool
+from torch_geometric.nn import (
+    AttentionalAggregation,
+    EdgeConv,
+    GCNConv,
+    GINConv,
+    GraphNorm,
+    InstanceNorm,
+    SAGEConv,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
 
 import mixq_compile as mq
 from mixq_compile.models import ArxivGCN, PlanetoidGCN
@@ -194,6 +205,57 @@ def test_readout_after_message_passing_is_pooling_not_a_message(pool):
     assert "pool_input" in kinds and ("pool" in kinds) == (pool is global_mean_pool)
     assert [s.kind for s in q.plan.sites].count("message") == 1
     assert ("readout.pool_input" if pool is global_max_pool else "readout.pool") in {s.name for s in q.plan.sites}
+
+
+class _ConvThen(nn.Module):
+    """A GIN layer, then ``tail(h, batch)`` (a norm and sum readout, or an attention readout), then a head."""
+
+    def __init__(self, tail: str):
+        super().__init__()
+        self.conv = GINConv(nn.Sequential(nn.Linear(8, 8), nn.ReLU()))
+        self.tail_kind = tail
+        self.tail = {
+            "graph_norm": lambda: GraphNorm(8),
+            "instance_norm": lambda: InstanceNorm(8, affine=True),
+            "attention": lambda: AttentionalAggregation(nn.Linear(8, 1)),
+        }[tail]()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x, edge_index, batch):
+        h = self.tail(self.conv(x, edge_index), batch)
+        return self.head(h if self.tail_kind == "attention" else global_add_pool(h, batch))
+
+
+@pytest.mark.parametrize("tail", ["graph_norm", "instance_norm", "attention"])
+def test_values_sent_back_to_their_members_are_pooling_not_messages(tail):
+    """GraphNorm's ``mean[batch]`` and a softmax's per-graph maximum gather rows along the index they were pooled
+    by: nothing moves between nodes, so the scatters after them are pooling (before: messages named after internal
+    nodes, e.g. ``add_4.message``, counted per edge in the paper's BitOPs)."""
+    x, edge_index, batch = random_batch(4, 6, 8)
+    q = _quiet_quantize(_ConvThen(tail).eval(), (x, edge_index, batch))
+    categories = [op.category for op in q.plan.ops]
+    assert categories.count("message_passing") == 1 and categories.count("pooling") >= 3
+    assert [s.kind for s in q.plan.sites].count("message") == 1
+    layers = {s.name.split(".")[0] for s in q.plan.sites}
+    assert layers <= {"conv", "tail", "readout", "head"}, layers
+
+
+def test_a_readout_straight_after_a_max_aggregation_is_pooling():
+    """EdgeConv's max aggregation feeds the readout directly: the readout's source is itself an aggregation, whose
+    gathered inputs were already reduced to nodes."""
+    x, edge_index, batch = random_batch(4, 6, 8)
+
+    class EdgeReadout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = EdgeConv(nn.Linear(16, 8)), nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(global_add_pool(self.conv(x, edge_index), batch))
+
+    q = _quiet_quantize(EdgeReadout().eval(), (x, edge_index, batch))
+    assert [op.category for op in q.plan.ops if op.target != "aten.linear.default"] == ["message_passing", "pooling"]
+    assert "readout.pool" in {s.name for s in q.plan.sites}
 
 
 def test_copying_exported_graphs_does_not_leak_torchs_pytree_deprecation_warning():

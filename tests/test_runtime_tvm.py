@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_batch, random_graph
+from conftest import GraphNormGIN, random_batch, random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
@@ -114,6 +114,14 @@ def test_gin_integer_and_fp32_with_a_dynamic_number_of_graphs(tmp_path):
             torch.testing.assert_close(artifact(*batch), model(*batch), atol=1e-4, rtol=1e-4)
 
 
+def test_graph_norm_float_island_matches_the_integer_executor(tmp_path):
+    """GraphNorm between integer layers: per-graph mean and variance in float (row counts from ``new_ones``,
+    ``clamp``, ``div``, ``pow``, ``sqrt``, and a ``view(-1, 1)`` reshape), on batches of 4 and 7 graphs."""
+    batches = random_batch(4, 10, FEATURES), random_batch(7, 13, FEATURES, seed=1)
+    frozen = _frozen(GraphNormGIN(FEATURES), batches[0])
+    _check_integer(frozen, batches, tmp_path, _scale(frozen, "head.output"))
+
+
 def test_fp32_artifact_matches_the_model(graphs, tmp_path):
     model = PlanetoidGCN(FEATURES, 7, hidden=32).eval()
     artifact = mq.load_artifact(mq.export(model, graphs[0], tmp_path / "f", backend="tvm"), cache_structure=True)
@@ -123,18 +131,18 @@ def test_fp32_artifact_matches_the_model(graphs, tmp_path):
             torch.testing.assert_close(artifact(x, edge_index), model(x, edge_index), atol=1e-4, rtol=1e-4)
 
 
-class _Sigmoid(nn.Module):
+class _CumSum(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = GCNConv(FEATURES, 4)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.conv(x, edge_index))
+        return self.conv(x, edge_index).cumsum(0)
 
 
 def test_unsupported_op_names_the_op_and_the_fix(graphs, tmp_path):
-    with pytest.raises(UnsupportedOpError, match=r"sigmoid.*backend='torch'"):
-        mq.export(_Sigmoid().eval(), graphs[0], tmp_path / "s", backend="tvm")
+    with pytest.raises(UnsupportedOpError, match=r"cumsum.*backend='torch'"):
+        mq.export(_CumSum().eval(), graphs[0], tmp_path / "s", backend="tvm")
     assert not (tmp_path / "s").exists()
 
 

@@ -29,8 +29,10 @@ from ..errors import NoQuantizableOpError
 from ..quant.spec import QuantSpec
 from .plan import PLAN_KEY, OpRecord, Site, SitePlan
 from .rules import (
+    GATHER_INDEX_ARG,
     GATHER_OPS,
     GRID_PRESERVING_OPS,
+    INDEX_BROADCAST_OPS,
     MESSAGE_SCALE_OPS,
     MOVEMENT_OPS,
     NON_COMPUTE_OPS,
@@ -68,6 +70,23 @@ def _first_input(node: fx.Node) -> fx.Node | None:
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     """Inputs that are tensors: sizes (SymInts) read from a feature tensor do not make a value a feature."""
     return [i for i in node.all_input_nodes if isinstance(_val(i), torch.Tensor)]
+
+
+def _index_key(node: object) -> object:
+    """An index's identity up to broadcasting: ``batch`` and ``batch.view(-1, 1).expand_as(x)`` are one index, and so
+    are two ``edge_index[1]`` selects of one edge index (``edge_index[0]`` is another)."""
+    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in INDEX_BROADCAST_OPS:
+        node = node.args[0]
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target in (aten.select.int, aten.slice.Tensor):
+        return (node.target, _index_key(node.args[0]), *node.args[1:])
+    return node
+
+
+def _gather_index(node: fx.Node) -> object:
+    index = node.args[GATHER_INDEX_ARG[node.target]]
+    if isinstance(index, (list, tuple)):
+        index = next((i for i in index if i is not None), None)
+    return _index_key(index)
 
 
 def feature_nodes(gm: fx.GraphModule) -> set[fx.Node]:
@@ -168,10 +187,15 @@ class _SiteFinder:
             node = parent
         return self.grid[node]
 
-    def is_gathered(self, node: fx.Node) -> bool:
+    def is_gathered(self, node: fx.Node, scatter_index: object = None) -> bool:
+        """Whether ``node`` is rows gathered from other nodes for an aggregation along ``scatter_index``.
+
+        A gather along the aggregation's own index is not: it sends values back to the members they were reduced
+        from (GraphNorm's ``mean[batch]``, a softmax's per-node maximum), it moves nothing between nodes.
+        """
         while node.op == "call_function" and node.target in MOVEMENT_OPS:
             if node.target in GATHER_OPS:
-                return True
+                return scatter_index is None or _gather_index(node) != scatter_index
             node = _first_input(node)
             if node is None:
                 return False
@@ -263,8 +287,8 @@ class _SiteFinder:
         output = out if new else None
         self.ops.append(OpRecord(node.name, str(node.target), "dense", None, tuple(owned), tuple(grids), output=output))
 
-    def visit_aggregation(self, node: fx.Node, src: fx.Node, reduce: str) -> None:
-        message, edge_weight = self.split_message(src)
+    def visit_aggregation(self, node: fx.Node, src: fx.Node, reduce: str, index: object) -> None:
+        message, edge_weight = self.split_message(src, index)
         owned, grids = [], []
         ew_site = None
         if message is None:  # pooling: a graph-level readout
@@ -298,23 +322,24 @@ class _SiteFinder:
             OpRecord(node.name, str(node.target), category, reduce, tuple(owned), tuple(grids), ew_site, out)
         )
 
-    def split_message(self, src: fx.Node) -> tuple[fx.Node | None, fx.Node | None]:
-        """(x_j-side operand, per-edge factor) of a message, or (None, None) when ``src`` is not a message."""
+    def split_message(self, src: fx.Node, index: object) -> tuple[fx.Node | None, fx.Node | None]:
+        """(x_j-side operand, per-edge factor) of a message aggregated along ``index`` (see :meth:`is_gathered`),
+        or (None, None) when ``src`` is not a message."""
         node = src
         while node.op == "call_function" and node.target in MOVEMENT_OPS and node.target not in GATHER_OPS:
             parent = _first_input(node)
             if parent is None:
                 break
             node = parent
-        if self.is_gathered(node):
+        if self.is_gathered(node, index):
             return src, None
         if node.op == "call_function" and node.target in MESSAGE_SCALE_OPS:
             a, b = node.args[0], node.args[1]
             for gathered, factor in ((a, b), (b, a)):
-                if isinstance(gathered, fx.Node) and self.is_gathered(gathered):
+                if isinstance(gathered, fx.Node) and self.is_gathered(gathered, index):
                     weight = factor if isinstance(factor, fx.Node) and _is_float(factor) else None
                     return gathered, weight
-        if any(self.is_gathered(i) for i in _ancestors_since_aggregation(node)):
+        if any(self.is_gathered(i, index) for i in _ancestors_since_aggregation(node)):
             return src, None  # a custom message computed from gathered rows: quantize the message itself
         return None, None
 
@@ -331,7 +356,8 @@ class _SiteFinder:
                 src = node.args[rule.operands[0]]
                 if isinstance(src, fx.Node) and src in self.feature and _is_float(src):
                     reduce = rule.reduce or str(node.args[rule.reduce_arg])
-                    self.visit_aggregation(node, src, reduce)
+                    index = None if rule.index_arg is None else _index_key(node.args[rule.index_arg])
+                    self.visit_aggregation(node, src, reduce, index)
             elif node in self.feature and node not in self.param_only and not self.keeps_grid(node):
                 unmatched.append(node)
         float_ops = tuple(
@@ -342,19 +368,24 @@ class _SiteFinder:
 
 def _ancestors_since_aggregation(node: fx.Node, limit: int = 64) -> list[fx.Node]:
     """Ancestors of ``node`` back to the previous aggregations (bounded breadth-first walk), used to recognise custom
-    messages built from x_j. The walk does not pass an aggregation: what was gathered before it was already reduced
-    to nodes, so a readout after message passing is pooling, not a message."""
-    seen, frontier, out = set(), [node], []
+    messages built from x_j. The walk does not pass an aggregation (nor start from one: EdgeConv's max is pooled
+    as it is): what was gathered before it was already reduced to nodes, so a readout after message passing is
+    pooling, not a message."""
+    seen, frontier, out = set(), [] if _is_aggregation(node) else [node], []
     while frontier and len(out) < limit:
         current = frontier.pop(0)
         for parent in current.all_input_nodes:
             if parent not in seen:
                 seen.add(parent)
                 out.append(parent)
-                rule = rule_for(parent.target) if parent.op == "call_function" else None
-                if rule is None or rule.category != "aggregation":
+                if not _is_aggregation(parent):
                     frontier.append(parent)
     return out
+
+
+def _is_aggregation(node: fx.Node) -> bool:
+    rule = rule_for(node.target) if node.op == "call_function" else None
+    return rule is not None and rule.category == "aggregation"
 
 
 def find_sites(gm: fx.GraphModule, config: QuantConfig) -> fx.GraphModule:

@@ -90,6 +90,31 @@ MOVEMENT_OPS = frozenset(
 #: Ops that gather node rows along edges: their output is a per-edge view of node features (x_j, x_i).
 GATHER_OPS = frozenset({aten.index_select.default, aten.index.Tensor, aten.gather.default})
 
+#: Positional index of each gather's row index (``aten.index.Tensor`` takes a list: its first non-None entry).
+GATHER_INDEX_ARG = {aten.index_select.default: 2, aten.index.Tensor: 1, aten.gather.default: 2}
+
+#: Ops that only broadcast or re-type an index (PyG's ``scatter`` views and expands the index to the source's
+#: shape): two indices equal up to these ops address the same rows.
+INDEX_BROADCAST_OPS = frozenset(
+    {
+        aten.view.default,
+        aten.reshape.default,
+        aten._unsafe_view.default,
+        aten.expand.default,
+        aten.expand_as.default,
+        aten.unsqueeze.default,
+        aten.squeeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.flatten.using_ints,
+        aten.clone.default,
+        aten.contiguous.default,
+        aten.alias.default,
+        aten._to_copy.default,
+        aten.to.dtype,
+    }
+)
+
 #: Element-wise ops that keep values on the input's grid (given a grid containing zero): a quantized value stays
 #: quantized through them in inference. Dropout is the identity at inference time.
 GRID_PRESERVING_OPS = frozenset(

@@ -358,7 +358,7 @@ def _reshape(c: Converter, node: fx.Node) -> relax.Expr:
     if -1 in shape:
         numel = reduce(lambda a, b: a * b, _shape(x), 1)
         known = reduce(lambda a, b: a * b, [d for d in shape if not (isinstance(d, int) and d == -1)], 1)
-        shape[shape.index(-1)] = tvm.arith.Analyzer().simplify(tirx.floordiv(numel, known))
+        shape[shape.index(-1)] = tvm.sym.Analyzer().simplify(tirx.floordiv(numel, known))
     return c.emit(relax.op.reshape(x, shape))
 
 
@@ -412,6 +412,56 @@ _converts(aten.sub.Tensor, aten.sub_.Tensor)(_binary(relax.op.subtract))
 _converts(aten.mul.Tensor, aten.mul_.Tensor)(_binary(relax.op.multiply))
 
 
+@_converts(aten.div.Tensor, aten.div_.Tensor)
+def _div(c: Converter, node: fx.Node) -> relax.Expr:
+    """True division (PyTorch's ``/`` on floats; float islands such as a mean's ``sum / count``)."""
+    if node.kwargs.get("rounding_mode") is not None:
+        raise _unsupported(node, f"rounding_mode={node.kwargs['rounding_mode']!r}")
+    return _binary(relax.op.divide)(c, node)
+
+
+def _unary(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
+    def convert(c: Converter, node: fx.Node) -> relax.Expr:
+        return c.emit(op(c.tensor(node.args[0])))
+
+    return convert
+
+
+for _target, _op in {
+    aten.sqrt.default: relax.op.sqrt,
+    aten.exp.default: relax.op.exp,
+    aten.log.default: relax.op.log,
+    aten.abs.default: relax.op.abs,
+    aten.neg.default: relax.op.negative,
+    aten.sigmoid.default: relax.op.sigmoid,
+    aten.tanh.default: relax.op.tanh,
+}.items():
+    _converts(_target)(_unary(_op))
+
+
+@_converts(aten.clamp.default)
+def _clamp(c: Converter, node: fx.Node) -> relax.Expr:
+    """``clamp(x, min, max)`` with constant bounds (a mean's ``count.clamp(min=1)``); a missing bound is the
+    dtype's extreme."""
+    x = c.tensor(node.args[0])
+    low, high = (node.args[i] if len(node.args) > i else node.kwargs.get(k) for i, k in ((1, "min"), (2, "max")))
+    if any(isinstance(v, fx.Node) for v in (low, high)):
+        raise _unsupported(node, "tensor-valued clamp bounds")
+    info = np.finfo(_dtype(x)) if "float" in _dtype(x) else np.iinfo(_dtype(x))
+    low, high = info.min if low is None else low, info.max if high is None else high
+    return c.emit(relax.op.clip(x, float(low), float(high)))
+
+
+@_converts(aten.pow.Tensor_Scalar)
+def _pow(c: Converter, node: fx.Node) -> relax.Expr:
+    """``x ** e``, with ``±0.5`` as (1 /) sqrt the way PyTorch computes them, so results match it bit for bit."""
+    x, exponent = c.tensor(node.args[0]), node.args[1]
+    if exponent in (0.5, -0.5):
+        root = c.emit(relax.op.sqrt(x))
+        return root if exponent > 0 else c.emit(relax.op.divide(relax.const(1.0, _dtype(x)), root))
+    return c.emit(relax.op.power(x, relax.const(exponent, _dtype(x))))
+
+
 @_converts(aten.linear.default)
 def _linear(c: Converter, node: fx.Node) -> relax.Expr:
     x, weight = c.tensor(node.args[0]), node.args[1]
@@ -433,15 +483,17 @@ def _dense_f32(c: Converter, x: relax.Expr, w_t: np.ndarray, bias: np.ndarray) -
     return c.call_kernel(TK.dense_f32(k, o), "dense_f32", args, [_shape(x)[0], o], "float32")
 
 
-@_converts(*ZERO_MAKERS)
-def _zeros(c: Converter, node: fx.Node) -> relax.Expr:
-    if node.target == aten.new_zeros.default:
+@_converts(*ZERO_MAKERS, aten.new_ones.default, aten.ones.default)
+def _filled(c: Converter, node: fx.Node) -> relax.Expr:
+    """zeros / ones, fresh (``zeros(size)``) or like another tensor (``x.new_ones(size)``: mean's row counts)."""
+    if node.target in (aten.new_zeros.default, aten.new_ones.default):
         like, size = node.args[:2]
         dtype = node.kwargs.get("dtype") or _dtype(c.tensor(like))
     else:
         size, dtype = node.args[0], node.kwargs.get("dtype") or torch.float32
     dtype = str(dtype).removeprefix("torch.")
-    return c.emit(relax.op.zeros(c.value(size), dtype))
+    make = relax.op.ones if node.target in (aten.new_ones.default, aten.ones.default) else relax.op.zeros
+    return c.emit(make(c.value(size), dtype))
 
 
 @_converts(*SCATTER_ADDS)
