@@ -11,7 +11,7 @@ from conftest import random_graph
 
 import mixq_compile as mq
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.runtimes import BackendUnavailableError, get_backend
+from mixq_compile.runtimes import BackendUnavailableError, available_backends, get_backend
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,34 @@ def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_p
         assert torch.equal(artifact(*graph), mq.lower(frozen)(*graph))
     with pytest.raises(ValueError, match="aot_inductor"):
         mq.export(frozen, args, tmp_path / "bad", backend="torch", backend_options={"fast": True})
+
+
+class _MLP(torch.nn.Module):
+    """The usual GNN baseline: it takes ``edge_index`` and ignores it (nothing for the structure program to do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1, self.lin2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 7)
+
+    def forward(self, x, edge_index):
+        return self.lin2(torch.relu(self.lin1(x)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "tvm"])
+def test_a_model_that_ignores_the_topology_exports_on_every_backend(backend, tmp_path):
+    """Its structure program hands over one empty tensor (backends refuse a program without outputs)."""
+    usable, skipped = available_backends([backend])
+    if not usable:
+        pytest.skip(skipped[backend])
+    args, other = random_graph(50, 200, 16), random_graph(83, 410, 16, seed=2)
+    model = _MLP().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, args)
+    qmodel(*args)
+    frozen = mq.freeze(qmodel).eval()
+    program = mq.lower(frozen)
+    for name, exported, reference in (("fp32", model, model), ("integer", frozen, program)):
+        artifact = mq.load_artifact(mq.export(exported, args, tmp_path / name, backend=backend))
+        with torch.no_grad():
+            torch.testing.assert_close(artifact(*other), reference(*other), rtol=0, atol=1e-5)

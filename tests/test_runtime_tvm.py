@@ -122,6 +122,28 @@ def test_graph_norm_float_island_matches_the_integer_executor(tmp_path):
     _check_integer(frozen, batches, tmp_path, _scale(frozen, "head.output"))
 
 
+class _MeanOverOneHead(nn.Module):
+    """GeneralConv's pattern: messages as ``[E, heads=1, C]``, a mean over the heads, then a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = GCNConv(FEATURES, FEATURES)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x, edge_index)
+        return h.view(-1, 1, FEATURES).mean(1) + h
+
+
+def test_a_reduction_over_a_size_one_axis_followed_by_an_add_is_exact(graphs, tmp_path):
+    """Such a reduction normalizes to an all-spatial TIR block that keeps its init; inlining the add into it (as
+    the elementwise schedule did) added the residual twice."""
+    model = _MeanOverOneHead().eval()
+    artifact = mq.load_artifact(mq.export(model, graphs[0], tmp_path / "m", backend="tvm"))
+    with torch.no_grad():
+        for inputs in graphs:
+            torch.testing.assert_close(artifact(*inputs), model(*inputs), atol=1e-5, rtol=1e-5)
+
+
 def test_fp32_artifact_matches_the_model(graphs, tmp_path):
     model = PlanetoidGCN(FEATURES, 7, hidden=32).eval()
     artifact = mq.load_artifact(mq.export(model, graphs[0], tmp_path / "f", backend="tvm"), cache_structure=True)

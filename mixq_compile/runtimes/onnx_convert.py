@@ -17,13 +17,13 @@ from torch import Tensor, fx
 
 from ..integer import kernels as K
 from ..passes.train_mode import ModeBatchNorm, ModeDropout
+from .fx_args import arg
 from .onnx_graph import (
     CODE_OFFSET,
     Converters,
     OnnxConversionError,
     OnnxGraph,
     Value,
-    arg,
     unsupported,
 )
 
@@ -443,6 +443,47 @@ def _linear(g: OnnxGraph, node: fx.Node) -> Value:
     return g.emit("Add", [out.name, g.value(bias).name], torch.float32)
 
 
+def _matmul(g: OnnxGraph, node: fx.Node) -> Value:
+    """Float ``matmul``/``mm``/``bmm`` (numpy semantics in both; e.g. ARMA's and GatedGraphConv's per-stack
+    weights, which stay in float where the integer lowering does not cover their 3-D weight)."""
+    a, b = (g.cast(g.value(x), torch.float32) for x in node.args[:2])
+    return g.emit("MatMul", [a.name, b.name], torch.float32)
+
+
+def _softmax(g: OnnxGraph, node: fx.Node) -> Value:
+    x = g.cast(g.value(node.args[0]), torch.float32)
+    return g.emit("Softmax", [x.name], torch.float32, axis=node.args[1])
+
+
+def _stack(g: OnnxGraph, node: fx.Node) -> Value:
+    """``stack``: each tensor unsqueezed at ``dim`` (of the result's rank), then concatenated there."""
+    dim = arg(node, 1, "dim", 0)
+    dtype = _result_dtype(g, node, node.args[0])
+    axis = g.const([dim], torch.int64)
+    parts = [g.emit("Unsqueeze", [g.cast(g.value(t), dtype).name, axis], dtype).name for t in node.args[0]]
+    return g.emit("Concat", parts, dtype, axis=dim)
+
+
+def _split(g: OnnxGraph, node: fx.Node) -> list[Value]:
+    """``split``/``split_with_sizes`` into pieces of the sizes recorded at capture (the split dim must be static:
+    ONNX's ``num_outputs`` sizes its pieces differently from PyTorch's ``split_size``)."""
+    x, dim = g.value(node.args[0]), arg(node, 2, "dim", 0)
+    pieces = node.meta.get("val")
+    sizes = [p.shape[dim] for p in pieces] if isinstance(pieces, list | tuple) else []
+    if not sizes or not all(isinstance(s, int) for s in sizes):
+        raise unsupported(node, "a split along a dimension whose size depends on the graph")
+    first = g.emit("Split", [x.name, g.const(sizes, torch.int64)], x.dtype, outputs=len(sizes), axis=dim)
+    return [replace(first, name=first.name if i == 0 else f"{first.name}_{i}") for i in range(len(sizes))]
+
+
+def _getitem(g: OnnxGraph, node: fx.Node) -> Value:
+    """One piece of a multi-output op (``split``)."""
+    parts = g.env.get(node.args[0])
+    if not isinstance(parts, list):
+        raise unsupported(node, "indexing a value that is not a list of tensors")
+    return parts[node.args[1]]
+
+
 def batch_norm_module(g: OnnxGraph, node: fx.Node, module: ModeBatchNorm) -> Value:
     """Inference batch norm over dim 1 (running statistics), from a :class:`ModeBatchNorm` call."""
     return _batch_norm_eval(g, node, node.args[:5], module.eps)
@@ -566,11 +607,90 @@ def _cat(g: OnnxGraph, node: fx.Node) -> Value:
 
 
 def _repeat(g: OnnxGraph, node: fx.Node) -> Value:
+    """``repeat`` as ``Tile``; more repeats than dims first adds leading size-1 dims, as PyTorch does."""
     x, repeats = g.value(node.args[0]), node.args[1]
     val = node.args[0].meta.get("val")
-    if not isinstance(val, Tensor) or val.dim() != len(repeats):
-        raise unsupported(node, "repeat with a different number of repeats than dims")
+    extra = len(repeats) - val.dim() if isinstance(val, Tensor) else 0
+    if extra < 0:
+        raise unsupported(node, "repeat with fewer repeats than dims")
+    if extra:
+        x = replace(g.emit("Unsqueeze", [x.name, g.const(list(range(extra)), torch.int64)], x.dtype), offset=x.offset)
     return replace(g.emit("Tile", [x.name, g.ints(repeats).name], x.dtype), offset=x.offset)
+
+
+def _index_copy(g: OnnxGraph, node: fx.Node) -> Value:
+    """``base.index_copy(0, rows, source)``: rows of ``source`` written into ``base`` (``ScatterND``)."""
+    base, dim, index, source = node.args[:4]
+    val = base.meta.get("val") if isinstance(base, fx.Node) else None
+    if dim < 0 and isinstance(val, Tensor):
+        dim += val.dim()
+    if dim != 0:
+        raise unsupported(node, f"index_copy along dim {dim}; only dim 0 is translated")
+    target = g.plain(g.value(base))
+    rows = g.emit("Unsqueeze", [g.cast(g.value(index), torch.int64).name, g.const([-1], torch.int64)], torch.int64)
+    update = g.cast(g.value(source), target.dtype)
+    return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype)
+
+
+def _gru_cell(g: OnnxGraph, node: fx.Node) -> Value:
+    """``gru_cell(x, h, W_ih, W_hh, b_ih, b_hh)`` (GatedGraphConv's update) from MatMul/Sigmoid/Tanh, in PyTorch's
+    gate order (reset, update, new): ``h' = (1 - z) * n + z * h``."""
+    x, h = (g.cast(g.value(v), torch.float32) for v in node.args[:2])
+    w_ih, w_hh = (g.consts.get(w) for w in node.args[2:4])
+    if w_ih is None or w_hh is None:
+        raise unsupported(node, "a GRU cell with weights computed at run time")
+    biases = [arg(node, i, n) for i, n in ((4, "b_ih"), (5, "b_hh"))]
+
+    def gates(value: Value, weight: Tensor, bias) -> list[str]:
+        out = g.emit("MatMul", [value.name, g.initializer(weight.t().contiguous().numpy(), "gru_w")], torch.float32)
+        if bias is not None:
+            out = g.emit("Add", [out.name, g.value(bias).name], torch.float32)
+        first = g.emit("Split", [out.name], torch.float32, outputs=3, axis=-1, num_outputs=3)
+        return [first.name, f"{first.name}_1", f"{first.name}_2"]
+
+    (ir, iz, in_), (hr, hz, hn) = gates(x, w_ih, biases[0]), gates(h, w_hh, biases[1])
+    r = g.emit("Sigmoid", [g.emit("Add", [ir, hr], torch.float32).name], torch.float32)
+    z = g.emit("Sigmoid", [g.emit("Add", [iz, hz], torch.float32).name], torch.float32)
+    n = g.emit("Tanh", [g.emit("Add", [in_, g.emit("Mul", [r.name, hn], torch.float32).name], torch.float32).name],
+               torch.float32)  # fmt: skip
+    keep = g.emit("Mul", [z.name, h.name], torch.float32)
+    new = g.emit("Mul", [g.emit("Sub", [g.const(1.0, torch.float32), z.name], torch.float32).name, n.name],
+                 torch.float32)  # fmt: skip
+    return g.emit("Add", [new.name, keep.name], torch.float32)
+
+
+def _nonzero(g: OnnxGraph, node: fx.Node) -> Value:
+    return _nonzero_rows(g, g.value(node.args[0]))
+
+
+def _nonzero_rows(g: OnnxGraph, x: Value) -> Value:
+    """``nonzero``: ONNX gives ``[rank, k]``, PyTorch ``[k, rank]``."""
+    found = g.emit("NonZero", [x.name], torch.int64)
+    return g.emit("Transpose", [found.name], torch.int64, perm=[1, 0])
+
+
+def _index_put(g: OnnxGraph, node: fx.Node) -> Value:
+    """``base[index] = values`` (or ``+=`` with ``accumulate``) for one index tensor on dim 0: a boolean mask or
+    integer rows, as ``ScatterND`` (a scalar value under a mask is a ``Where``)."""
+    base, indices, values = node.args[:3]
+    accumulate = arg(node, 3, "accumulate", False)
+    if len(indices) != 1 or indices[0] is None:
+        raise unsupported(node, "index_put with more than one index tensor")
+    target, index = g.plain(g.value(base)), g.value(indices[0])
+    update = g.cast(g.value(values, target), target.dtype)
+    update_val = values.meta.get("val") if isinstance(values, fx.Node) else None
+    scalar = not isinstance(values, fx.Node) or (isinstance(update_val, Tensor) and update_val.dim() == 0)
+    if index.dtype == torch.bool and scalar and not accumulate:
+        return g.emit("Where", [index.name, update.name, target.name], target.dtype)
+    if index.dtype == torch.bool:
+        rows = _nonzero_rows(g, index)
+    else:
+        rows = g.emit("Unsqueeze", [g.cast(index, torch.int64).name, g.const([-1], torch.int64)], torch.int64)
+    if scalar:
+        count = g.emit("Shape", [rows.name], torch.int64, end=1)
+        update = g.emit("Expand", [update.name, count.name], target.dtype)
+    return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype,
+                  **({"reduction": "add"} if accumulate else {}))  # fmt: skip
 
 
 def _arange(g: OnnxGraph, node: fx.Node) -> Value:
@@ -669,6 +789,8 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.add.Tensor: _elementwise("Add"),
     aten.add_.Tensor: _elementwise("Add"),
     aten.sub.Tensor: _elementwise("Sub"),
+    aten.sub_.Tensor: _elementwise("Sub"),
+    aten.div_.Tensor: _elementwise("Div"),
     aten.mul.Tensor: _elementwise("Mul"),
     aten.mul_.Tensor: _elementwise("Mul"),
     aten.div.Tensor: _elementwise("Div"),
@@ -676,6 +798,11 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.eq.Scalar: _elementwise("Equal", boolean=True),
     aten.ne.Tensor: _elementwise("NotEqual", boolean=True),
     aten.ne.Scalar: _elementwise("NotEqual", boolean=True),
+    **{
+        getattr(getattr(aten, name), kind): _elementwise(op_type, boolean=True)
+        for name, op_type in (("lt", "Less"), ("le", "LessOrEqual"), ("gt", "Greater"), ("ge", "GreaterOrEqual"))
+        for kind in ("Tensor", "Scalar")
+    },
     aten.pow.Tensor_Scalar: _pow,
     aten.pow_.Scalar: _pow,
     aten.relu.default: _unary("Relu"),
@@ -690,6 +817,16 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.tanh.default: _unary("Tanh"),
     aten.leaky_relu.default: _leaky_relu,
     aten.clamp.default: _clamp,
+    aten.clamp_.default: _clamp,
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.matmul.default: _matmul,
+    aten.mm.default: _matmul,
+    aten.bmm.default: _matmul,
+    aten.stack.default: _stack,
+    aten.split.Tensor: _split,
+    aten.split_with_sizes.default: _split,
+    operator.getitem: _getitem,
     aten.masked_fill.Scalar: _masked_fill,
     aten.masked_fill_.Scalar: _masked_fill,
     aten.where.self: _where,
@@ -719,6 +856,12 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.squeeze.default: _squeeze,
     aten.cat.default: _cat,
     aten.repeat.default: _repeat,
+    aten.nonzero.default: _nonzero,
+    aten.index_copy.default: _index_copy,
+    aten.index_copy_.default: _index_copy,
+    aten.gru_cell.default: _gru_cell,
+    aten.index_put.default: _index_put,
+    aten.index_put_.default: _index_put,
     aten.arange.start: _arange,
     aten.arange.default: _arange,
     aten.ones.default: _filled(1, None, 0),
@@ -726,6 +869,8 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.new_zeros.default: _filled(0, 0, 1),
     aten.new_ones.default: _filled(1, 0, 1),
     aten.full.default: _filled(None, None, 0),
+    aten.new_full.default: _filled(None, 0, 1),
+    aten.new_empty.default: _filled(0, 0, 1),
     aten.scatter_add.default: _scatter_add,
     aten.scatter_add_.default: _scatter_add,
     aten.index_add.default: _index_add,

@@ -298,10 +298,3 @@ def value_info(name: str, dtype: torch.dtype, shape) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, ONNX_TYPES[dtype], None)
     dims = [1 if size == 1 else f"{name}_{i}" for i, size in enumerate(shape)]
     return helper.make_tensor_value_info(name, ONNX_TYPES[dtype], dims)
-
-
-def arg(node: fx.Node, index: int, name: str, default=None):
-    """Positional-or-keyword argument of an fx call."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
