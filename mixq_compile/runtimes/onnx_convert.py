@@ -1,6 +1,7 @@
 """Converters of the ``onnx`` backend: one per instruction of :mod:`mixq_compile.integer.kernels` and per ATen op
 that appears in structure and feature programs (:data:`CONVERTERS`), chosen for what is exact *and* fast on
-onnxruntime's CPU kernels (see :mod:`mixq_compile.runtimes.onnx_ort` for the choices).
+onnxruntime's CPU kernels (see :mod:`mixq_compile.runtimes.onnx_ort` for the choices). Ops that only move, index or
+build tensors are in :mod:`mixq_compile.runtimes.onnx_tensor_ops` and merged into :data:`CONVERTERS`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from .onnx_graph import (
     OnnxConversionError,
     OnnxGraph,
     Value,
+    result_dtype,
     unsupported,
 )
+from .onnx_tensor_ops import TENSOR_CONVERTERS
 
 aten = torch.ops.aten
 
@@ -310,19 +313,6 @@ def _scatter_select_int(g: OnnxGraph, node: fx.Node) -> Value:
 # ----------------------------------------------------------------------------------------------------------------
 # ATen ops (float parts, FP32 programs, structure programs)
 # ----------------------------------------------------------------------------------------------------------------
-def _result_dtype(g: OnnxGraph, node: fx.Node, operands: Sequence) -> torch.dtype:
-    val = node.meta.get("val")
-    if isinstance(val, Tensor):
-        return val.dtype
-    dtypes = [g.value(a).plain_dtype for a in operands if isinstance(a, fx.Node)]
-    result = dtypes[0]
-    for dtype in dtypes[1:]:
-        result = torch.promote_types(result, dtype)
-    if any(isinstance(a, float) for a in operands) and not result.is_floating_point:
-        return torch.float32
-    return result
-
-
 def _elementwise(op_type: str, *, boolean: bool = False) -> Callable[[OnnxGraph, fx.Node], Value]:
     """A binary op with PyTorch's type promotion (a Python scalar takes the tensor's dtype)."""
 
@@ -331,7 +321,7 @@ def _elementwise(op_type: str, *, boolean: bool = False) -> Callable[[OnnxGraph,
         alpha = node.kwargs.get("alpha", 1)
         if _is_size(g, a) and _is_size(g, b):
             return _size_arith(g, op_type, a, b)
-        dtype = _result_dtype(g, node, (a, b)) if not boolean else None
+        dtype = result_dtype(g, node, (a, b)) if not boolean else None
         operand_dtype = dtype or torch.promote_types(*(_arg_dtype(g, x) for x in (a, b)))
         va, vb = (g.cast(g.value(x, Value("", operand_dtype)), operand_dtype) for x in (a, b))
         if alpha != 1:
@@ -424,7 +414,7 @@ def _masked_fill(g: OnnxGraph, node: fx.Node) -> Value:
 
 def _where(g: OnnxGraph, node: fx.Node) -> Value:
     cond, a, b = node.args
-    dtype = _result_dtype(g, node, (a, b))
+    dtype = result_dtype(g, node, (a, b))
     va, vb = (g.cast(g.value(x, Value("", dtype)), dtype) for x in (a, b))
     return g.emit("Where", [g.value(cond).name, va.name, vb.name], dtype)
 
@@ -453,35 +443,6 @@ def _matmul(g: OnnxGraph, node: fx.Node) -> Value:
 def _softmax(g: OnnxGraph, node: fx.Node) -> Value:
     x = g.cast(g.value(node.args[0]), torch.float32)
     return g.emit("Softmax", [x.name], torch.float32, axis=node.args[1])
-
-
-def _stack(g: OnnxGraph, node: fx.Node) -> Value:
-    """``stack``: each tensor unsqueezed at ``dim`` (of the result's rank), then concatenated there."""
-    dim = arg(node, 1, "dim", 0)
-    dtype = _result_dtype(g, node, node.args[0])
-    axis = g.const([dim], torch.int64)
-    parts = [g.emit("Unsqueeze", [g.cast(g.value(t), dtype).name, axis], dtype).name for t in node.args[0]]
-    return g.emit("Concat", parts, dtype, axis=dim)
-
-
-def _split(g: OnnxGraph, node: fx.Node) -> list[Value]:
-    """``split``/``split_with_sizes`` into pieces of the sizes recorded at capture (the split dim must be static:
-    ONNX's ``num_outputs`` sizes its pieces differently from PyTorch's ``split_size``)."""
-    x, dim = g.value(node.args[0]), arg(node, 2, "dim", 0)
-    pieces = node.meta.get("val")
-    sizes = [p.shape[dim] for p in pieces] if isinstance(pieces, list | tuple) else []
-    if not sizes or not all(isinstance(s, int) for s in sizes):
-        raise unsupported(node, "a split along a dimension whose size depends on the graph")
-    first = g.emit("Split", [x.name, g.const(sizes, torch.int64)], x.dtype, outputs=len(sizes), axis=dim)
-    return [replace(first, name=first.name if i == 0 else f"{first.name}_{i}") for i in range(len(sizes))]
-
-
-def _getitem(g: OnnxGraph, node: fx.Node) -> Value:
-    """One piece of a multi-output op (``split``)."""
-    parts = g.env.get(node.args[0])
-    if not isinstance(parts, list):
-        raise unsupported(node, "indexing a value that is not a list of tensors")
-    return parts[node.args[1]]
 
 
 def batch_norm_module(g: OnnxGraph, node: fx.Node, module: ModeBatchNorm) -> Value:
@@ -531,107 +492,6 @@ def _reduce(op_type: str) -> Callable[[OnnxGraph, fx.Node], Value]:
     return convert
 
 
-def _view(g: OnnxGraph, node: fx.Node) -> Value:
-    """``view``/``reshape``: ``allowzero=1`` so a literal 0 means size 0, as in PyTorch."""
-    x = g.value(node.args[0])
-    return replace(g.emit("Reshape", [x.name, g.ints(node.args[1]).name], x.dtype, allowzero=1), offset=x.offset)
-
-
-def _expand_as(g: OnnxGraph, node: fx.Node) -> Value:
-    x, other = (g.value(a) for a in node.args)
-    return replace(g.emit("Expand", [x.name, g.shape(other).name], x.dtype), offset=x.offset)
-
-
-def _expand(g: OnnxGraph, node: fx.Node) -> Value:
-    """``expand``: -1 (keep the dim) becomes 1, which ONNX's broadcasting Expand keeps as well."""
-    x, sizes = g.value(node.args[0]), node.args[1]
-    sizes = [1 if s == -1 else s for s in sizes]
-    return replace(g.emit("Expand", [x.name, g.ints(sizes).name], x.dtype), offset=x.offset)
-
-
-def _index_select(g: OnnxGraph, node: fx.Node) -> Value:
-    x, dim, index = node.args
-    x = g.value(x)
-    return replace(g.emit("Gather", [x.name, g.value(index).name], x.dtype, axis=dim), offset=x.offset)
-
-
-def _select(g: OnnxGraph, node: fx.Node) -> Value:
-    x, dim, index = node.args
-    x = g.value(x)
-    return replace(g.emit("Gather", [x.name, g.scalar(index, torch.int64).name], x.dtype, axis=dim), offset=x.offset)
-
-
-def _slice(g: OnnxGraph, node: fx.Node) -> Value:
-    x = g.value(node.args[0])
-    dim, start, end, step = (arg(node, i, n, d) for i, n, d in ((1, "dim", 0), (2, "start", None),
-                                                                 (3, "end", None), (4, "step", 1)))  # fmt: skip
-    start = 0 if start is None else start
-    end = torch.iinfo(torch.int64).max if end is None else end
-    bounds = [g.ints([start]).name, g.ints([end]).name]
-    names = [x.name, *bounds, g.const([dim], torch.int64), g.const([step], torch.int64)]
-    return replace(g.emit("Slice", names, x.dtype), offset=x.offset)
-
-
-def _index(g: OnnxGraph, node: fx.Node) -> Value:
-    """``x[..., idx, ...]`` with one index tensor: a boolean mask is ``Compress``, integers are ``Gather``."""
-    x, indices = g.value(node.args[0]), node.args[1]
-    used = [(axis, i) for axis, i in enumerate(indices) if i is not None]
-    if len(used) != 1:
-        raise unsupported(node, "indexing with more than one index tensor")
-    axis, index = used[0]
-    index = g.value(index)
-    op_type = "Compress" if index.dtype == torch.bool else "Gather"
-    return replace(g.emit(op_type, [x.name, index.name], x.dtype, axis=axis), offset=x.offset)
-
-
-def _unsqueeze(g: OnnxGraph, node: fx.Node) -> Value:
-    x = g.value(node.args[0])
-    return replace(g.emit("Unsqueeze", [x.name, g.const([node.args[1]], torch.int64)], x.dtype), offset=x.offset)
-
-
-def _squeeze(g: OnnxGraph, node: fx.Node) -> Value:
-    x = g.value(node.args[0])
-    dims = node.args[1] if len(node.args) > 1 else None
-    inputs = [x.name] if dims is None else [x.name, g.const(list(dims) if isinstance(dims, list | tuple)
-                                                           else [dims], torch.int64)]  # fmt: skip
-    return replace(g.emit("Squeeze", inputs, x.dtype), offset=x.offset)
-
-
-def _cat(g: OnnxGraph, node: fx.Node) -> Value:
-    values = [g.value(t) for t in node.args[0]]
-    dim = arg(node, 1, "dim", 0)
-    if not all(v.offset for v in values):
-        dtype = _result_dtype(g, node, node.args[0])
-        values = [g.cast(v, dtype) for v in values]
-    return replace(g.emit("Concat", [v.name for v in values], values[0].dtype, axis=dim), offset=values[0].offset)
-
-
-def _repeat(g: OnnxGraph, node: fx.Node) -> Value:
-    """``repeat`` as ``Tile``; more repeats than dims first adds leading size-1 dims, as PyTorch does."""
-    x, repeats = g.value(node.args[0]), node.args[1]
-    val = node.args[0].meta.get("val")
-    extra = len(repeats) - val.dim() if isinstance(val, Tensor) else 0
-    if extra < 0:
-        raise unsupported(node, "repeat with fewer repeats than dims")
-    if extra:
-        x = replace(g.emit("Unsqueeze", [x.name, g.const(list(range(extra)), torch.int64)], x.dtype), offset=x.offset)
-    return replace(g.emit("Tile", [x.name, g.ints(repeats).name], x.dtype), offset=x.offset)
-
-
-def _index_copy(g: OnnxGraph, node: fx.Node) -> Value:
-    """``base.index_copy(0, rows, source)``: rows of ``source`` written into ``base`` (``ScatterND``)."""
-    base, dim, index, source = node.args[:4]
-    val = base.meta.get("val") if isinstance(base, fx.Node) else None
-    if dim < 0 and isinstance(val, Tensor):
-        dim += val.dim()
-    if dim != 0:
-        raise unsupported(node, f"index_copy along dim {dim}; only dim 0 is translated")
-    target = g.plain(g.value(base))
-    rows = g.emit("Unsqueeze", [g.cast(g.value(index), torch.int64).name, g.const([-1], torch.int64)], torch.int64)
-    update = g.cast(g.value(source), target.dtype)
-    return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype)
-
-
 def _gru_cell(g: OnnxGraph, node: fx.Node) -> Value:
     """``gru_cell(x, h, W_ih, W_hh, b_ih, b_hh)`` (GatedGraphConv's update) from MatMul/Sigmoid/Tanh, in PyTorch's
     gate order (reset, update, new): ``h' = (1 - z) * n + z * h``."""
@@ -657,69 +517,6 @@ def _gru_cell(g: OnnxGraph, node: fx.Node) -> Value:
     new = g.emit("Mul", [g.emit("Sub", [g.const(1.0, torch.float32), z.name], torch.float32).name, n.name],
                  torch.float32)  # fmt: skip
     return g.emit("Add", [new.name, keep.name], torch.float32)
-
-
-def _nonzero(g: OnnxGraph, node: fx.Node) -> Value:
-    return _nonzero_rows(g, g.value(node.args[0]))
-
-
-def _nonzero_rows(g: OnnxGraph, x: Value) -> Value:
-    """``nonzero``: ONNX gives ``[rank, k]``, PyTorch ``[k, rank]``."""
-    found = g.emit("NonZero", [x.name], torch.int64)
-    return g.emit("Transpose", [found.name], torch.int64, perm=[1, 0])
-
-
-def _index_put(g: OnnxGraph, node: fx.Node) -> Value:
-    """``base[index] = values`` (or ``+=`` with ``accumulate``) for one index tensor on dim 0: a boolean mask or
-    integer rows, as ``ScatterND`` (a scalar value under a mask is a ``Where``)."""
-    base, indices, values = node.args[:3]
-    accumulate = arg(node, 3, "accumulate", False)
-    if len(indices) != 1 or indices[0] is None:
-        raise unsupported(node, "index_put with more than one index tensor")
-    target, index = g.plain(g.value(base)), g.value(indices[0])
-    update = g.cast(g.value(values, target), target.dtype)
-    update_val = values.meta.get("val") if isinstance(values, fx.Node) else None
-    scalar = not isinstance(values, fx.Node) or (isinstance(update_val, Tensor) and update_val.dim() == 0)
-    if index.dtype == torch.bool and scalar and not accumulate:
-        return g.emit("Where", [index.name, update.name, target.name], target.dtype)
-    if index.dtype == torch.bool:
-        rows = _nonzero_rows(g, index)
-    else:
-        rows = g.emit("Unsqueeze", [g.cast(index, torch.int64).name, g.const([-1], torch.int64)], torch.int64)
-    if scalar:
-        count = g.emit("Shape", [rows.name], torch.int64, end=1)
-        update = g.emit("Expand", [update.name, count.name], target.dtype)
-    return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype,
-                  **({"reduction": "add"} if accumulate else {}))  # fmt: skip
-
-
-def _arange(g: OnnxGraph, node: fx.Node) -> Value:
-    if node.target == aten.arange.default:
-        start, end, step = 0, node.args[0], 1
-    else:
-        start, end = node.args[:2]
-        step = arg(node, 2, "step", 1)
-    dtype = node.kwargs.get("dtype") or _result_dtype(g, node, (start, end))
-    names = [g.scalar(v, dtype).name for v in (start, end, step)]
-    return g.emit("Range", names, dtype)
-
-
-def _filled(fill, self_index: int | None, size_index: int) -> Callable[[OnnxGraph, fx.Node], Value]:
-    """``zeros``/``ones``/``new_zeros``/``new_ones``/``full``: ``ConstantOfShape``; dtype from the ``dtype`` kwarg,
-    else from ``self`` (``new_*``), else float32."""
-
-    def convert(g: OnnxGraph, node: fx.Node) -> Value:
-        dtype = node.kwargs.get("dtype")
-        if dtype is None and self_index is not None:
-            dtype = g.value(node.args[self_index]).plain_dtype
-        dtype = dtype or torch.float32
-        value = node.args[size_index + 1] if fill is None else fill
-        array = np.full(1, value, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        return g.emit("ConstantOfShape", [g.ints(node.args[size_index]).name], dtype,
-                      value=numpy_helper.from_array(array))  # fmt: skip
-
-    convert.__doc__ = "A tensor filled with one value, of a (possibly symbolic) size."
-    return convert
 
 
 def _scatter_add(g: OnnxGraph, node: fx.Node) -> Value:
@@ -823,10 +620,6 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.matmul.default: _matmul,
     aten.mm.default: _matmul,
     aten.bmm.default: _matmul,
-    aten.stack.default: _stack,
-    aten.split.Tensor: _split,
-    aten.split_with_sizes.default: _split,
-    operator.getitem: _getitem,
     aten.masked_fill.Scalar: _masked_fill,
     aten.masked_fill_.Scalar: _masked_fill,
     aten.where.self: _where,
@@ -841,42 +634,14 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.sum.dim_IntList: _reduce("ReduceSum"),
     aten.mean.dim: _reduce("ReduceMean"),
     aten.max.default: _reduce("ReduceMax"),
-    aten.view.default: _view,
-    aten.reshape.default: _view,
-    aten._unsafe_view.default: _view,
-    aten.expand_as.default: _expand_as,
-    aten.expand.default: _expand,
-    aten.index_select.default: _index_select,
-    aten.select.int: _select,
-    aten.slice.Tensor: _slice,
-    aten.index.Tensor: _index,
-    aten.unsqueeze.default: _unsqueeze,
-    aten.squeeze.dim: _squeeze,
-    aten.squeeze.dims: _squeeze,
-    aten.squeeze.default: _squeeze,
-    aten.cat.default: _cat,
-    aten.repeat.default: _repeat,
-    aten.nonzero.default: _nonzero,
-    aten.index_copy.default: _index_copy,
-    aten.index_copy_.default: _index_copy,
     aten.gru_cell.default: _gru_cell,
-    aten.index_put.default: _index_put,
-    aten.index_put_.default: _index_put,
-    aten.arange.start: _arange,
-    aten.arange.default: _arange,
-    aten.ones.default: _filled(1, None, 0),
-    aten.zeros.default: _filled(0, None, 0),
-    aten.new_zeros.default: _filled(0, 0, 1),
-    aten.new_ones.default: _filled(1, 0, 1),
-    aten.full.default: _filled(None, None, 0),
-    aten.new_full.default: _filled(None, 0, 1),
-    aten.new_empty.default: _filled(0, 0, 1),
     aten.scatter_add.default: _scatter_add,
     aten.scatter_add_.default: _scatter_add,
     aten.index_add.default: _index_add,
     aten.index_add_.default: _index_add,
     aten.scatter_reduce.two: _scatter_reduce,
     aten.scatter_reduce_.two: _scatter_reduce,
+    **TENSOR_CONVERTERS,
 }
 
 

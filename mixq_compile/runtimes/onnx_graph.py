@@ -298,3 +298,18 @@ def value_info(name: str, dtype: torch.dtype, shape) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, ONNX_TYPES[dtype], None)
     dims = [1 if size == 1 else f"{name}_{i}" for i, size in enumerate(shape)]
     return helper.make_tensor_value_info(name, ONNX_TYPES[dtype], dims)
+
+
+def result_dtype(g: OnnxGraph, node: fx.Node, operands: Sequence) -> torch.dtype:
+    """The dtype of ``node``'s result: recorded at capture, else PyTorch's promotion of its operands (a Python
+    float next to integers gives float32)."""
+    val = node.meta.get("val")
+    if isinstance(val, Tensor):
+        return val.dtype
+    dtypes = [g.value(a).plain_dtype for a in operands if isinstance(a, fx.Node)]
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        result = torch.promote_types(result, dtype)
+    if any(isinstance(a, float) for a in operands) and not result.is_floating_point:
+        return torch.float32
+    return result
