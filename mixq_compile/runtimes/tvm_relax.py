@@ -59,7 +59,7 @@ class TvmBackend(Backend):
         self.require()
         import tvm
 
-        from . import tvm_convert
+        from . import tvm_convert, tvm_schedule
 
         tvm_convert.check_supported(program.features)
         frontier = tuple(program.structure(*example_inputs))
@@ -72,7 +72,7 @@ class TvmBackend(Backend):
         use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
         converter = tvm_convert.Converter(program.features, aggregations, use_vnni)
         module = converter.build(_params(structure, program.features))
-        executable = tvm.compile(module, target, relax_pipeline=tvm_convert.pipeline(target))
+        executable = tvm.compile(module, target, relax_pipeline=tvm_schedule.pipeline(target))
         executable.export_library(str(directory / FEATURES_FILE))
         return {
             "structure": STRUCTURE_FILE,

@@ -1,0 +1,269 @@
+"""Converters of the TVM backend for float ATen ops beyond the core (comparisons, unary math, reductions,
+softmax, matmul, indexing with masks, concatenation, splits, GRU cells, ...): the float islands of PyG convs.
+Imported by :mod:`mixq_compile.runtimes.tvm_convert`, whose registry they join."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, fx
+from tvm import relax, tirx
+
+from .fx_args import arg
+from .tvm_convert import Converter, _axis, _binary, _converts, _dtype, _shape, _unsupported
+
+aten = torch.ops.aten
+
+
+@_converts(aten.index.Tensor)
+def _index(c: Converter, node: fx.Node) -> relax.Expr:
+    """``x[..., idx, ...]`` with one integer index tensor: ``take`` along its axis."""
+    x, indices = c.tensor(node.args[0]), node.args[1]
+    used = [(axis, i) for axis, i in enumerate(indices) if i is not None]
+    if len(used) != 1:
+        raise _unsupported(node, "indexing with more than one index tensor")
+    axis, index = used[0]
+    index = c.tensor(index)
+    if _dtype(index) == "bool":  # a mask: the positions of its true entries (a run-time length)
+        if len(_shape(index)) != 1:
+            raise _unsupported(node, "a boolean mask of more than one dimension")
+        count = tirx.Var(f"{node.name}_count", "int64")
+        found = c.bb.match_cast(c.emit(relax.op.nonzero(index)), relax.TensorType([1, count], "int64"))
+        index = c.emit(relax.op.reshape(found, [count]))
+    return c.emit(relax.op.take(x, index, axis=axis))
+
+
+@_converts(aten.index_copy.default, aten.index_copy_.default)
+def _index_copy(c: Converter, node: fx.Node) -> relax.Expr:
+    """``base.index_copy(dim, rows, source)`` as ``scatter_elements`` with the rows broadcast over ``source``."""
+    base, index, source = (c.tensor(node.args[i]) for i in (0, 2, 3))
+    rank = len(_shape(base))
+    axis = _axis(node.args[1], rank)
+    view = [1] * rank
+    view[axis] = -1
+    rows = c.emit(relax.op.broadcast_to(c.emit(relax.op.reshape(index, view)), _shape(source)))
+    return c.emit(relax.op.scatter_elements(base, rows, source, axis=axis, reduction="update"))
+
+
+@_converts(aten.slice.Tensor)
+def _slice(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    dim, start, end, step = (arg(node, i, k, d) for i, k, d in ((1, "dim", 0), (2, "start", None),
+                                                                (3, "end", None), (4, "step", 1)))  # fmt: skip
+    axis = _axis(dim, len(_shape(x)))
+    size = _shape(x)[axis]
+    start, end = c.value(0 if start is None else start), c.value(size if end is None else end)
+    if isinstance(end, int) and end >= 2**62:  # PyTorch's "to the end"
+        end = size
+    return c.emit(relax.op.strided_slice(x, [axis], [start], [end], [step], assume_inbound=False))
+
+
+for _target, _op in {
+    aten.eq.Tensor: relax.op.equal,
+    aten.eq.Scalar: relax.op.equal,
+    aten.ne.Tensor: relax.op.not_equal,
+    aten.ne.Scalar: relax.op.not_equal,
+    aten.lt.Tensor: relax.op.less,
+    aten.lt.Scalar: relax.op.less,
+    aten.le.Tensor: relax.op.less_equal,
+    aten.le.Scalar: relax.op.less_equal,
+    aten.gt.Tensor: relax.op.greater,
+    aten.gt.Scalar: relax.op.greater,
+    aten.ge.Tensor: relax.op.greater_equal,
+    aten.ge.Scalar: relax.op.greater_equal,
+}.items():
+    _converts(_target)(_binary(_op))
+
+
+@_converts(aten.matmul.default, aten.mm.default, aten.bmm.default)
+def _matmul(c: Converter, node: fx.Node) -> relax.Expr:
+    """Float matmul (e.g. ARMA's and GatedGraphConv's stacked weights, left in float by the integer lowering)."""
+    return c.emit(relax.op.matmul(c.tensor(node.args[0], "float32"), c.tensor(node.args[1], "float32")))
+
+
+@_converts(aten.where.self)
+def _where(c: Converter, node: fx.Node) -> relax.Expr:
+    cond, a, b = node.args
+    dtype = str(node.meta["val"].dtype).removeprefix("torch.") if "val" in node.meta else None
+    dtype = dtype or next(_dtype(c.tensor(v)) for v in (a, b) if isinstance(v, fx.Node | Tensor))
+    return c.emit(relax.op.where(c.tensor(cond), c.tensor(a, dtype), c.tensor(b, dtype)))
+
+
+@_converts(aten.masked_fill.Scalar, aten.masked_fill_.Scalar)
+def _masked_fill(c: Converter, node: fx.Node) -> relax.Expr:
+    x, mask, fill = node.args
+    value = c.tensor(x)
+    return c.emit(relax.op.where(c.tensor(mask), relax.const(fill, _dtype(value)), value))
+
+
+@_converts(aten.div.Tensor, aten.div_.Tensor)
+def _div(c: Converter, node: fx.Node) -> relax.Expr:
+    """True division (PyTorch's ``/`` on floats; float islands such as a mean's ``sum / count``)."""
+    if node.kwargs.get("rounding_mode") is not None:
+        raise _unsupported(node, f"rounding_mode={node.kwargs['rounding_mode']!r}")
+    return _binary(relax.op.divide)(c, node)
+
+
+def _unary(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
+    def convert(c: Converter, node: fx.Node) -> relax.Expr:
+        return c.emit(op(c.tensor(node.args[0])))
+
+    return convert
+
+
+@_converts(aten.leaky_relu.default)
+def _leaky_relu(c: Converter, node: fx.Node) -> relax.Expr:
+    slope = arg(node, 1, "negative_slope", 0.01)
+    return c.emit(relax.op.nn.leakyrelu(c.tensor(node.args[0]), float(slope)))
+
+
+@_converts(aten.softmax.int, aten._softmax.default)
+def _softmax(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.emit(relax.op.nn.softmax(c.tensor(node.args[0], "float32"), node.args[1]))
+
+
+@_converts(aten.sum.dim_IntList, aten.mean.dim, aten.sum.default)
+def _reduce(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    if node.target == aten.sum.default:
+        return c.emit(relax.op.sum(x))
+    dims, keepdim = arg(node, 1, "dim"), bool(arg(node, 2, "keepdim", False))
+    rank = len(_shape(x))
+    axes = None if dims is None else [_axis(d, rank) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    op = relax.op.sum if node.target == aten.sum.dim_IntList else relax.op.mean
+    return c.emit(op(x, axes, keepdim))
+
+
+@_converts(aten.detach.default, aten.clone.default, aten.contiguous.default, aten.alias.default)
+def _identity(c: Converter, node: fx.Node) -> relax.Expr:
+    return c.tensor(node.args[0])
+
+
+@_converts(aten.unsqueeze.default)
+def _unsqueeze(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    return c.emit(relax.op.expand_dims(x, _axis(node.args[1], len(_shape(x)) + 1)))
+
+
+@_converts(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default)
+def _squeeze(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else None
+    rank = len(_shape(x))
+    axes = None if dims is None else [_axis(d, rank) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    return c.emit(relax.op.squeeze(x, axes))
+
+
+@_converts(aten.to.dtype, aten._to_copy.default)
+def _to_dtype(c: Converter, node: fx.Node) -> relax.Expr:
+    dtype = node.args[1] if node.target == aten.to.dtype and len(node.args) > 1 else node.kwargs.get("dtype")
+    x = c.tensor(node.args[0])
+    if dtype is None:
+        return x
+    return c.tensor(node.args[0], str(dtype).removeprefix("torch."))
+
+
+@_converts(aten.repeat.default)
+def _repeat(c: Converter, node: fx.Node) -> relax.Expr:
+    """``repeat`` is numpy's ``tile`` (more repeats than dims add leading dims in both)."""
+    return c.emit(relax.op.tile(c.tensor(node.args[0]), list(c.value(node.args[1]))))
+
+
+def _common_dtype(c: Converter, node: fx.Node, tensors: list) -> str:
+    val = node.meta.get("val")
+    return str(val.dtype).removeprefix("torch.") if isinstance(val, Tensor) else _dtype(c.tensor(tensors[0]))
+
+
+@_converts(aten.cat.default)
+def _cat(c: Converter, node: fx.Node) -> relax.Expr:
+    tensors, dim = node.args[0], arg(node, 1, "dim", 0)
+    dtype = _common_dtype(c, node, tensors)
+    values = [c.tensor(t, dtype) for t in tensors]
+    return c.emit(relax.op.concat(values, _axis(dim, len(_shape(values[0])))))
+
+
+@_converts(aten.stack.default)
+def _stack(c: Converter, node: fx.Node) -> relax.Expr:
+    tensors, dim = node.args[0], arg(node, 1, "dim", 0)
+    dtype = _common_dtype(c, node, tensors)
+    values = [c.tensor(t, dtype) for t in tensors]
+    return c.emit(relax.op.stack(values, _axis(dim, len(_shape(values[0])) + 1)))
+
+
+@_converts(aten.split.Tensor, aten.split_with_sizes.default)
+def _split(c: Converter, node: fx.Node) -> relax.Expr:
+    """``split`` at the piece sizes recorded at capture (the split dim must be static)."""
+    x = c.tensor(node.args[0])
+    dim = _axis(arg(node, 2, "dim", 0), len(_shape(x)))
+    pieces = node.meta.get("val")
+    sizes = [p.shape[dim] for p in pieces] if isinstance(pieces, list | tuple) else []
+    if not sizes or not all(isinstance(s, int) for s in sizes):
+        raise _unsupported(node, "a split along a dimension whose size depends on the graph")
+    return c.emit(relax.op.split(x, [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)], dim))
+
+
+@_converts(operator.getitem)
+def _getitem(c: Converter, node: fx.Node) -> relax.Expr:
+    """One piece of a multi-output op (``split``)."""
+    return c.emit(relax.TupleGetItem(c.value(node.args[0]), node.args[1]))
+
+
+@_converts(aten.gru_cell.default)
+def _gru_cell(c: Converter, node: fx.Node) -> relax.Expr:
+    """``gru_cell(x, h, W_ih, W_hh, b_ih, b_hh)`` (GatedGraphConv's update), gates in PyTorch's order (reset,
+    update, new): ``h' = (1 - z) * n + z * h``."""
+    x, h = c.tensor(node.args[0], "float32"), c.tensor(node.args[1], "float32")
+    op = relax.op
+
+    def gates(value: relax.Expr, weight: object, bias: object) -> list[relax.Expr]:
+        out = c.emit(op.matmul(value, c.emit(op.permute_dims(c.tensor(weight, "float32")))))
+        if bias is not None:
+            out = c.emit(op.add(out, c.tensor(bias, "float32")))
+        parts = c.emit(op.split(out, 3, -1))
+        return [c.emit(relax.TupleGetItem(parts, i)) for i in range(3)]
+
+    biases = [node.args[i] if len(node.args) > i else None for i in (4, 5)]
+    (ir, iz, in_), (hr, hz, hn) = gates(x, node.args[2], biases[0]), gates(h, node.args[3], biases[1])
+    r = c.emit(op.sigmoid(c.emit(op.add(ir, hr))))
+    z = c.emit(op.sigmoid(c.emit(op.add(iz, hz))))
+    n = c.emit(op.tanh(c.emit(op.add(in_, c.emit(op.multiply(r, hn))))))
+    new = c.emit(op.multiply(c.emit(op.subtract(relax.const(1.0, "float32"), z)), n))
+    return c.emit(op.add(new, c.emit(op.multiply(z, h))))
+
+
+for _target, _op in {
+    aten.sqrt.default: relax.op.sqrt,
+    aten.exp.default: relax.op.exp,
+    aten.log.default: relax.op.log,
+    aten.abs.default: relax.op.abs,
+    aten.neg.default: relax.op.negative,
+    aten.sigmoid.default: relax.op.sigmoid,
+    aten.tanh.default: relax.op.tanh,
+}.items():
+    _converts(_target)(_unary(_op))
+
+
+@_converts(aten.clamp.default, aten.clamp_.default)
+def _clamp(c: Converter, node: fx.Node) -> relax.Expr:
+    """``clamp(x, min, max)`` with constant bounds (a mean's ``count.clamp(min=1)``); a missing bound is the
+    dtype's extreme."""
+    x = c.tensor(node.args[0])
+    low, high = arg(node, 1, "min"), arg(node, 2, "max")
+    if any(isinstance(v, fx.Node) for v in (low, high)):
+        raise _unsupported(node, "tensor-valued clamp bounds")
+    info = np.finfo(_dtype(x)) if "float" in _dtype(x) else np.iinfo(_dtype(x))
+    low, high = info.min if low is None else low, info.max if high is None else high
+    return c.emit(relax.op.clip(x, float(low), float(high)))
+
+
+@_converts(aten.pow.Tensor_Scalar)
+def _pow(c: Converter, node: fx.Node) -> relax.Expr:
+    """``x ** e``, with ``±0.5`` as (1 /) sqrt the way PyTorch computes them, so results match it bit for bit."""
+    x, exponent = c.tensor(node.args[0]), node.args[1]
+    if exponent in (0.5, -0.5):
+        root = c.emit(relax.op.sqrt(x))
+        return root if exponent > 0 else c.emit(relax.op.divide(relax.const(1.0, _dtype(x)), root))
+    return c.emit(relax.op.power(x, relax.const(exponent, _dtype(x))))
