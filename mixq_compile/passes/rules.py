@@ -58,9 +58,8 @@ OP_RULES: dict[object, OpRule] = {
 #: Reductions whose result is one of the inputs: the output stays on the input's quantization grid.
 SELECTING_REDUCTIONS = frozenset({"amax", "amin", "max", "min"})
 
-#: Ops that only move, select or gather elements: a quantized value stays quantized through them, and a quantizer
-#: requested on their output is placed on their (first) input instead, where it touches fewer elements.
-MOVEMENT_OPS = frozenset(
+#: Ops that keep every element in its row-major place (views, broadcasts, copies).
+_RESHAPING_OPS = frozenset(
     {
         aten.view.default,
         aten.reshape.default,
@@ -71,21 +70,26 @@ MOVEMENT_OPS = frozenset(
         aten.squeeze.default,
         aten.squeeze.dim,
         aten.squeeze.dims,
-        aten.permute.default,
-        aten.transpose.int,
-        aten.t.default,
-        aten.index_select.default,
-        aten.index.Tensor,
-        aten.gather.default,
-        aten.select.int,
-        aten.slice.Tensor,
+        aten.flatten.using_ints,
         aten.clone.default,
         aten.contiguous.default,
         aten.alias.default,
-        aten.flatten.using_ints,
-        aten.unflatten.int,
     }
 )
+
+#: Ops that only move, select or gather elements: a quantized value stays quantized through them, and a quantizer
+#: requested on their output is placed on their (first) input instead, where it touches fewer elements.
+MOVEMENT_OPS = _RESHAPING_OPS | {
+    aten.permute.default,
+    aten.transpose.int,
+    aten.t.default,
+    aten.index_select.default,
+    aten.index.Tensor,
+    aten.gather.default,
+    aten.select.int,
+    aten.slice.Tensor,
+    aten.unflatten.int,
+}
 
 #: Ops that gather node rows along edges: their output is a per-edge view of node features (x_j, x_i).
 GATHER_OPS = frozenset({aten.index_select.default, aten.index.Tensor, aten.gather.default})
@@ -95,25 +99,7 @@ GATHER_INDEX_ARG = {aten.index_select.default: 2, aten.index.Tensor: 1, aten.gat
 
 #: Ops that only broadcast or re-type an index (PyG's ``scatter`` views and expands the index to the source's
 #: shape): two indices equal up to these ops address the same rows.
-INDEX_BROADCAST_OPS = frozenset(
-    {
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.expand.default,
-        aten.expand_as.default,
-        aten.unsqueeze.default,
-        aten.squeeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.flatten.using_ints,
-        aten.clone.default,
-        aten.contiguous.default,
-        aten.alias.default,
-        aten._to_copy.default,
-        aten.to.dtype,
-    }
-)
+INDEX_BROADCAST_OPS = _RESHAPING_OPS | {aten._to_copy.default, aten.to.dtype}
 
 #: Element-wise ops that keep values on the input's grid (given a grid containing zero): a quantized value stays
 #: quantized through them in inference. Dropout is the identity at inference time.

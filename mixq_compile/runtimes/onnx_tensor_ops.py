@@ -13,7 +13,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, fx
 
-from .fx_args import arg
+from .fx_args import arg, single_index
 from .onnx_graph import OnnxGraph, Value, result_dtype, unsupported
 
 aten = torch.ops.aten
@@ -62,12 +62,10 @@ def _slice(g: OnnxGraph, node: fx.Node) -> Value:
 
 def _index(g: OnnxGraph, node: fx.Node) -> Value:
     """``x[..., idx, ...]`` with one index tensor: a boolean mask is ``Compress``, integers are ``Gather``."""
-    x, indices = g.value(node.args[0]), node.args[1]
-    used = [(axis, i) for axis, i in enumerate(indices) if i is not None]
-    if len(used) != 1:
+    x, found = g.value(node.args[0]), single_index(node)
+    if found is None:
         raise unsupported(node, "indexing with more than one index tensor")
-    axis, index = used[0]
-    index = g.value(index)
+    axis, index = found[0], g.value(found[1])
     op_type = "Compress" if index.dtype == torch.bool else "Gather"
     return replace(g.emit(op_type, [x.name, index.name], x.dtype, axis=axis), offset=x.offset)
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, fx
 from tvm import relax, tirx
 
-from .fx_args import arg
+from .fx_args import arg, single_index
 from .tvm_convert import Converter, _axis, _binary, _converts, _dtype, _shape, _unsupported
 
 aten = torch.ops.aten
@@ -21,12 +21,10 @@ aten = torch.ops.aten
 @_converts(aten.index.Tensor)
 def _index(c: Converter, node: fx.Node) -> relax.Expr:
     """``x[..., idx, ...]`` with one integer index tensor: ``take`` along its axis."""
-    x, indices = c.tensor(node.args[0]), node.args[1]
-    used = [(axis, i) for axis, i in enumerate(indices) if i is not None]
-    if len(used) != 1:
+    x, found = c.tensor(node.args[0]), single_index(node)
+    if found is None:
         raise _unsupported(node, "indexing with more than one index tensor")
-    axis, index = used[0]
-    index = c.tensor(index)
+    axis, index = found[0], c.tensor(found[1])
     if _dtype(index) == "bool":  # a mask: the positions of its true entries (a run-time length)
         if len(_shape(index)) != 1:
             raise _unsupported(node, "a boolean mask of more than one dimension")
