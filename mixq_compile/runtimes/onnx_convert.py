@@ -362,9 +362,13 @@ def _sym_operator(op_type: str) -> Callable[[OnnxGraph, fx.Node], Value]:
     return convert
 
 
-def _unary(op_type: str, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
+def _unary(op_type: str, *, float_only: bool = False, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
+    """``float_only``: PyTorch computes the op of an integer tensor in float32 (``sqrt``, ``exp``, ...)."""
+
     def convert(g: OnnxGraph, node: fx.Node) -> Value:
         x = g.plain(g.value(node.args[0]))
+        if float_only and not x.dtype.is_floating_point:
+            x = g.cast(x, torch.float32)
         return g.emit(op_type, [x.name], x.dtype, **attrs)
 
     convert.__doc__ = f"Elementwise {op_type}."
@@ -373,6 +377,13 @@ def _unary(op_type: str, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
 
 def _identity(g: OnnxGraph, node: fx.Node) -> Value:
     return g.value(node.args[0])
+
+
+def _to_dtype(g: OnnxGraph, node: fx.Node) -> Value:
+    """``x.to(dtype)`` / ``_to_copy(x, dtype=...)``: a cast (the identity without a dtype)."""
+    dtype = arg(node, 1, "dtype") if node.target == aten.to.dtype else node.kwargs.get("dtype")
+    x = g.value(node.args[0])
+    return x if dtype is None else g.cast(x, dtype)
 
 
 def _dropout(g: OnnxGraph, node: fx.Node) -> Value:
@@ -483,7 +494,11 @@ def _reduce(op_type: str) -> Callable[[OnnxGraph, fx.Node], Value]:
     def convert(g: OnnxGraph, node: fx.Node) -> Value:
         x = g.plain(g.value(node.args[0]))
         dims = arg(node, 1, "dim")
+        dims = None if isinstance(dims, list | tuple) and not dims else dims  # dim=[]: every dim, as no dim
         keepdim = int(bool(arg(node, 2, "keepdim", False)))
+        dtype = node.kwargs.get("dtype") or (torch.int64 if op_type == "ReduceSum" and x.dtype == torch.bool else None)
+        if dtype is not None:  # a sum of booleans counts them (int64), as an explicit dtype does
+            x = g.cast(x, dtype)
         inputs = [x.name] if dims is None else [x.name, g.const(list(dims) if isinstance(dims, list | tuple)
                                                                  else [dims], torch.int64)]  # fmt: skip
         return g.emit(op_type, inputs, x.dtype, keepdims=keepdim)
@@ -604,14 +619,14 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.pow_.Scalar: _pow,
     aten.relu.default: _unary("Relu"),
     aten.relu_.default: _unary("Relu"),
-    aten.sigmoid.default: _unary("Sigmoid"),
-    aten.exp.default: _unary("Exp"),
-    aten.log.default: _unary("Log"),
-    aten.sqrt.default: _unary("Sqrt"),
+    aten.sigmoid.default: _unary("Sigmoid", float_only=True),
+    aten.exp.default: _unary("Exp", float_only=True),
+    aten.log.default: _unary("Log", float_only=True),
+    aten.sqrt.default: _unary("Sqrt", float_only=True),
     aten.abs.default: _unary("Abs"),
     aten.neg.default: _unary("Neg"),
-    aten.reciprocal.default: _unary("Reciprocal"),
-    aten.tanh.default: _unary("Tanh"),
+    aten.reciprocal.default: _unary("Reciprocal", float_only=True),
+    aten.tanh.default: _unary("Tanh", float_only=True),
     aten.leaky_relu.default: _leaky_relu,
     aten.clamp.default: _clamp,
     aten.clamp_.default: _clamp,
@@ -628,6 +643,8 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.dropout.default: _dropout,
     aten.feature_dropout.default: _dropout,
     aten.detach.default: _identity,
+    aten.to.dtype: _to_dtype,
+    aten._to_copy.default: _to_dtype,
     aten.clone.default: _identity,
     aten.contiguous.default: _identity,
     aten.alias.default: _identity,

@@ -110,7 +110,8 @@ def _split(g: OnnxGraph, node: fx.Node) -> list[Value]:
     if not sizes or not all(isinstance(s, int) for s in sizes):
         raise unsupported(node, "a split along a dimension whose size depends on the graph")
     first = g.emit("Split", [x.name, g.const(sizes, torch.int64)], x.dtype, outputs=len(sizes), axis=dim)
-    return [replace(first, name=first.name if i == 0 else f"{first.name}_{i}") for i in range(len(sizes))]
+    names = [first.name] + [f"{first.name}_{i}" for i in range(1, len(sizes))]
+    return [replace(first, name=name, offset=x.offset) for name in names]
 
 
 def _getitem(g: OnnxGraph, node: fx.Node) -> Value:
@@ -158,25 +159,24 @@ def _nonzero_rows(g: OnnxGraph, x: Value) -> Value:
 
 
 def _index_put(g: OnnxGraph, node: fx.Node) -> Value:
-    """``base[index] = values`` (or ``+=`` with ``accumulate``) for one index tensor on dim 0: a boolean mask or
-    integer rows, as ``ScatterND`` (a scalar value under a mask is a ``Where``)."""
+    """``base[index] = values`` (or ``+=`` with ``accumulate``) for one index tensor on the leading dims (a boolean
+    mask over them, or integer rows), as ``ScatterND``; ``values`` is broadcast to the indexed shape (one value per
+    selected row and trailing dim), as PyTorch does."""
     base, indices, values = node.args[:3]
     accumulate = arg(node, 3, "accumulate", False)
     if len(indices) != 1 or indices[0] is None:
         raise unsupported(node, "index_put with more than one index tensor")
     target, index = g.plain(g.value(base)), g.value(indices[0])
-    update = g.cast(g.value(values, target), target.dtype)
-    update_val = values.meta.get("val") if isinstance(values, fx.Node) else None
-    scalar = not isinstance(values, fx.Node) or (isinstance(update_val, Tensor) and update_val.dim() == 0)
-    if index.dtype == torch.bool and scalar and not accumulate:
-        return g.emit("Where", [index.name, update.name, target.name], target.dtype)
     if index.dtype == torch.bool:
         rows = _nonzero_rows(g, index)
     else:
         rows = g.emit("Unsqueeze", [g.cast(index, torch.int64).name, g.const([-1], torch.int64)], torch.int64)
-    if scalar:
-        count = g.emit("Shape", [rows.name], torch.int64, end=1)
-        update = g.emit("Expand", [update.name, count.name], target.dtype)
+    selected = g.emit("Shape", [rows.name], torch.int64, end=1)  # [k]
+    indexed_dims = g.emit("Shape", [rows.name], torch.int64, start=1)  # dims the index covers
+    trailing = g.emit("Slice", [g.shape(target).name, indexed_dims.name, g.const([2**62], torch.int64)], torch.int64)
+    shape = g.emit("Concat", [selected.name, trailing.name], torch.int64, axis=0)
+    update = g.cast(g.value(values, target), target.dtype)
+    update = g.emit("Expand", [update.name, shape.name], target.dtype)
     return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype,
                   **({"reduction": "add"} if accumulate else {}))  # fmt: skip
 

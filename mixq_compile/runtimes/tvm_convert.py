@@ -389,31 +389,72 @@ def _dropout(c: Converter, node: fx.Node) -> relax.Expr:
     return c.tensor(node.args[0])
 
 
-def _binary(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
+def _binary(op: Callable, *, true_division: bool = False) -> Callable[[Converter, fx.Node], relax.Expr]:
+    """An elementwise binary op with PyTorch's type promotion (``true_division``: integers divide in float32)."""
+
     def convert(c: Converter, node: fx.Node) -> relax.Expr:
         if node.kwargs.get("alpha", 1) != 1:
             raise _unsupported(node, "alpha != 1")
         a, b = node.args[:2]
-        dtype = next(_dtype(c.tensor(v)) for v in (a, b) if isinstance(v, fx.Node | Tensor))
+        dtype = _promoted(c, a, b)
+        if true_division and not dtype.startswith("float"):
+            dtype = "float32"
         va, vb = c.tensor(a, dtype), c.tensor(b, dtype)
         if not isinstance(a, fx.Node | Tensor) or not isinstance(b, fx.Node | Tensor):
             return c.emit(op(va, vb))
-        return c.emit(op(_aligned(c, va, _shape(vb)), vb))
+        out = c.emit(op(_aligned(c, va, _recorded_shape(a), _shape(vb), _recorded_shape(b)), vb))
+        if out.ty.shape is None:
+            raise _unsupported(node, "a broadcast between run-time sizes TVM cannot match")
+        return out
 
     return convert
 
 
-def _aligned(c: Converter, value: relax.Expr, other: Shape) -> relax.Expr:
-    """``value`` with each run-time size that PyTorch has already checked to equal ``other``'s (same position from
-    the right, neither a literal 1) rebound to it, so Relax can infer the broadcast shape (e.g. edges kept by a mask
-    times per-edge attention: two sizes Relax cannot prove equal)."""
+def _promoted(c: Converter, a: object, b: object) -> str:
+    """PyTorch's result dtype of ``a op b`` (tensors, 0-d tensors and Python numbers)."""
+
+    def operand(v: object) -> object:
+        if not isinstance(v, fx.Node | Tensor):
+            return v
+        t = c.tensor(v)
+        return torch.empty(() if not _shape(t) else (1,), dtype=getattr(torch, _dtype(t)))
+
+    return str(torch.result_type(operand(a), operand(b))).removeprefix("torch.")
+
+
+def _recorded_shape(arg: object) -> list[str] | None:
+    """The operand's shape as PyTorch recorded it at capture (symbolic sizes as their names), if it was."""
+    val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    return [str(d) for d in val.shape] if isinstance(val, Tensor) else None
+
+
+def _aligned(c: Converter, value: relax.Expr, recorded: list[str] | None, other: Shape,
+             other_recorded: list[str] | None) -> relax.Expr:  # fmt: skip
+    """``value`` with each run-time size that equals ``other``'s at the same position from the right rebound to
+    ``other``'s, so Relax can infer the shape of the result (e.g. edges kept by a mask times per-edge attention: two
+    run-time sizes Relax cannot prove equal). Equal means: recorded by PyTorch as the same size (not 1), or, where a
+    lowering pass left no record, a size computed without ``min``/``max`` (a slice's clamped length, e.g. ``h[:1]``,
+    may be a broadcast 1 at run time: rebinding it crashed the program) against a size variable."""
     shape = _shape(value)
     aligned, changed = list(shape), False
     for i in range(1, min(len(shape), len(other)) + 1):
         x, y = shape[-i], other[-i]
-        if _static(x) is None and _static(y) != 1 and not x.same_as(y):
+        if _static(x) is not None or isinstance(y, int) or x.same_as(y):
+            continue
+        if recorded is not None and other_recorded is not None and i <= min(len(recorded), len(other_recorded)):
+            same = recorded[-i] == other_recorded[-i] != "1"
+        else:
+            same = isinstance(y, tirx.Var) and not _clamps(x)
+        if same:
             aligned[-i], changed = y, True
     return c.bb.match_cast(value, relax.TensorType(aligned, _dtype(value))) if changed else value
+
+
+def _clamps(size: tirx.PrimExpr) -> bool:
+    """Whether a size expression contains a ``min`` or ``max``."""
+    if isinstance(size, tirx.Min | tirx.Max):
+        return True
+    return any(_clamps(getattr(size, part)) for part in ("a", "b") if hasattr(size, part))
 
 
 _converts(aten.add.Tensor, aten.add_.Tensor)(_binary(relax.op.add))
@@ -450,12 +491,13 @@ _FILLS = {aten.new_ones.default: 1, aten.ones.default: 1, aten.new_full.default:
 def _filled(c: Converter, node: fx.Node) -> relax.Expr:
     """zeros / ones / full / empty (as zeros), fresh (``zeros(size)``) or like another tensor (``x.new_ones(size)``:
     a mean's row counts)."""
+    recorded = node.meta.get("val")
     if node.target in _LIKE_MAKERS:
         like, size, *rest = node.args
         dtype = node.kwargs.get("dtype") or _dtype(c.tensor(like))
     else:
         size, *rest = node.args
-        dtype = node.kwargs.get("dtype") or (torch.float32 if not rest or isinstance(rest[0], float) else torch.int64)
+        dtype = node.kwargs.get("dtype") or (recorded.dtype if isinstance(recorded, Tensor) else torch.float32)
     dtype = str(dtype).removeprefix("torch.")
     fill = _FILLS.get(node.target, 0)
     fill = rest[0] if fill is None else fill

@@ -28,10 +28,37 @@ def _index(c: Converter, node: fx.Node) -> relax.Expr:
     if _dtype(index) == "bool":  # a mask: the positions of its true entries (a run-time length)
         if len(_shape(index)) != 1:
             raise _unsupported(node, "a boolean mask of more than one dimension")
-        count = tirx.Var(f"{node.name}_count", "int64")
-        found = c.bb.match_cast(c.emit(relax.op.nonzero(index)), relax.TensorType([1, count], "int64"))
+        found, count = _true_positions(c, node, index)
         index = c.emit(relax.op.reshape(found, [count]))
-    return c.emit(relax.op.take(x, index, axis=axis))
+    return c.emit(relax.op.take(x, index, axis=axis, mode="wrap"))  # "wrap": -1 is the last, as in PyTorch
+
+
+def _true_positions(c: Converter, node: fx.Node, mask: relax.Expr) -> tuple[relax.Expr, tirx.Var]:
+    """``nonzero(mask)`` as Relax gives it (``[rank, count]``) with its run-time count bound to a fresh size."""
+    count = tirx.Var(f"{node.name}_count", "int64")
+    rank = len(_shape(mask))
+    found = c.bb.match_cast(c.emit(relax.op.nonzero(mask)), relax.TensorType([rank, count], "int64"))
+    return found, count
+
+
+@_converts(aten.index_put.default, aten.index_put_.default)
+def _index_put(c: Converter, node: fx.Node) -> relax.Expr:
+    """``base[index] = values`` (or ``+=`` with ``accumulate``) for one index tensor on the leading dims (a boolean
+    mask over them, or integer rows), as ``scatter_nd`` with ``values`` broadcast to the indexed shape."""
+    base, indices, values = node.args[:3]
+    if len(indices) != 1 or indices[0] is None:
+        raise _unsupported(node, "index_put with more than one index tensor")
+    target, index = c.tensor(base), c.tensor(indices[0])
+    if _dtype(index) == "bool":
+        found, count = _true_positions(c, node, index)
+        rows, covered = c.emit(relax.op.permute_dims(found)), len(_shape(index))
+    else:
+        count, covered = _shape(index)[0], 1
+        rows = c.emit(relax.op.reshape(c.tensor(index, "int64"), [count, 1]))
+    update = c.tensor(values, _dtype(target))
+    update = c.emit(relax.op.broadcast_to(update, [count, *_shape(target)[covered:]]))
+    reduction = "add" if arg(node, 3, "accumulate", False) else "update"
+    return c.emit(relax.op.scatter_nd(target, rows, update, reduction))
 
 
 @_converts(aten.index_copy.default, aten.index_copy_.default)
@@ -102,12 +129,15 @@ def _div(c: Converter, node: fx.Node) -> relax.Expr:
     """True division (PyTorch's ``/`` on floats; float islands such as a mean's ``sum / count``)."""
     if node.kwargs.get("rounding_mode") is not None:
         raise _unsupported(node, f"rounding_mode={node.kwargs['rounding_mode']!r}")
-    return _binary(relax.op.divide)(c, node)
+    return _binary(relax.op.divide, true_division=True)(c, node)
 
 
-def _unary(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
+def _unary(op: Callable, *, float_only: bool = False) -> Callable[[Converter, fx.Node], relax.Expr]:
+    """``float_only``: PyTorch computes the op of an integer tensor in float32 (``sqrt``, ``exp``, ...)."""
+
     def convert(c: Converter, node: fx.Node) -> relax.Expr:
-        return c.emit(op(c.tensor(node.args[0])))
+        x = c.tensor(node.args[0])
+        return c.emit(op(c.tensor(x, "float32") if float_only and not _dtype(x).startswith("float") else x))
 
     return convert
 
@@ -126,11 +156,16 @@ def _softmax(c: Converter, node: fx.Node) -> relax.Expr:
 @_converts(aten.sum.dim_IntList, aten.mean.dim, aten.sum.default)
 def _reduce(c: Converter, node: fx.Node) -> relax.Expr:
     x = c.tensor(node.args[0])
+    summing = node.target != aten.mean.dim
+    dtype = node.kwargs.get("dtype") or (torch.int64 if summing and _dtype(x) == "bool" else None)
+    if dtype is not None:  # a sum of booleans counts them (int64), as an explicit dtype does
+        x = c.tensor(x, str(dtype).removeprefix("torch."))
     if node.target == aten.sum.default:
         return c.emit(relax.op.sum(x))
     dims, keepdim = arg(node, 1, "dim"), bool(arg(node, 2, "keepdim", False))
     rank = len(_shape(x))
-    axes = None if dims is None else [_axis(d, rank) for d in (dims if isinstance(dims, list | tuple) else [dims])]
+    dims = [dims] if isinstance(dims, int) else dims
+    axes = [_axis(d, rank) for d in dims] if dims else None  # dim=[] reduces over every dim, as no dim does
     op = relax.op.sum if node.target == aten.sum.dim_IntList else relax.op.mean
     return c.emit(op(x, axes, keepdim))
 
@@ -236,12 +271,19 @@ for _target, _op in {
     aten.sqrt.default: relax.op.sqrt,
     aten.exp.default: relax.op.exp,
     aten.log.default: relax.op.log,
-    aten.abs.default: relax.op.abs,
-    aten.neg.default: relax.op.negative,
     aten.sigmoid.default: relax.op.sigmoid,
     aten.tanh.default: relax.op.tanh,
 }.items():
-    _converts(_target)(_unary(_op))
+    _converts(_target)(_unary(_op, float_only=True))
+_converts(aten.abs.default)(_unary(relax.op.abs))
+_converts(aten.neg.default)(_unary(relax.op.negative))
+
+
+@_converts(aten.reciprocal.default)
+def _reciprocal(c: Converter, node: fx.Node) -> relax.Expr:
+    x = c.tensor(node.args[0])
+    x = x if _dtype(x).startswith("float") else c.tensor(x, "float32")
+    return c.emit(relax.op.divide(relax.const(1.0, _dtype(x)), x))
 
 
 @_converts(aten.clamp.default, aten.clamp_.default)
@@ -252,9 +294,10 @@ def _clamp(c: Converter, node: fx.Node) -> relax.Expr:
     low, high = arg(node, 1, "min"), arg(node, 2, "max")
     if any(isinstance(v, fx.Node) for v in (low, high)):
         raise _unsupported(node, "tensor-valued clamp bounds")
-    info = np.finfo(_dtype(x)) if "float" in _dtype(x) else np.iinfo(_dtype(x))
+    number = float if "float" in _dtype(x) else int  # float(int64 max) would round past the int64 range
+    info = np.finfo(_dtype(x)) if number is float else np.iinfo(_dtype(x))
     low, high = info.min if low is None else low, info.max if high is None else high
-    return c.emit(relax.op.clip(x, float(low), float(high)))
+    return c.emit(relax.op.clip(x, number(low), number(high)))
 
 
 @_converts(aten.pow.Tensor_Scalar)
