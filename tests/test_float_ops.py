@@ -1,6 +1,6 @@
 """The float ops of a program (float islands between integer layers, FP32 baselines) follow PyTorch's semantics on
 the onnx and tvm backends: type promotion, boolean sums, masks and negative indices, integer clamps, broadcast
-index_put. Each case runs on the export graph and on a graph of another size."""
+index_put, activations and normalizations. Each case runs on the export graph and on a graph of another size."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
@@ -46,6 +47,22 @@ CASES = {
     "index_put_rows_under_mask": _put_rows_under_mask,
     "index_put_constant_under_mask": _put_constant_under_mask,
     "index_put_at_rows": _put_at_rows,
+    # activations, normalizations and arg-reductions of common PyG models (GAT's ELU, log_softmax heads, ...)
+    "elu": F.elu,
+    "log_softmax": lambda h: F.log_softmax(h, dim=1),
+    "gelu": F.gelu,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+    "silu": F.silu,
+    "selu": F.selu,
+    "softplus": F.softplus,
+    "relu6": F.relu6,
+    "hardtanh": F.hardtanh,
+    "erf": torch.erf,
+    "rsqrt": lambda h: h.abs().add(1).rsqrt(),
+    "layer_norm_without_affine": lambda h: F.layer_norm(h, (h.shape[1],)),
+    "normalize": lambda h: F.normalize(h, p=2.0, dim=-1),
+    "max_over_dim": lambda h: h.max(dim=1, keepdim=True).values + h,
+    "argmax": lambda h: h.argmax(1),
 }
 
 
@@ -83,5 +100,5 @@ def test_a_broadcast_tvm_cannot_match_is_a_clear_error(tmp_path):
         pytest.skip("TVM is not installed")
     from mixq_compile.runtimes.tvm_convert import UnsupportedOpError
 
-    with pytest.raises(UnsupportedOpError, match="broadcast between run-time sizes.*backend='torch'"):
+    with pytest.raises(UnsupportedOpError, match=r"broadcast between run-time sizes.*backend='torch'"):
         mq.export(_AfterConv(lambda h: h[:1] + h).eval(), random_graph(20, 60, 8), tmp_path / "a", backend="tvm")

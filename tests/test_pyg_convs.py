@@ -1,6 +1,7 @@
-"""Any PyG conv, end to end: two layers of each of 25 ``torch_geometric.nn`` convs and a sum readout are quantized,
-frozen at 8 bits and lowered; the integer program equals the fake-quantized model, and the ONNX and TVM artifacts
-equal the integer program on a batch of another size (their node, edge and graph counts are dynamic)."""
+"""Any PyG conv, end to end: two layers of each of 25 ``torch_geometric.nn`` convs and a sum readout (and PyG's GAT
+example, ELU and log_softmax included) are quantized, frozen at 8 bits and lowered; the integer program equals the
+fake-quantized model, and the ONNX and TVM artifacts equal the integer program on a batch of another size (their
+node, edge and graph counts are dynamic)."""
 
 from __future__ import annotations
 
@@ -58,12 +59,30 @@ class TwoLayers(nn.Module):
         return self.head(pyg.global_add_pool(h, batch))
 
 
-@pytest.mark.parametrize("conv", sorted(CONVS))
+class GATExample(nn.Module):
+    """PyG's GAT example: dropout, 8-head GATConv, ELU, dropout, 1-head GATConv, log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = pyg.GATConv(FEATURES, 4, heads=8, dropout=0.6)
+        self.conv2 = pyg.GATConv(32, 3, heads=1, concat=False, dropout=0.6)
+
+    def forward(self, x, edge_index, batch):
+        x = torch.nn.functional.dropout(x, p=0.6, training=self.training)
+        x = torch.nn.functional.elu(self.conv1(x, edge_index))
+        x = torch.nn.functional.dropout(x, p=0.6, training=self.training)
+        return torch.nn.functional.log_softmax(self.conv2(x, edge_index), dim=1)
+
+
+MODELS = {name: (lambda make=make: TwoLayers(make)) for name, make in CONVS.items()} | {"GAT-example": GATExample}
+
+
+@pytest.mark.parametrize("conv", sorted(MODELS))
 def test_conv_lowers_exactly_and_deploys_on_onnx_and_tvm(conv, tmp_path):
     example, other = random_batch(4, 6, FEATURES), random_batch(7, 9, FEATURES, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(TwoLayers(CONVS[conv]).eval(), example)
+        qmodel = mq.quantize(MODELS[conv]().eval(), example)
         qmodel(*example)  # calibrate
         frozen = mq.freeze(qmodel).eval()
         program = mq.lower(frozen)

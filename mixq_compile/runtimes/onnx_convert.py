@@ -19,6 +19,7 @@ from torch import Tensor, fx
 from ..integer import kernels as K
 from ..passes.train_mode import ModeBatchNorm, ModeDropout
 from .fx_args import arg
+from .onnx_activations import ACTIVATION_CONVERTERS
 from .onnx_graph import (
     CODE_OFFSET,
     Converters,
@@ -659,6 +660,7 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.scatter_reduce.two: _scatter_reduce,
     aten.scatter_reduce_.two: _scatter_reduce,
     **TENSOR_CONVERTERS,
+    **ACTIVATION_CONVERTERS,
 }
 
 

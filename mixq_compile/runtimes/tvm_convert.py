@@ -617,5 +617,5 @@ def _scatter_reduce(c: Converter, node: fx.Node) -> relax.Expr:
     return c.emit(relax.op.where(untouched, values, reduced))
 
 
-# Float and tensor ATen ops beyond the core above live in their own module, which registers them here on import.
-from . import tvm_tensor_ops  # noqa: E402, F401
+# Float and tensor ATen ops beyond the core above live in their own modules, which register them here on import.
+from . import tvm_activations, tvm_tensor_ops  # noqa: E402, F401
