@@ -11,7 +11,7 @@ from torch import fx
 from tvm import relax
 
 from .fx_args import arg
-from .tvm_convert import Converter, _axis, _converts, _shape, _unsupported
+from .tvm_convert import Converter, _axis, _converts, _dtype, _shape, _unsupported
 
 aten = torch.ops.aten
 
@@ -58,7 +58,7 @@ def _clamp_side(op: Callable) -> Callable[[Converter, fx.Node], relax.Expr]:
 
     def convert(c: Converter, node: fx.Node) -> relax.Expr:
         x = c.tensor(node.args[0])
-        return c.emit(op(x, c.tensor(node.args[1], str(x.ty.dtype))))
+        return c.emit(op(x, c.tensor(node.args[1], _dtype(x))))
 
     return convert
 
