@@ -15,6 +15,20 @@ from .onnx_graph import OnnxGraph, Value, unsupported
 aten = torch.ops.aten
 
 
+def unary(op_type: str, *, float_only: bool = False, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
+    """An elementwise ONNX op; ``float_only``: PyTorch computes it of an integer tensor in float32 (``sqrt``,
+    ``exp``, ...)."""
+
+    def convert(g: OnnxGraph, node: fx.Node) -> Value:
+        x = g.plain(g.value(node.args[0]))
+        if float_only and not x.dtype.is_floating_point:
+            x = g.cast(x, torch.float32)
+        return g.emit(op_type, [x.name], x.dtype, **attrs)
+
+    convert.__doc__ = f"Elementwise {op_type}."
+    return convert
+
+
 def _float(g: OnnxGraph, node: fx.Node) -> Value:
     return g.cast(g.value(node.args[0]), torch.float32)
 
@@ -68,9 +82,14 @@ def _clamp_side(op_type: str) -> Callable[[OnnxGraph, fx.Node], Value]:
     return convert
 
 
+def inverse_sqrt(g: OnnxGraph, x: Value) -> Value:
+    """``1 / sqrt(x)``, the way PyTorch computes ``rsqrt`` and ``x ** -0.5`` (gcn_norm degrees, bit for bit)."""
+    root = g.emit("Sqrt", [x.name], x.dtype)
+    return g.emit("Div", [g.const(1, x.dtype), root.name], x.dtype)
+
+
 def _rsqrt(g: OnnxGraph, node: fx.Node) -> Value:
-    root = g.emit("Sqrt", [_float(g, node).name], torch.float32)
-    return g.emit("Div", [g.const(1.0, torch.float32), root.name], torch.float32)
+    return inverse_sqrt(g, _float(g, node))
 
 
 def _log_softmax(g: OnnxGraph, node: fx.Node) -> Value:
@@ -116,21 +135,14 @@ def _max_dim(g: OnnxGraph, node: fx.Node) -> list[Value]:
     return [values, indices]
 
 
-def _unary(op_type: str, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
-    def convert(g: OnnxGraph, node: fx.Node) -> Value:
-        return g.emit(op_type, [_float(g, node).name], torch.float32, **attrs)
-
-    return convert
-
-
 #: fx call target -> converter, for the ops of this module.
 ACTIVATION_CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.elu.default: _elu,
     aten.gelu.default: _gelu,
     aten.silu.default: _silu,
     aten.softplus.default: _softplus,
-    aten.selu.default: _unary("Selu"),
-    aten.erf.default: _unary("Erf"),
+    aten.selu.default: unary("Selu", float_only=True),
+    aten.erf.default: unary("Erf", float_only=True),
     aten.relu6.default: _clip(0.0, 6.0),
     aten.hardtanh.default: _clip(None, None),
     aten.clamp_min.default: _clamp_side("Max"),

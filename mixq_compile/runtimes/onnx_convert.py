@@ -19,7 +19,7 @@ from torch import Tensor, fx
 from ..integer import kernels as K
 from ..passes.train_mode import ModeBatchNorm, ModeDropout
 from .fx_args import arg
-from .onnx_activations import ACTIVATION_CONVERTERS
+from .onnx_activations import ACTIVATION_CONVERTERS, inverse_sqrt, unary
 from .onnx_graph import (
     CODE_OFFSET,
     Converters,
@@ -363,19 +363,6 @@ def _sym_operator(op_type: str) -> Callable[[OnnxGraph, fx.Node], Value]:
     return convert
 
 
-def _unary(op_type: str, *, float_only: bool = False, **attrs) -> Callable[[OnnxGraph, fx.Node], Value]:
-    """``float_only``: PyTorch computes the op of an integer tensor in float32 (``sqrt``, ``exp``, ...)."""
-
-    def convert(g: OnnxGraph, node: fx.Node) -> Value:
-        x = g.plain(g.value(node.args[0]))
-        if float_only and not x.dtype.is_floating_point:
-            x = g.cast(x, torch.float32)
-        return g.emit(op_type, [x.name], x.dtype, **attrs)
-
-    convert.__doc__ = f"Elementwise {op_type}."
-    return convert
-
-
 def _identity(g: OnnxGraph, node: fx.Node) -> Value:
     return g.value(node.args[0])
 
@@ -404,8 +391,7 @@ def _pow(g: OnnxGraph, node: fx.Node) -> Value:
     x, exponent = node.args
     x = g.value(x)
     if exponent == -0.5:
-        root = g.emit("Sqrt", [x.name], x.dtype)
-        return g.emit("Div", [g.const(1, x.dtype), root.name], x.dtype)
+        return inverse_sqrt(g, x)
     if exponent == 0.5:
         return g.emit("Sqrt", [x.name], x.dtype)
     return g.emit("Pow", [x.name, g.const(exponent, x.dtype)], x.dtype)
@@ -579,6 +565,16 @@ def _scatter_reduce(g: OnnxGraph, node: fx.Node) -> Value:
     raise unsupported(node, f"scatter_reduce {reduce!r} with include_self={include_self}")
 
 
+#: aten comparison -> ONNX op (each in its Tensor and Scalar overload).
+_COMPARISONS = {
+    "eq": "Equal",
+    "ne": "NotEqual",
+    "lt": "Less",
+    "le": "LessOrEqual",
+    "gt": "Greater",
+    "ge": "GreaterOrEqual",
+}
+
 #: fx call target -> converter. Every instruction of ``kernels.INSTRUCTIONS`` and the ATen ops of captured programs.
 CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     K.quantize: _quantize,
@@ -607,27 +603,23 @@ CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.mul.Tensor: _elementwise("Mul"),
     aten.mul_.Tensor: _elementwise("Mul"),
     aten.div.Tensor: _elementwise("Div"),
-    aten.eq.Tensor: _elementwise("Equal", boolean=True),
-    aten.eq.Scalar: _elementwise("Equal", boolean=True),
-    aten.ne.Tensor: _elementwise("NotEqual", boolean=True),
-    aten.ne.Scalar: _elementwise("NotEqual", boolean=True),
     **{
         getattr(getattr(aten, name), kind): _elementwise(op_type, boolean=True)
-        for name, op_type in (("lt", "Less"), ("le", "LessOrEqual"), ("gt", "Greater"), ("ge", "GreaterOrEqual"))
+        for name, op_type in _COMPARISONS.items()
         for kind in ("Tensor", "Scalar")
     },
     aten.pow.Tensor_Scalar: _pow,
     aten.pow_.Scalar: _pow,
-    aten.relu.default: _unary("Relu"),
-    aten.relu_.default: _unary("Relu"),
-    aten.sigmoid.default: _unary("Sigmoid", float_only=True),
-    aten.exp.default: _unary("Exp", float_only=True),
-    aten.log.default: _unary("Log", float_only=True),
-    aten.sqrt.default: _unary("Sqrt", float_only=True),
-    aten.abs.default: _unary("Abs"),
-    aten.neg.default: _unary("Neg"),
-    aten.reciprocal.default: _unary("Reciprocal", float_only=True),
-    aten.tanh.default: _unary("Tanh", float_only=True),
+    aten.relu.default: unary("Relu"),
+    aten.relu_.default: unary("Relu"),
+    aten.sigmoid.default: unary("Sigmoid", float_only=True),
+    aten.exp.default: unary("Exp", float_only=True),
+    aten.log.default: unary("Log", float_only=True),
+    aten.sqrt.default: unary("Sqrt", float_only=True),
+    aten.abs.default: unary("Abs"),
+    aten.neg.default: unary("Neg"),
+    aten.reciprocal.default: unary("Reciprocal", float_only=True),
+    aten.tanh.default: unary("Tanh", float_only=True),
     aten.leaky_relu.default: _leaky_relu,
     aten.clamp.default: _clamp,
     aten.clamp_.default: _clamp,

@@ -143,9 +143,14 @@ def _index_copy(g: OnnxGraph, node: fx.Node) -> Value:
     if dim != 0:
         raise unsupported(node, f"index_copy along dim {dim}; only dim 0 is translated")
     target = g.plain(g.value(base))
-    rows = g.emit("Unsqueeze", [g.cast(g.value(index), torch.int64).name, g.const([-1], torch.int64)], torch.int64)
+    rows = _row_indices(g, g.value(index))
     update = g.cast(g.value(source), target.dtype)
     return g.emit("ScatterND", [target.name, rows.name, update.name], target.dtype)
+
+
+def _row_indices(g: OnnxGraph, index: Value) -> Value:
+    """Integer rows as ``ScatterND`` indices (``[k, 1]`` int64)."""
+    return g.emit("Unsqueeze", [g.cast(index, torch.int64).name, g.const([-1], torch.int64)], torch.int64)
 
 
 def _nonzero(g: OnnxGraph, node: fx.Node) -> Value:
@@ -170,7 +175,7 @@ def _index_put(g: OnnxGraph, node: fx.Node) -> Value:
     if index.dtype == torch.bool:
         rows = _nonzero_rows(g, index)
     else:
-        rows = g.emit("Unsqueeze", [g.cast(index, torch.int64).name, g.const([-1], torch.int64)], torch.int64)
+        rows = _row_indices(g, index)
     selected = g.emit("Shape", [rows.name], torch.int64, end=1)  # [k]
     indexed_dims = g.emit("Shape", [rows.name], torch.int64, start=1)  # dims the index covers
     trailing = g.emit("Slice", [g.shape(target).name, indexed_dims.name, g.const([2**62], torch.int64)], torch.int64)

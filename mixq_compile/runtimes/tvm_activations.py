@@ -12,6 +12,7 @@ from tvm import relax
 
 from .fx_args import arg
 from .tvm_convert import Converter, _axis, _converts, _dtype, _shape, _unsupported
+from .tvm_tensor_ops import _unary
 
 aten = torch.ops.aten
 
@@ -110,10 +111,10 @@ def _max_dim(c: Converter, node: fx.Node) -> relax.Expr:
 
 
 for _target, _convert in {
-    aten.silu.default: lambda c, node: c.emit(relax.op.nn.silu(_float(c, node))),
-    aten.selu.default: lambda c, node: c.emit(relax.op.nn.selu(_float(c, node))),
-    aten.erf.default: lambda c, node: c.emit(relax.op.erf(_float(c, node))),
-    aten.rsqrt.default: lambda c, node: c.emit(relax.op.rsqrt(_float(c, node))),
+    aten.silu.default: _unary(relax.op.nn.silu, float_only=True),
+    aten.selu.default: _unary(relax.op.nn.selu, float_only=True),
+    aten.erf.default: _unary(relax.op.erf, float_only=True),
+    aten.rsqrt.default: _unary(relax.op.rsqrt, float_only=True),
     aten.relu6.default: _clip(0.0, 6.0),
     aten.hardtanh.default: _clip(None, None),
     aten.clamp_min.default: _clamp_side(relax.op.maximum),
