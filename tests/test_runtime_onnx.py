@@ -106,8 +106,10 @@ def test_gcn_integer_artifact_uses_integer_ops_and_equals_the_executor_on_two_si
     bits = set(GCN_BITS[config].values())
     expected_types = {onnx.TensorProto.INT4} if 4 in bits else set()
     expected_types |= {onnx.TensorProto.INT2} if 2 in bits else set()
-    _check_integer_graph(path, expected_types or {onnx.TensorProto.INT8})
     artifact = load_artifact(path, cache_structure=True)
+    # 8-bit weights are int8 in the VNNI (u8 x s8) form, uint8 (w + 128) in the exact-everywhere u8 x u8 form
+    byte = onnx.TensorProto.INT8 if artifact.manifest["backend_entries"]["matmul"] == "u8s8" else onnx.TensorProto.UINT8
+    _check_integer_graph(path, expected_types or {byte})
     assert artifact.manifest["backend"] == "onnx" and artifact.manifest["precision"] == "integer"
     _assert_matches_reference(artifact, mq.lower(frozen), [args, other, args])
 
@@ -116,7 +118,8 @@ def test_sub_8_bit_weights_are_stored_packed(gcn, tmp_path):
     search, args, _ = gcn
     expected = {8: (onnx.TensorProto.INT8, 512), 4: (onnx.TensorProto.INT4, 256), 2: (onnx.TensorProto.INT2, 128)}
     for bits, (data_type, size) in expected.items():  # conv1's weight: 16 x 32 codes
-        path = export(_freeze(search, {"conv1.lin.weight": bits}), args, tmp_path / str(bits), backend="onnx")
+        frozen = _freeze(search, {"conv1.lin.weight": bits})
+        path = export(frozen, args, tmp_path / str(bits), backend="onnx", backend_options={"matmul": "u8s8"})
         (weight,) = [t for t in _models(path)[1].graph.initializer if "wt_conv1" in t.name]
         assert (weight.data_type, len(weight.raw_data)) == (data_type, size)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import kernels as K
 from . import native
 
 SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
@@ -40,11 +39,11 @@ def quantize_linear(
     w_sum: Tensor,
     bias: Tensor | None,
 ) -> Tensor:
-    """``K.linear_int(K.quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)``, int32 ``[..., out]``."""
+    """``linear_int(quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)``, int32 ``[..., out]``."""
     if native.supports_quantize_linear(x, scale, zero, w_t) and density(x) <= SPARSE_DENSITY:
         return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
     codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
-    return K.linear_int(codes, zero, w_t, w_sum, bias)
+    return torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
 
 
 @quantize_linear.register_fake

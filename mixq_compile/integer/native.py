@@ -9,7 +9,9 @@ int32 with the same wrap-around semantics as the integer program's scatter-add, 
 quantize instruction's exact IEEE steps, and fuses quantization into the first linear layer for sparse features;
 all split rows over OpenMP threads.
 
-The shared library is built with the system C compiler (``$CC``, else ``cc``) into
+The shared library is built with the system C compiler (``$CC``, else ``cc``) for the kernel level in force
+(:mod:`mixq_compile.cpu`: ``-march=native`` at "vnni", Skylake-AVX512 at "avx512", Haswell (AVX2 + FMA) at "avx2",
+the x86-64 baseline at "portable"; ``MIXQ_ISA`` forces a lower one, so one machine builds and tests every path) into
 ``$MIXQ_KERNEL_CACHE`` (default ``~/.cache/mixq_compile/native``), keyed by a hash of the source, the flags and
 the CPU, and renamed into place atomically, so concurrent processes never load a half-written file. Without a
 compiler, or with ``MIXQ_NATIVE=0``, :func:`library` returns ``None`` and the three ops compute with ATen code
@@ -32,8 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import cpu
+
 SOURCE = Path(__file__).with_name("native_kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11")
 _ERRORS = {
     1: "edge targets (dst) must be sorted ascending and lie in [0, rows)",
     2: "edge sources (src) must lie in [0, number of table rows)",
@@ -60,31 +64,46 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(compiler: str) -> Path:
+#: the code generation flag of each kernel level (x86); other architectures build for their native CPU.
+_MARCH = {"vnni": "-march=native", "avx512": "-march=skylake-avx512", "avx2": "-march=haswell",
+          "portable": "-march=x86-64"}  # fmt: skip
+
+
+def flags() -> tuple[str, ...]:
+    """Compiler flags of the kernels for the level in force."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return (*FLAGS, _MARCH[cpu.level()] if x86 else "-march=native")
+
+
+def _build(compiler: str, build_flags: tuple[str, ...]) -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_signature())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"mixq_kernels_{key}.so"
+    key = hashlib.sha256(source + " ".join((compiler, *build_flags, _cpu_signature())).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"mixq_kernels_{cpu.level()}_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *build_flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[:500]}")
         os.replace(built, target)
     return target
 
 
-@functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("MIXQ_NATIVE", "1") == "0":
         return None, "disabled by MIXQ_NATIVE=0"
+    return _load_for(flags())
+
+
+@functools.cache
+def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | None]:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None, "no C compiler found (set $CC or install gcc)"
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        lib = ctypes.CDLL(str(_build(compiler, build_flags)))
     except (OSError, RuntimeError) as error:
         return None, f"building the native kernels failed: {error}"
     pointer, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float

@@ -50,6 +50,11 @@ class Backend(ABC):
     @abstractmethod
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]: ...
 
+    def kernel_paths(self, entries: dict) -> dict[str, str]:
+        """Which kernels an artifact with these manifest entries runs on *this* CPU (shown by ``profile``, the
+        demo and ``Artifact.kernel_paths``)."""
+        return {}
+
     def require(self) -> None:
         reason = self.unavailable_reason()
         if reason is not None:

@@ -36,6 +36,7 @@ from onnx import helper
 from torch import Tensor
 
 from ..integer.program import IntegerProgram
+from . import onnx_matmul
 from .base import Backend, Runner
 from .onnx_convert import ALL_CONVERTERS
 from .onnx_graph import ONNX_TYPES, OPSET, TORCH_TYPES, OnnxGraph, value_info
@@ -191,7 +192,16 @@ def convert_program(program: IntegerProgram, example_inputs: Sequence[Tensor]) -
 # the backend
 # ----------------------------------------------------------------------------------------------------------------
 class OnnxBackend(Backend):
+    """Option ``matmul``: the ``MatMulInteger`` formulation written to ``features.onnx`` (:mod:`.onnx_matmul`):
+    ``"auto"`` (default) the fast one that is exact on the exporting CPU (u8 × s8 with VNNI, u8 × u8 without),
+    ``"u8u8"`` exact on any CPU for use outside mixq_compile on an unknown target, ``"u8s8"`` the VNNI form.
+    ``load_artifact`` rewrites a u8 × s8 model to u8 × u8 in memory on a CPU without VNNI, so an artifact is exact
+    wherever it is loaded."""
+
     name = "onnx"
+
+    def __init__(self, matmul: str = "auto") -> None:
+        self.matmul = onnx_matmul.resolve(matmul)
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -207,17 +217,28 @@ class OnnxBackend(Backend):
 
     def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
         structure, features = convert_program(program, example_inputs)
+        if self.matmul == "u8u8":
+            features = onnx_matmul.as_u8u8(features)
         onnx.save(structure, directory / STRUCTURE_FILE)
         onnx.save(features, directory / FEATURES_FILE)
-        return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "opset": OPSET}
+        formulation = self.matmul if any(n.op_type == "MatMulInteger" for n in features.graph.node) else "none"
+        return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "opset": OPSET, "matmul": formulation}
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
-        return load_onnx(directory / entries["structure"]), load_onnx(directory / entries["features"])
+        features = onnx.load(directory / entries["features"])
+        features, _ = onnx_matmul.for_this_cpu(features, entries.get("matmul", "u8s8"))
+        return load_onnx(directory / entries["structure"]), load_onnx(features)
+
+    def kernel_paths(self, entries: dict) -> dict[str, str]:
+        matmul = entries.get("matmul", "u8s8")
+        if matmul == "u8s8" and onnx_matmul.exact_formulation() == "u8u8":
+            matmul = "u8u8 (rewritten at load: this CPU has no VNNI)"
+        return {"matmul_integer": matmul}
 
 
-def load_onnx(path: Path) -> Runner:
-    """An ONNX model as a callable on torch tensors returning a tuple of torch tensors (2 intra-op threads)."""
+def load_onnx(path: Path | onnx.ModelProto) -> Runner:
+    """An ONNX model (file or in memory) as a callable on torch tensors returning a tuple of torch tensors (2 intra-op threads)."""
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
 

@@ -1,6 +1,7 @@
 """The ``torch`` backend: the integer program as ``torch.export`` programs (``.pt2``).
 
-The integer kernels are ATen ops (``torch._int_mm``, round/clamp) plus, by default, ``torch.ops.mixq.csr_sum``
+The integer kernels are ATen ops (round/clamp) and ``torch.ops.mixq.linear_int`` (the integer GEMM with a kernel
+picked at run time for the CPU, exact on every one: :mod:`mixq_compile.integer.linear`), plus, by default, ``torch.ops.mixq.csr_sum``
 for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure program also sorts each aggregation's edges
 by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter; and
 ``torch.ops.mixq.quantize_linear`` for the input layer (quantize + first GEMM in one pass that skips zero
@@ -65,8 +66,7 @@ class TorchBackend(Backend):
         fused = 0
         if self.sparse_input:
             features, fused = fuse_input_linear(features)
-        if not self.aot_inductor:
-            features = blocked_quantize(features)
+        features = dispatching_ops(features, blocked_quantize=not self.aot_inductor)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
@@ -84,13 +84,18 @@ class TorchBackend(Backend):
         return structure, load_pt2(directory / entries["features"])
 
 
-def blocked_quantize(features: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``features`` with every ``quantize`` instruction computed by ``mixq::quantize`` (cache-sized blocks, same
-    codes). Only for programs run op by op: AOTInductor fuses the element-wise chain better on its own."""
+def dispatching_ops(features: torch.fx.GraphModule, blocked_quantize: bool) -> torch.fx.GraphModule:
+    """``features`` with every ``linear_int`` instruction computed by ``mixq::linear_int`` (the CPU's exact
+    kernel, chosen when the artifact runs, not when it is exported) and, with ``blocked_quantize``, every
+    ``quantize`` by ``mixq::quantize`` (cache-sized blocks, same codes; only for programs run op by op:
+    AOTInductor fuses the element-wise chain better on its own)."""
+    targets = {K.linear_int: torch.ops.mixq.linear_int.default}
+    if blocked_quantize:
+        targets[K.quantize] = torch.ops.mixq.quantize.default
     gm = quiet_deepcopy(features)
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target is K.quantize:
-            node.target = torch.ops.mixq.quantize.default
+        if node.op == "call_function" and node.target in targets:
+            node.target = targets[node.target]
     gm.recompile()
     return gm
 
