@@ -1,8 +1,10 @@
 """Deployable artifacts: ``export`` a frozen (or FP32) model to a backend, ``load_artifact`` it back, verified.
 
 An artifact is a directory with the backend's files and ``manifest.json``: backend, input signature (dynamic dims),
-per-site bits, BitOPs under both conventions, model bytes, library versions and the sha256 of every file. It is
-written atomically, and loading refuses a directory whose files are missing, altered or truncated.
+per-site bits, BitOPs under both conventions, model bytes, library versions, the CPU it was exported on and the
+kernels it chose there, and the sha256 of every file. It is written atomically, and loading refuses a directory
+whose files are missing, altered or truncated. ``export`` checks the artifact against the integer program before
+it reports success, and ``load_artifact`` re-checks it on the loading CPU (:mod:`mixq_compile.selfcheck`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from . import cpu, selfcheck
 from .api import bitops, captured_fp32_bitops
 from .atomic import write_directory
 from .capture import InputSpec, capture, check_signature
@@ -99,8 +102,12 @@ def export(
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)
 
+    reference = tuple(program.features(*args, *program.structure(*args)))
+
     def fill(directory: Path) -> None:
         entries = runtime.export(program, args, directory)
+        check = _check_at_export(runtime, directory, entries, args, reference, precision)
+        selfcheck.save(directory, args, reference)
         files = sorted(p for p in directory.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -115,12 +122,39 @@ def export(
             "site_bits": program.site_bits,
             "float_ops": list(program.float_ops),
             **costs,
+            "cpu": cpu.describe(),
+            "kernel_paths": runtime.kernel_paths(entries),
+            "selfcheck": check,
             "versions": {"mixq_compile": _version(), "torch": torch.__version__, **runtime.versions()},
             "files": {str(p.relative_to(directory)): _sha256(p) for p in files},
         }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     return write_directory(path, fill)
+
+
+def _run_flat(structure: Runner, features: Runner, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(features(*inputs, *tuple(structure(*inputs))))
+
+
+def _check_at_export(runtime, directory: Path, entries: dict, args: tuple, reference: tuple, precision: str) -> dict:
+    """Load the freshly written files and compare them with the program on the example inputs; raise if they
+    disagree (the staging directory is then discarded, so no wrong artifact is left behind)."""
+    reason = runtime.unavailable_reason()
+    if reason is not None:
+        return {"file": selfcheck.FILE, "checked_at_export": False, "reason": reason}
+    structure, features = runtime.load(directory, entries)
+    agreement = selfcheck.compare(reference, _run_flat(structure, features, args), precision)
+    if not agreement.ok:
+        raise ArtifactError(
+            f"the {runtime.name} artifact does not compute what the integer program computes on this CPU "
+            f"({cpu.summary()}): {agreement.describe()}. Kernel paths: {runtime.kernel_paths(entries)}. Nothing "
+            f"was written. Export with another backend, or set MIXQ_ISA=avx2 / portable to use a more "
+            f"conservative kernel, and report the model and CPU"
+        )
+    selfcheck.warn_if_imperfect(agreement, f"export to {runtime.name}")
+    return {"file": selfcheck.FILE, "checked_at_export": True, "mismatched": agreement.mismatched,
+            "elements": agreement.elements, "max_abs_diff": agreement.max_abs_diff}  # fmt: skip
 
 
 def _version() -> str:
@@ -141,9 +175,19 @@ class Artifact:
     transductive setting of PyG's ``cached=True`` (:class:`~mixq_compile.passes.structure.StructureCache`).
     """
 
-    def __init__(self, path: Path, manifest: dict, structure: Runner, features: Runner, cache_structure: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        structure: Runner,
+        features: Runner,
+        cache_structure: bool,
+        kernel_paths: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.manifest = manifest
+        #: the kernels this artifact runs on this CPU (e.g. ``{"linear_int": "float_exact"}``).
+        self.kernel_paths = dict(kernel_paths or {})
         self.input_specs = tuple(_spec_from_dict(d) for d in manifest["inputs"])
         spec = manifest.get("output_spec")
         self.out_spec = pytree.treespec_loads(spec) if spec else None
@@ -199,8 +243,14 @@ def read_manifest(path: str | os.PathLike) -> tuple[Path, dict]:
     return folder, manifest
 
 
-def load_artifact(path: str | os.PathLike, *, cache_structure: bool = False) -> Artifact:
-    """Load an exported artifact after verifying its manifest and checksums."""
+def load_artifact(path: str | os.PathLike, *, cache_structure: bool = True, verify: bool = True) -> Artifact:
+    """Load an exported artifact after verifying its manifest and checksums.
+
+    ``cache_structure`` (default on): the topology preprocessing runs once per graph and is reused while the same
+    graph tensors (same objects, unmodified) come back, as PyG's ``cached=True``; pass ``False`` to recompute it on
+    every call. ``verify`` (default on): re-run the stored self-check on this CPU and raise
+    :class:`ArtifactError` if the artifact's answers differ from the integer program's (one call at load).
+    """
     folder, manifest = read_manifest(path)
     runtime = get_backend(manifest["backend"])
     runtime.require()
@@ -210,4 +260,23 @@ def load_artifact(path: str | os.PathLike, *, cache_structure: bool = False) -> 
         raise
     except Exception as error:
         raise ArtifactError(f"the {runtime.name} runtime could not load {folder}: {error}") from error
-    return Artifact(folder, manifest, structure, features, cache_structure)
+    paths = runtime.kernel_paths(manifest["backend_entries"])
+    if verify:
+        _verify_on_this_cpu(folder, manifest, structure, features, paths)
+    return Artifact(folder, manifest, structure, features, cache_structure, paths)
+
+
+def _verify_on_this_cpu(folder: Path, manifest: dict, structure: Runner, features: Runner, paths: dict) -> None:
+    vectors = selfcheck.load(folder)
+    if vectors is None:
+        return
+    inputs, expected = vectors
+    agreement = selfcheck.compare(expected, _run_flat(structure, features, inputs), manifest["precision"])
+    if not agreement.ok:
+        exported_on = manifest.get("cpu", {}).get("model", "an unrecorded CPU")
+        raise ArtifactError(
+            f"artifact {folder} gives wrong answers on this CPU ({cpu.summary()}): on its self-check inputs "
+            f"{agreement.describe()} from the integer program recorded at export (on {exported_on}). Kernel "
+            f"paths here: {paths}. Do not deploy it here: export it again on this machine, or with another backend"
+        )
+    selfcheck.warn_if_imperfect(agreement, f"self-check of {folder}")

@@ -43,7 +43,10 @@ def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn
         assert manifest["bitops"][convention] == pytest.approx(mq.bitops(frozen, args, convention=convention).bitops)
     assert manifest["model_bytes"] < 12 * 16 * 4  # sub-8-bit weights are counted at their width
     assert {"torch", "mixq_compile"} <= set(manifest["versions"])
-    assert set(manifest["files"]) == {"structure.pt2", "features.pt2"}
+    assert set(manifest["files"]) == {"structure.pt2", "features.pt2", "selfcheck.safetensors"}
+    assert manifest["cpu"]["level"] in ("portable", "avx2", "avx512", "vnni") and manifest["cpu"]["model"]
+    assert manifest["selfcheck"]["checked_at_export"] and manifest["selfcheck"]["mismatched"] == 0
+    assert "linear_int" in manifest["kernel_paths"]
     assert manifest["backend_entries"]["csr_aggregations"] == 2, "both layers aggregate with mixq::csr_sum"
     assert manifest["backend_entries"]["fused_input_linears"] == 1, "the input layer: quantize + GEMM in one op"
     assert "mixq.quantize_linear" in str(torch.export.load(torch_artifact / "features.pt2").graph)

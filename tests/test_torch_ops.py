@@ -1,7 +1,8 @@
 """The torch backend's custom ops: ``mixq::csr_sum`` (exact integer sums on every kind of graph, and the CSR
 rewrite of feature programs), ``mixq::quantize`` (the same codes as the quantize instruction) and
 ``mixq::quantize_linear`` (quantize + first GEMM, skipping zero features; the fusion pass keeps programs exact).
-Every test runs on both implementations: the native C kernels and the ATen code used without a C compiler."""
+Every test runs on every implementation this CPU can run: the native C kernels built for each kernel level up to
+the CPU's own (``MIXQ_ISA``: portable, AVX2, AVX-512, VNNI) and the ATen code used without a C compiler."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_lowering import _program
 
+from mixq_compile import cpu
 from mixq_compile.integer import chunked, csr, native  # noqa: F401
 from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
@@ -20,14 +22,18 @@ from mixq_compile.passes.fuse_input_linear import fuse_input_linear
 csr_sum = torch.ops.mixq.csr_sum
 
 
-@pytest.fixture(autouse=True, params=["native", "aten"])
+@pytest.fixture(autouse=True, params=[*cpu.LEVELS, "aten"])
 def kernels(request, monkeypatch):
-    """Runs each test with the native kernels, then with them switched off (the ATen fallback)."""
-    if request.param == "native" and native.unavailable_reason() is not None:
-        pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
+    """Runs each test with the native kernels of every level this CPU runs, then with them switched off (ATen)."""
     if request.param == "aten":
         monkeypatch.setattr(native, "library", lambda: None)
-    return request.param
+        return "aten"
+    if cpu.LEVELS.index(request.param) > cpu.LEVELS.index(cpu.native_level()):
+        pytest.skip(f"this CPU ({cpu.model()}) cannot run the {request.param} kernels (its level: {cpu.native_level()})")
+    monkeypatch.setenv(cpu.ENV, request.param)
+    if native.unavailable_reason() is not None:
+        pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
+    return "native"
 
 
 def _reference(dst, src, weight, table, zero, rows):

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 from torch.export import Dim
 
+from .. import cpu
 from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
+from ..integer import native
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
 from ..passes.fuse_input_linear import fuse_input_linear
@@ -76,6 +78,15 @@ class TorchBackend(Backend):
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
         torch.export.save(exported, directory / FEATURES_FILE)
         return entries | {"features": FEATURES_FILE, "aot_inductor": False}
+
+    def kernel_paths(self, entries: dict) -> dict[str, str]:
+        reason = native.unavailable_reason()
+        gemm = "int8_vnni (torch._int_mm)" if cpu.at_least("vnni") else "float_exact (K-chunked FP32 GEMM, exact)"
+        return {
+            "linear_int": gemm,
+            "native_kernels": f"C, built for {cpu.level()}" if reason is None else f"ATen fallback ({reason})",
+            "features": "AOTInductor" if entries.get("aot_inductor") else "torch.export program",
+        }
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         structure = load_pt2(directory / entries["structure"])

@@ -232,13 +232,23 @@ def _linear_int(c: Converter, node: fx.Node) -> relax.Expr:
     w, zero, sums = c.array(w_t), c.array(x_zero), c.array(w_sum)
     b = None if bias is None else c.array(bias)
     k = _static(_shape(x)[-1])
-    vnni = c.use_vnni and _dtype(x) == "int8" and w is not None and w.dtype == np.int8 and sums is not None
-    if vnni and zero is not None and zero.size == 1 and k is not None and (bias is None or b is not None):
-        return _rows(c, x, lambda flat: _dense_vnni(c, flat, w, sums, int(zero.reshape(())), b))
+    int8 = _dtype(x) == "int8" and w is not None and w.dtype == np.int8 and sums is not None
+    if int8 and zero is not None and zero.size == 1 and k is not None and (bias is None or b is not None):
+        dense = _dense_vnni if c.use_vnni else _dense_int_f32
+        return _rows(c, x, lambda flat: dense(c, flat, w, sums, int(zero.reshape(())), b))
     acc = c.emit(relax.op.matmul(c.tensor(q_x, "int32"), c.tensor(w_t, "int32"), out_dtype="int32"))
     folded = c.emit(relax.op.multiply(c.tensor(x_zero, "int32"), c.tensor(w_sum, "int32")))
     acc = c.emit(relax.op.subtract(acc, folded))
     return acc if bias is None else c.emit(relax.op.add(acc, c.tensor(bias, "int32")))
+
+
+def _dense_int_f32(
+    c: Converter, x: relax.Expr, w_t: np.ndarray, w_sum: np.ndarray, zero: int, bias: np.ndarray | None
+) -> relax.Expr:
+    k, o = w_t.shape
+    weight = relax.const(TK.pad_columns(w_t.astype(np.float32)))
+    correction = relax.const(TK.exact_correction(w_sum, zero, bias))
+    return c.call_kernel(TK.dense_int_f32(k, o), "dense_int_f32", [x, weight, correction], [_shape(x)[0], o], "int32")
 
 
 def _rows(c: Converter, x: relax.Expr, dense: Callable[[relax.Expr], relax.Expr]) -> relax.Expr:

@@ -10,6 +10,10 @@ symbolic (one build serves every graph size).
   multiplies *unsigned* by signed bytes, so activations are flipped to ``q + 128`` (xor 0x80) and the extra
   ``128 * Σ_k W`` is folded, with the zero-point and bias, into one per-channel correction. The sums are exact
   (4 products of |u8 * s8| < 2**15 per lane and step, int32 accumulation).
+- :func:`dense_int_f32`: the same int8 product where there is no VNNI (AVX2, AVX-512F, portable builds), computed
+  by float32 FMAs, exact by construction: each product of two int8 codes is at most 2**14 in magnitude, so a sum
+  of up to 1024 of them is an integer below 2**24, which float32 holds exactly whatever the order; each 1024-step
+  K-chunk is converted to int32 and added there (wrap-around, as the reference). It runs at the FP32 kernel's speed.
 - :func:`dense_f32`: float32 ``x @ W^T + b`` with the row kept in registers (broadcast-FMA).
 - :func:`csr_rowptr` + :func:`csr_aggregate`: sum aggregation over edges sorted by target (sorted once, in the
   structure program): each output row sums its own contiguous edge range, so rows run in parallel with no
@@ -125,6 +129,73 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
                         C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
 
     return kernel
+
+
+#: K-steps per exact float32 chunk of :func:`dense_int_f32` (1024 * 128 * 128 = 2**24).
+EXACT_CHUNK = 1024
+
+
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
+def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
+    """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` in int32 for int8 codes A and int8 weights given as float32
+    (``W^T`` padded to whole vector registers), exact on any CPU (see the module docstring)."""
+    width, rows = _blocks(o) * LANES, row_block(o)
+    full, tail = k // EXACT_CHUNK, k % EXACT_CHUNK
+
+    @T.prim_func(s_tir=True)
+    def kernel(a: T.handle, w: T.handle, corr: T.handle, c: T.handle):
+        T.func_attr(_SCHEDULED)
+        n = T.int64()
+        A = T.match_buffer(a, (n, k), "int8")
+        W = T.match_buffer(w, (k, width), "float32")
+        Corr = T.match_buffer(corr, (o,), "int32")
+        C = T.match_buffer(c, (n, o), "int32")
+        with T.sblock("root"):
+            for i in T.parallel((n + rows - 1) // rows):
+                acc = T.decl_buffer((rows, width), "int32", scope="local")
+                part = T.decl_buffer((rows, width), "float32", scope="local")
+                for r in T.unroll(rows):
+                    for v in T.vectorized(width):
+                        acc[r, v] = 0
+                for chunk in range(full):
+                    for r in T.unroll(rows):
+                        for v in T.vectorized(width):
+                            part[r, v] = T.float32(0)
+                    for s in range(EXACT_CHUNK):
+                        for r in T.unroll(rows):
+                            step = chunk * EXACT_CHUNK + s
+                            a_rs = T.Cast("float32", A[T.min(i * rows + r, n - 1), step])
+                            for v in T.vectorized(width):
+                                part[r, v] = part[r, v] + a_rs * W[step, v]
+                    for r in T.unroll(rows):
+                        for v in T.vectorized(width):
+                            acc[r, v] = acc[r, v] + T.Cast("int32", part[r, v])
+                if tail > 0:
+                    for r in T.unroll(rows):
+                        for v in T.vectorized(width):
+                            part[r, v] = T.float32(0)
+                    for s in range(tail):
+                        for r in T.unroll(rows):
+                            step = full * EXACT_CHUNK + s
+                            a_rs = T.Cast("float32", A[T.min(i * rows + r, n - 1), step])
+                            for v in T.vectorized(width):
+                                part[r, v] = part[r, v] + a_rs * W[step, v]
+                    for r in T.unroll(rows):
+                        for v in T.vectorized(width):
+                            acc[r, v] = acc[r, v] + T.Cast("int32", part[r, v])
+                for r in T.unroll(rows):
+                    for v in T.vectorized(o):
+                        C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
+
+    return kernel
+
+
+def exact_correction(w_sum: np.ndarray, x_zero: int, bias: np.ndarray | None) -> np.ndarray:
+    """Per-channel int32 term subtracted from :func:`dense_int_f32`'s sums: ``z_x w_sum[o] - bias[o]``."""
+    corr = int(x_zero) * w_sum.astype(np.int64).reshape(-1)
+    if bias is not None:
+        corr = corr - bias.astype(np.int64).reshape(-1)
+    return corr.astype(np.int32)
 
 
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build

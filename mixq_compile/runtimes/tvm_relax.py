@@ -15,6 +15,7 @@ The ``.so`` is built for this machine's CPU (it uses AVX-512 VNNI when present);
 
 from __future__ import annotations
 
+import platform
 import re
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import cpu
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import find_aggregations, sorted_structure
 from .base import Backend, BackendUnavailableError, Runner
@@ -32,15 +34,33 @@ FEATURES_FILE = "features.so"
 INSTALL_HINT = "pip install 'mixq_compile[tvm]'"
 
 
-def host_target() -> dict:
-    """The llvm target for this CPU as a JSON dict (TVM 0.27 rejects CLI target strings)."""
+#: the LLVM CPU of each kernel level below the host's own (:mod:`mixq_compile.cpu`; ``MIXQ_ISA`` forces one).
+LEVEL_MCPU = {"avx512": "skylake-avx512", "avx2": "haswell", "portable": "x86-64"}
+#: instruction sets whose absence on the loading CPU makes a module die on SIGILL.
+_CHECKED_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vnni")
+
+
+def host_target(mcpu: str | None = None) -> dict:
+    """The llvm target for ``mcpu`` (default: this CPU at the kernel level in force) as a JSON dict (TVM 0.27
+    rejects CLI target strings)."""
     from tvm.target import codegen
 
-    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": torch.get_num_threads()}
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if mcpu is None:
+        mcpu = LEVEL_MCPU.get(cpu.level()) if x86 else None
+        mcpu = mcpu or codegen.llvm_get_system_cpu()
+    return {"kind": "llvm", "mcpu": mcpu, "num-cores": torch.get_num_threads()}
 
 
 class TvmBackend(Backend):
+    """Option ``mcpu``: the LLVM CPU to build for (default: this CPU at the kernel level in force, e.g. "haswell"
+    under ``MIXQ_ISA=avx2``); set it to the deployment CPU's when exporting elsewhere. int8 dense layers take the
+    AVX-512 VNNI kernel where the target has it and the exact float32-FMA kernel otherwise."""
+
     name = "tvm"
+
+    def __init__(self, mcpu: str | None = None) -> None:
+        self.mcpu = mcpu
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -67,7 +87,7 @@ class TvmBackend(Backend):
         structure = export_program(sorted_structure(program.structure, aggregations), example_inputs)
         torch.export.save(structure, directory / STRUCTURE_FILE)
 
-        target_json = host_target()
+        target_json = host_target(self.mcpu)
         target = tvm.target.Target(target_json)
         use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
         converter = tvm_convert.Converter(program.features, aggregations, use_vnni)
@@ -81,6 +101,10 @@ class TvmBackend(Backend):
             "vnni": bool(use_vnni),
             "csr_aggregations": converter.csr_used,
         }
+
+    def kernel_paths(self, entries: dict) -> dict[str, str]:
+        dense = "int8 AVX-512 VNNI (vpdpbusd)" if entries.get("vnni") else "int8 exact float32-FMA"
+        return {"linear_int": dense, "target": str(entries.get("target", {}).get("mcpu"))}
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
@@ -97,12 +121,14 @@ def _check_cpu(entries: dict) -> None:
     """Refuse, with the fix, a module whose kernels use instructions this CPU lacks (it would die on SIGILL)."""
     import tvm
 
-    if entries.get("vnni") and not tvm.target.codegen.target_has_features(
-        "avx512vnni", tvm.target.Target(host_target())
-    ):
+    has = tvm.target.codegen.target_has_features
+    built, here = tvm.target.Target(entries["target"]), tvm.target.Target(host_target())
+    missing = [f for f in _CHECKED_FEATURES if has(f, built) and not has(f, here)]
+    if missing:
         raise BackendUnavailableError(
-            f"this TVM artifact was built for {entries['target'].get('mcpu')} with AVX-512 VNNI, which this CPU "
-            f"lacks; export it again on this machine"
+            f"this TVM artifact was built for {entries['target'].get('mcpu')}, whose instructions "
+            f"{', '.join(missing)} this CPU ({cpu.summary()}) lacks; export it again on this machine, or with "
+            f"backend_options={{'mcpu': {here.mcpu!r}}}"
         )
 
 
