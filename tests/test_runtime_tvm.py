@@ -159,13 +159,37 @@ class _CumSum(nn.Module):
         self.conv = GCNConv(FEATURES, 4)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, edge_index).cumsum(0)
+        h = self.conv(x, edge_index)
+        return h.cumsum(0) + h.cumprod(1)
 
 
-def test_unsupported_op_names_the_op_and_the_fix(graphs, tmp_path):
-    with pytest.raises(UnsupportedOpError, match=r"cumsum.*backend='torch'"):
+def test_unsupported_op_names_every_op_and_the_fix(graphs, tmp_path):
+    with pytest.raises(UnsupportedOpError, match=r"2 op\(s\).*cumsum.*cumprod.*backend='torch'"):
         mq.export(_CumSum().eval(), graphs[0], tmp_path / "s", backend="tvm")
     assert not (tmp_path / "s").exists()
+
+
+class _PlainGCN(nn.Module):
+    """Features straight into the first conv (no dropout in front): PyG's self-loop count reads ``x.size(0)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = GCNConv(FEATURES, 16), GCNConv(16, 4)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+
+
+def test_a_gcn_whose_input_feeds_the_conv_directly_exports_with_its_normalisation_in_structure(graphs, tmp_path):
+    """The node count was read from the quantized features, which pulled arange / degree / pow into the feature
+    program (uncached, and TVM has no pow_ converter)."""
+    frozen = _frozen(_PlainGCN(), graphs[0])
+    program = mq.lower(frozen)
+    feature_ops = {str(n.target) for n in program.features.graph.nodes if n.op == "call_function"}
+    assert not any("pow" in op or "arange" in op for op in feature_ops)
+    artifact = mq.load_artifact(mq.export(frozen, graphs[0], tmp_path / "g", backend="tvm"))
+    for graph in graphs:
+        torch.testing.assert_close(artifact(*graph), program(*graph), rtol=0, atol=1e-6)
 
 
 def test_unavailable_reason_says_how_to_install(monkeypatch):

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor, fx
 
 from ..graph_copy import quiet_deepcopy
+from ..integer import kernels as K
 from .structure import structure_nodes
+
+#: instructions whose output has their first operand's shape (so its sizes are that operand's sizes).
+_SAME_SHAPE = (K.quantize, K.requantize, K.dequantize, K.center, K.relu_codes)
+_SYM_SIZE = torch.ops.aten.sym_size.int
 
 
 @dataclass
@@ -65,8 +70,29 @@ def _plain(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
+def sizes_from_inputs(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with every ``sym_size`` of a quantized input read from the input itself.
+
+    ``x.size(0)`` in a model becomes ``quantize(x).size(0)`` once a quantizer sits on ``x``, which makes the node
+    count, and with it PyG's self loops and GCN normalisation, look feature-dependent: they would stay in the
+    feature program (uncached, and untranslatable on TVM). The size is the same, so it is read from ``x``.
+    """
+    gm = quiet_deepcopy(gm)
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not _SYM_SIZE:
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and source.op == "call_function" and source.target in _SAME_SHAPE:
+            source = source.args[0]
+        if isinstance(source, fx.Node) and source.op == "placeholder" and source is not node.args[0]:
+            node.args = (source, *node.args[1:])
+    gm.recompile()
+    return gm
+
+
 def split_structure(gm: fx.GraphModule) -> StructureSplit:
     """Split ``gm`` into structure and feature programs (see module docstring)."""
+    gm = sizes_from_inputs(gm)
     names = [n.name for n in _frontier(gm)]
 
     structure = _plain(gm)

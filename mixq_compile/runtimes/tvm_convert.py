@@ -136,10 +136,22 @@ def _converter(gm: fx.GraphModule, node: fx.Node) -> Callable[[Converter, fx.Nod
 
 
 def check_supported(gm: fx.GraphModule) -> None:
-    """Fail fast, before the slow structure export and build, on the first op without a converter."""
+    """Fail fast, before the slow structure export and build, naming *every* op without a converter (the first
+    one alone can hide the op the user needs to know about)."""
+    missing: dict[str, list[str]] = {}
     for node in gm.graph.nodes:
         if node.op in ("call_function", "call_module", "call_method"):
-            _converter(gm, node)
+            try:
+                _converter(gm, node)
+            except UnsupportedOpError:
+                missing.setdefault(getattr(node.target, "__name__", str(node.target)), []).append(node.name)
+    if missing:
+        listed = "; ".join(f"{op} (at {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                           for op, names in missing.items())  # fmt: skip
+        raise UnsupportedOpError(
+            f"the TVM backend has no converter for {len(missing)} op(s) of this feature program: {listed}. Export "
+            f"with backend='torch' (or 'onnx'), or add converters to mixq_compile.runtimes.tvm_convert.CONVERTERS"
+        )
 
 
 def _dtype(expr: relax.Expr) -> str:
@@ -512,6 +524,16 @@ def _filled(c: Converter, node: fx.Node) -> relax.Expr:
     fill = _FILLS.get(node.target, 0)
     fill = rest[0] if fill is None else fill
     return c.emit(relax.op.full(c.value(size), relax.const(fill, dtype), dtype))
+
+
+@_converts(aten.arange.default, aten.arange.start, aten.arange.start_step)
+def _arange(c: Converter, node: fx.Node) -> relax.Expr:
+    """``arange`` with a symbolic end (PyG's self-loop node ids, ``arange(0, num_nodes)``)."""
+    bounds = list(c.value(node.args))
+    start, end, step = ([0, *bounds] if node.target == aten.arange.default else bounds + [1])[:3]
+    recorded = node.meta.get("val")
+    dtype = node.kwargs.get("dtype") or (recorded.dtype if isinstance(recorded, Tensor) else torch.int64)
+    return c.emit(relax.op.arange(start, end, step, str(dtype).removeprefix("torch.")))
 
 
 @_converts(*SCATTER_ADDS)
