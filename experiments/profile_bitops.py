@@ -7,6 +7,11 @@ uncached integer latency of the 8-bit model is measured too). Writes ``results/p
 ``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
 
     python experiments/profile_bitops.py [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
+                                         [--isa avx2]
+
+Every row and the summary record the CPU (model, kernel level, instruction sets) and the kernels each artifact ran
+(``Artifact.kernel_paths``); ``--isa`` forces a lower kernel level (``MIXQ_ISA``) to measure, on a VNNI machine,
+the paths an AVX2 or baseline CPU takes (libraries' own dispatch, e.g. onnxruntime's, still sees the real CPU).
 
 Latency depends on shapes and bit-widths only, so the model is randomly initialised (seed 0) and calibrated on the
 graph (no training). The artifacts are exported by a child process (the same script with ``--export-to``): compiler
@@ -21,6 +26,7 @@ import copy
 import csv
 import json
 import random
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 import mixq_compile as mq
+from mixq_compile import cpu
 from mixq_compile.experiments import plots
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import available_backends
@@ -152,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
+    parser.add_argument("--isa", choices=["native", *cpu.LEVELS], default=None,
+                        help="force this kernel level (MIXQ_ISA) in the export child and the measurements")  # fmt: skip
     parser.add_argument("--export-to", type=Path, default=None, help=argparse.SUPPRESS)  # the export child
     args = parser.parse_args(argv)
+    if args.isa is not None:
+        os.environ[cpu.ENV] = args.isa
+        cpu.level()  # a level this CPU cannot run fails here, with the reason
     if args.export_to is not None:
         export_all(args, args.export_to)
         return 0
@@ -172,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(target, name: str, backend: str, precision: str, config: str, cached: bool) -> None:
         report = mq.profile(target, inputs, warmup=args.warmup, repeats=args.repeats, name=name)
+        paths = getattr(target, "kernel_paths", {})
         rows.append({
+            "cpu": cpu.summary(), "kernel_paths": "; ".join(f"{k}={v}" for k, v in paths.items()),
             "dataset": dataset, "backend": backend, "precision": precision, "config": config, "cached": cached,
             "median_ms": report.median_ms, "p10_ms": report.p10_ms, "p90_ms": report.p90_ms,
             "throughput_per_s": report.throughput_per_s, "peak_rss_mib": report.peak_rss_mib,
@@ -226,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     summary = {
+        "cpu": cpu.describe(),
         "dataset": dataset,
         "eager_ms": eager_ms,
         "eager_cached_ms": eager_cached_ms,
@@ -241,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     plots.latency_vs_bitops(rows, rho, args.out / "latency_vs_bitops.png",
-                            title=f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend")  # fmt: skip
+                            title=f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend\n"
+                                  f"{cpu.summary()}")  # fmt: skip
 
     print(f"\n{'backend':<8}{'precision':<10}{'config':<10}{'cached':<7}{'median ms':>10}{'GBitOPs wa':>12}")
     for r in rows:
@@ -250,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend, ratio in ratios.items():
         print(f"{backend}: ρ={rho[backend]:.2f}; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                                                for k, v in ratio.items()))  # fmt: skip
+    print(f"CPU: {cpu.summary()}")
     print(f"results in {args.out}")
     return 0
 

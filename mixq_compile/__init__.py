@@ -4,6 +4,7 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 ``task_loss + λ * penalty(qmodel)`` -> ``freeze`` (argmax bit-widths) -> QAT -> ``bitops`` / deployment.
 """
 
+from . import cpu
 from .api import bitops, fit_budget, freeze, penalty, quantize, sites
 from .artifact import Artifact, ArtifactError, export, load_artifact
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
@@ -34,6 +35,7 @@ __all__ = [
     "QuantizedModel",
     "SavedModelError",
     "bitops",
+    "cpu",
     "export",
     "fit_budget",
     "freeze",

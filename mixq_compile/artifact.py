@@ -98,6 +98,12 @@ def export(
     requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
     ``backend_options`` are passed to the backend (e.g. ``{"aot_inductor": True}`` for "torch").
     """
+    target = Path(path)
+    if target.exists() and not (target / MANIFEST).is_file():
+        raise ArtifactError(
+            f"{target} exists and is not a mixq_compile artifact; export() replaces only earlier artifacts, so "
+            f"nothing there is touched: choose a new path or remove it first"
+        )
     runtime = get_backend(backend, **(backend_options or {}))
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)

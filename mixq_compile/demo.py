@@ -134,8 +134,10 @@ def run_demo(
             for precision, model in (("integer", frozen), ("fp32", fp32_model)):
                 folder = work / f"{label.replace(':', '_')}_{precision}"
                 path = mq.export(model, task.inputs, folder, backend=name, backend_options=options)
-                artifact = mq.load_artifact(path, cache_structure=True)
+                artifact = mq.load_artifact(path)  # the defaults: self-checked on this CPU, structure cached
                 report = mq.profile(artifact, task.inputs, warmup=3, repeats=repeats, name=f"{label} {precision}")
+                paths = ", ".join(f"{k}: {v}" for k, v in artifact.kernel_paths.items())
+                print(f"      {label} {precision} kernels on this CPU: {paths or 'backend defaults'}")
                 avg = artifact.manifest["avg_bits"]
                 gbit = artifact.manifest["bitops"]["paper"] / 1e9
                 rows.append(_row(f"{label} artifact", precision, task.accuracy(artifact), avg, gbit, report, eager))
@@ -143,6 +145,7 @@ def run_demo(
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
     _print_table(rows)
+    print(f"CPU: {mq.cpu.summary()}")
     print(f"wall time {time.perf_counter() - started:.1f} s" + (f"; artifacts in {work}" if keep else ""))
     return rows
 

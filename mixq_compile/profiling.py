@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import cpu
 from .artifact import Artifact, load_artifact
 
 _PAGE = 4096
@@ -64,6 +65,9 @@ class ProfileReport:
     model_bytes: float | None
     warmup: int
     repeats: int
+    #: the CPU it ran on (:func:`mixq_compile.cpu.summary`) and the kernels the artifact took there.
+    cpu: str = ""
+    kernel_paths: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +77,8 @@ class ProfileReport:
         return (
             f"{self.name} [{self.backend}/{self.precision}]: median {self.median_ms:.3f} ms "
             f"(p10 {self.p10_ms:.3f}, p90 {self.p90_ms:.3f}), {self.throughput_per_s:.1f}/s, "
-            f"peak RSS {self.peak_rss_mib:.0f} MiB (+{self.peak_rss_delta_mib:.1f}), {bitops}"
+            f"peak RSS {self.peak_rss_mib:.0f} MiB (+{self.peak_rss_delta_mib:.1f}), {bitops}; on {self.cpu}"
+            + (f"; kernels: {self.kernel_paths}" if self.kernel_paths else "")
         )
 
 
@@ -131,4 +136,6 @@ def profile(
         model_bytes=manifest.get("model_bytes"),
         warmup=warmup,
         repeats=repeats,
+        cpu=cpu.summary(),
+        kernel_paths=dict(artifact.kernel_paths) if isinstance(artifact, Artifact) else None,
     )

@@ -193,3 +193,15 @@ def test_selfcheck_stores_sparse_features_compactly(tmp_path):
     assert torch.equal(inputs[0], x) and torch.equal(inputs[1], edge_index) and torch.equal(outputs[0], out[0])
     agreement = selfcheck.compare(out, (out[0] + np.float32(0.5),), "integer")
     assert not agreement.ok and agreement.mismatched == 2000
+
+
+def test_export_never_replaces_a_directory_that_is_not_an_artifact(mlp, tmp_path):
+    frozen, args, _ = mlp
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "important.txt").write_text("keep me")
+    with pytest.raises(mq.ArtifactError, match="not a mixq_compile artifact"):
+        mq.export(frozen, args, folder, backend="torch")
+    assert (folder / "important.txt").read_text() == "keep me"
+    again = mq.export(frozen, args, tmp_path / "art", backend="torch")
+    assert mq.export(frozen, args, again, backend="torch") == again  # an earlier artifact is replaced
