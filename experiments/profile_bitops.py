@@ -25,8 +25,8 @@ import argparse
 import copy
 import csv
 import json
-import random
 import os
+import random
 import shutil
 import subprocess
 import sys

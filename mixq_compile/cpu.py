@@ -6,8 +6,8 @@ product: with AVX-512 VNNI / AVX-VNNI (``vpdpbusd``) it accumulates straight int
 ``MatMulInteger`` u8 × s8 gave answers 0.41 off on an AVX2-only EPYC). So every backend asks this module which
 level is in force and picks an exact kernel for it:
 
-- ``"vnni"``: x86 with AVX-512 VNNI or AVX-VNNI: exact and fast u8 × s8 (``torch._int_mm``, ORT u8 × s8, TVM ``vpdpbusd``
-  where the 512-bit form exists);
+- ``"vnni"``: x86 with AVX-512 VNNI or AVX-VNNI: exact and fast u8 × s8 (``torch._int_mm``, ORT u8 × s8, TVM
+  ``vpdpbusd`` where the 512-bit form exists);
 - ``"avx512"``: AVX-512 without VNNI; ``"avx2"``: AVX2 + FMA; ``"portable"``: anything else (or non-x86).
 
 ``MIXQ_ISA`` (``portable`` | ``avx2`` | ``avx512`` | ``native``) forces a *lower* level than the CPU's, so a VNNI

@@ -168,6 +168,7 @@ def test_a_wrong_artifact_is_refused_at_load(mlp, tmp_path, monkeypatch):
     from mixq_compile.runtimes import onnx_ort
 
     real = onnx_ort.load_onnx
+
     def skewed(model):
         run = real(model)
         return lambda *i: tuple(t * 1.5 if t.is_floating_point() else t for t in run(*i))

@@ -95,7 +95,7 @@ def test_sage_matches_the_integer_executor(graphs, tmp_path, monkeypatch):
     assert artifact.manifest["backend_entries"]["csr_aggregations"] == 2
     if artifact.manifest["backend_entries"]["vnni"]:  # a CPU without VNNI gets a clear error, not SIGILL
         monkeypatch.setenv("MIXQ_ISA", "avx2")  # load as an AVX2-only CPU would
-        with pytest.raises(BackendUnavailableError, match="avx512.*export it again on this machine"):
+        with pytest.raises(BackendUnavailableError, match=r"avx512.*export it again on this machine"):
             mq.load_artifact(artifact.path)
 
 

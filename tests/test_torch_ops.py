@@ -29,7 +29,7 @@ def kernels(request, monkeypatch):
         monkeypatch.setattr(native, "library", lambda: None)
         return "aten"
     if cpu.LEVELS.index(request.param) > cpu.LEVELS.index(cpu.native_level()):
-        pytest.skip(f"this CPU ({cpu.model()}) cannot run the {request.param} kernels (its level: {cpu.native_level()})")
+        pytest.skip(f"this CPU ({cpu.model()}) cannot run the {request.param} kernels ({cpu.native_level()})")
     monkeypatch.setenv(cpu.ENV, request.param)
     if native.unavailable_reason() is not None:
         pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")

@@ -238,7 +238,8 @@ class OnnxBackend(Backend):
 
 
 def load_onnx(path: Path | onnx.ModelProto) -> Runner:
-    """An ONNX model (file or in memory) as a callable on torch tensors returning a tuple of torch tensors (2 intra-op threads)."""
+    """An ONNX model (file or in memory) as a callable on torch tensors returning a tuple of torch tensors (2
+    intra-op threads)."""
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
 

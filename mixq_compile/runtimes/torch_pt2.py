@@ -1,14 +1,14 @@
 """The ``torch`` backend: the integer program as ``torch.export`` programs (``.pt2``).
 
-The integer kernels are ATen ops (round/clamp) and ``torch.ops.mixq.linear_int`` (the integer GEMM with a kernel
-picked at run time for the CPU, exact on every one: :mod:`mixq_compile.integer.linear`), plus, by default, ``torch.ops.mixq.csr_sum``
-for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure program also sorts each aggregation's edges
-by target, and the feature program sums over them as a CSR product instead of an ``[E, C]`` gather/scatter; and
-``torch.ops.mixq.quantize_linear`` for the input layer (quantize + first GEMM in one pass that skips zero
-features, :mod:`mixq_compile.integer.input_linear`). Such
-files need ``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program
-keeps its integer scatter-adds. Without AOTInductor, ``quantize`` instructions become
-``torch.ops.mixq.quantize`` (the same arithmetic in cache-sized blocks, :mod:`mixq_compile.integer.chunked`).
+The integer kernels are ATen ops (round/clamp) and ``torch.ops.mixq.linear_int`` (the integer GEMM with a
+kernel picked at run time for the CPU, exact on every one: :mod:`mixq_compile.integer.linear`), plus, by
+default, ``torch.ops.mixq.csr_sum`` for sum aggregations (:mod:`mixq_compile.integer.csr`): the structure
+program also sorts each aggregation's edges by target, and the feature program sums over them as a CSR product
+instead of an ``[E, C]`` gather/scatter; and ``torch.ops.mixq.quantize_linear`` for the input layer (quantize +
+first GEMM in one pass that skips zero features, :mod:`mixq_compile.integer.input_linear`). Such files need
+``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program keeps its
+integer scatter-adds. Without AOTInductor, ``quantize`` instructions become ``torch.ops.mixq.quantize`` (the same
+arithmetic in cache-sized blocks, :mod:`mixq_compile.integer.chunked`).
 """
 
 from __future__ import annotations
