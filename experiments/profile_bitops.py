@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     plots.latency_vs_bitops(rows, rho, args.out / "latency_vs_bitops.png",
                             title=f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend\n"
-                                  f"{cpu.summary()}")  # fmt: skip
+                                  f"{cpu.model()} [kernel level {cpu.level()}], {torch.get_num_threads()} threads")  # fmt: skip
 
     print(f"\n{'backend':<8}{'precision':<10}{'config':<10}{'cached':<7}{'median ms':>10}{'GBitOPs wa':>12}")
     for r in rows:
