@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plots.latency_vs_bitops(rows, rho, args.out / "latency_vs_bitops.png",
-                            title=f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend\n"
-                                  f"{cpu.model()} [kernel level {cpu.level()}], {torch.get_num_threads()} threads")  # fmt: skip
+    where = f"{cpu.model()} [kernel level {cpu.level()}], {torch.get_num_threads()} threads"
+    title = f"{dataset} GCN (hidden {args.hidden}): latency vs BitOPs per backend\n{where}"
+    plots.latency_vs_bitops(rows, rho, args.out / "latency_vs_bitops.png", title=title)
 
     print(f"\n{'backend':<8}{'precision':<10}{'config':<10}{'cached':<7}{'median ms':>10}{'GBitOPs wa':>12}")
     for r in rows:
