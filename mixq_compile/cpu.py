@@ -52,8 +52,17 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def flags() -> frozenset[str]:
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (empty where it is not readable)."""
+    return _cpuinfo()[1]
+
+
 def _flag_level(flags: frozenset[str]) -> str:
-    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in flags or "fma" not in flags:
+    if not is_x86() or "avx2" not in flags or "fma" not in flags:
         return "portable"
     if "avx512_vnni" in flags or "avx_vnni" in flags:
         return "vnni"
@@ -78,10 +87,15 @@ def native_level() -> str:
     return level if LEVELS.index(level) <= LEVELS.index(cap) else cap
 
 
+def _wanted() -> str:
+    """The level ``MIXQ_ISA`` asks for ("native" when unset or empty)."""
+    return os.environ.get(ENV, "native").strip().lower() or "native"
+
+
 def level() -> str:
     """The level in force: :func:`native_level`, or a lower one forced with ``MIXQ_ISA``."""
     native = native_level()
-    wanted = os.environ.get(ENV, "native").strip().lower() or "native"
+    wanted = _wanted()
     if wanted == "native":
         return native
     if wanted not in LEVELS:
@@ -96,25 +110,19 @@ def at_least(wanted: str) -> bool:
     return LEVELS.index(level()) >= LEVELS.index(wanted)
 
 
-def has_avx512_vnni() -> bool:
-    """The 512-bit ``vpdpbusd`` (TVM's VNNI kernel) is usable: level "vnni" on a CPU with AVX-512 VNNI."""
-    return level() == "vnni" and "avx512_vnni" in _cpuinfo()[1]
-
-
 def model() -> str:
     return _cpuinfo()[0]
 
 
 def describe() -> dict:
     """What manifests and benchmark results record about the CPU they ran on."""
-    _, flags = _cpuinfo()
     return {
         "model": model(),
         "machine": platform.machine(),
         "level": level(),
         "native_level": native_level(),
-        "forced": os.environ.get(ENV, "native").strip().lower() not in ("", "native"),
-        "flags": [f for f in RECORDED_FLAGS if f in flags],
+        "forced": _wanted() != "native",
+        "flags": [f for f in RECORDED_FLAGS if f in flags()],
         "threads": _threads(),
     }
 
@@ -126,7 +134,7 @@ def _threads() -> int:
 
 
 def summary() -> str:
-    """One line for tables and logs, e.g. ``AMD EPYC 7B13 (avx2; avx2 fma)``."""
+    """One line for tables and logs, e.g. ``AMD EPYC [avx2, forced from vnni; sse4_2 avx avx2 fma ...]``."""
     info = describe()
     forced = f", forced from {info['native_level']}" if info["forced"] else ""
     return f"{info['model']} [{info['level']}{forced}; {' '.join(info['flags']) or 'no vector flags'}]"

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -53,17 +52,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("MIXQ_KERNEL_CACHE") or default)
 
 
-def _cpu_signature() -> str:
-    """The CPU model (``-march=native`` code must not move to another CPU through a shared cache)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 #: the code generation flag of each kernel level (x86); other architectures build for their native CPU.
 _MARCH = {"vnni": "-march=native", "avx512": "-march=skylake-avx512", "avx2": "-march=haswell",
           "portable": "-march=x86-64"}  # fmt: skip
@@ -71,13 +59,14 @@ _MARCH = {"vnni": "-march=native", "avx512": "-march=skylake-avx512", "avx2": "-
 
 def flags() -> tuple[str, ...]:
     """Compiler flags of the kernels for the level in force."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return (*FLAGS, _MARCH[cpu.level()] if x86 else "-march=native")
+    return (*FLAGS, _MARCH[cpu.level()] if cpu.is_x86() else "-march=native")
 
 
 def _build(compiler: str, build_flags: tuple[str, ...]) -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *build_flags, _cpu_signature())).encode()).hexdigest()[:16]
+    # the CPU model and flags: ``-march=native`` code must not move to another CPU through a shared cache
+    signature = (compiler, *build_flags, cpu.model(), *sorted(cpu.flags()))
+    key = hashlib.sha256(source + " ".join(signature).encode()).hexdigest()[:16]
     target = _cache_dir() / f"mixq_kernels_{cpu.level()}_{key}.so"
     if target.exists():
         return target

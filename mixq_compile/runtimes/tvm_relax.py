@@ -15,7 +15,6 @@ The ``.so`` is built for this machine's CPU (it uses AVX-512 VNNI when present);
 
 from __future__ import annotations
 
-import platform
 import re
 from importlib import metadata
 from pathlib import Path
@@ -45,9 +44,8 @@ def host_target(mcpu: str | None = None) -> dict:
     rejects CLI target strings)."""
     from tvm.target import codegen
 
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
     if mcpu is None:
-        mcpu = LEVEL_MCPU.get(cpu.level()) if x86 else None
+        mcpu = LEVEL_MCPU.get(cpu.level()) if cpu.is_x86() else None
         mcpu = mcpu or codegen.llvm_get_system_cpu()
     return {"kind": "llvm", "mcpu": mcpu, "num-cores": torch.get_num_threads()}
 
