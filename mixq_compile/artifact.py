@@ -108,7 +108,7 @@ def export(
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)
 
-    reference = tuple(program.features(*args, *program.structure(*args)))
+    reference = _run_flat(program.structure, program.features, args)
 
     def fill(directory: Path) -> None:
         entries = runtime.export(program, args, directory)
@@ -140,7 +140,7 @@ def export(
 
 
 def _run_flat(structure: Runner, features: Runner, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return tuple(features(*inputs, *tuple(structure(*inputs))))
+    return tuple(features(*inputs, *structure(*inputs)))
 
 
 def _check_at_export(runtime, directory: Path, entries: dict, args: tuple, reference: tuple, precision: str) -> dict:

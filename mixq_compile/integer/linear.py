@@ -27,11 +27,14 @@ from . import kernels as K
 _EXACT_BITS = {torch.float32: 24, torch.float64: 53}
 
 
+def int8_path() -> str:
+    """The kernel :func:`linear_int` runs for int8 codes and weights on this CPU."""
+    return "int8_vnni" if cpu.at_least("vnni") else "float_exact"
+
+
 def path(q_x: Tensor, w_t: Tensor) -> str:
-    """The kernel :func:`linear_int` runs for these operands on this CPU."""
-    if q_x.dtype == torch.int8 and w_t.dtype == torch.int8 and cpu.at_least("vnni"):
-        return "int8_vnni"
-    return "float_exact"
+    """The kernel :func:`linear_int` runs for these operands on this CPU (wider codes always take the float one)."""
+    return int8_path() if q_x.dtype == torch.int8 and w_t.dtype == torch.int8 else "float_exact"
 
 
 def _magnitude(dtype: torch.dtype) -> int:

@@ -83,8 +83,14 @@ def as_u8u8(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def for_this_cpu(model: onnx.ModelProto, formulation: str) -> tuple[onnx.ModelProto, str]:
-    """``model`` (exported with ``formulation``) in a form that is exact here, and the form it now has."""
-    if formulation == "u8s8" and exact_formulation() == "u8u8" and signed_weight_matmuls(model):
-        return as_u8u8(model), "u8u8"
-    return model, formulation
+def formulation_here(written: str) -> str:
+    """The formulation a model written with ``written`` runs with on this CPU (u8 × s8 becomes u8 × u8 where it
+    would saturate)."""
+    return "u8u8" if written == "u8s8" and exact_formulation() == "u8u8" else written
+
+
+def for_this_cpu(model: onnx.ModelProto, written: str) -> onnx.ModelProto:
+    """``model`` (exported with ``written``) in the form :func:`formulation_here` says is exact here."""
+    if formulation_here(written) != written and signed_weight_matmuls(model):
+        return as_u8u8(model)
+    return model

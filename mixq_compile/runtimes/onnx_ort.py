@@ -227,14 +227,13 @@ class OnnxBackend(Backend):
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
         features = onnx.load(directory / entries["features"])
-        features, _ = onnx_matmul.for_this_cpu(features, entries.get("matmul", "u8s8"))
+        features = onnx_matmul.for_this_cpu(features, entries.get("matmul", "u8s8"))
         return load_onnx(directory / entries["structure"]), load_onnx(features)
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
-        matmul = entries.get("matmul", "u8s8")
-        if matmul == "u8s8" and onnx_matmul.exact_formulation() == "u8u8":
-            matmul = "u8u8 (rewritten at load: this CPU has no VNNI)"
-        return {"matmul_integer": matmul}
+        written = entries.get("matmul", "u8s8")
+        here = onnx_matmul.formulation_here(written)
+        return {"matmul_integer": here if here == written else f"{here} (rewritten at load: this CPU has no VNNI)"}
 
 
 def load_onnx(path: Path | onnx.ModelProto) -> Runner:

@@ -22,7 +22,7 @@ from torch.export import Dim
 from .. import cpu
 from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
-from ..integer import native
+from ..integer import linear, native
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
 from ..passes.fuse_input_linear import fuse_input_linear
@@ -81,9 +81,10 @@ class TorchBackend(Backend):
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         reason = native.unavailable_reason()
-        gemm = "int8_vnni (torch._int_mm)" if cpu.at_least("vnni") else "float_exact (K-chunked FP32 GEMM, exact)"
+        described = {"int8_vnni": "torch._int_mm", "float_exact": "K-chunked FP32 GEMM, exact"}
+        gemm = linear.int8_path()
         return {
-            "linear_int": gemm,
+            "linear_int": f"{gemm} ({described[gemm]})",
             "native_kernels": f"C, built for {cpu.level()}" if reason is None else f"ATen fallback ({reason})",
             "features": "AOTInductor" if entries.get("aot_inductor") else "torch.export program",
         }
