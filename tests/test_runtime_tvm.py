@@ -195,3 +195,26 @@ def test_unavailable_reason_says_how_to_install(monkeypatch):
     assert backend.unavailable_reason() is None
     monkeypatch.setitem(sys.modules, "tvm", None)
     assert "pip install 'mixq_compile[tvm]'" in backend.unavailable_reason()
+
+
+@pytest.mark.parametrize(("k", "o"), [(5, 3), (1024, 16), (2500, 20)])
+def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
+    """The kernel CPUs without VNNI use: worst-case codes (-128 * -128 on every step), K across 1024-step chunks,
+    built for Haswell (AVX2)."""
+    import numpy as np
+    import tvm
+
+    from mixq_compile.runtimes import tvm_kernels as TK
+
+    module = tvm.IRModule({"main": TK.dense_int_f32(k, o).with_attr("global_symbol", "main")})
+    lib = tvm.compile(module, target={"kind": "llvm", "mcpu": "haswell"})
+    rng = np.random.default_rng(k)
+    a = rng.integers(-128, 128, (37, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, o)).astype(np.int8)
+    a[0], w[:, 0] = -128, -128
+    corr = rng.integers(-100, 100, (o,)).astype(np.int32)
+    out = tvm.runtime.empty((37, o), "int32")
+    weight = TK.pad_columns(w.astype(np.float32))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(weight), tvm.runtime.tensor(corr), out)
+    expected = (a.astype(np.int64) @ w.astype(np.int64)).astype(np.int32) - corr
+    assert np.array_equal(out.numpy(), expected)

@@ -135,6 +135,23 @@ def dense_vnni(k: int, o: int) -> tirx.PrimFunc:
 EXACT_CHUNK = 1024
 
 
+@T.macro
+def _exact_chunk(acc, part, A, W, i, rows, n, width, start, length):
+    """``acc[r, :] += int32(Σ_{s < length} A[row, start + s] W[start + s, :])``: one chunk summed exactly in
+    float32 (``length`` ≤ :data:`EXACT_CHUNK`), then added in int32."""
+    for r in T.unroll(rows):
+        for v in T.vectorized(width):
+            part[r, v] = T.float32(0)
+    for s in range(length):
+        for r in T.unroll(rows):
+            a_rs = T.Cast("float32", A[T.min(i * rows + r, n - 1), start + s])
+            for v in T.vectorized(width):
+                part[r, v] = part[r, v] + a_rs * W[start + s, v]
+    for r in T.unroll(rows):
+        for v in T.vectorized(width):
+            acc[r, v] = acc[r, v] + T.Cast("int32", part[r, v])
+
+
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
     """``C[n, o] = Σ_k A[n, k] W^T[k, o] - corr[o]`` in int32 for int8 codes A and int8 weights given as float32
@@ -158,31 +175,9 @@ def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
                     for v in T.vectorized(width):
                         acc[r, v] = 0
                 for chunk in range(full):
-                    for r in T.unroll(rows):
-                        for v in T.vectorized(width):
-                            part[r, v] = T.float32(0)
-                    for s in range(EXACT_CHUNK):
-                        for r in T.unroll(rows):
-                            step = chunk * EXACT_CHUNK + s
-                            a_rs = T.Cast("float32", A[T.min(i * rows + r, n - 1), step])
-                            for v in T.vectorized(width):
-                                part[r, v] = part[r, v] + a_rs * W[step, v]
-                    for r in T.unroll(rows):
-                        for v in T.vectorized(width):
-                            acc[r, v] = acc[r, v] + T.Cast("int32", part[r, v])
+                    _exact_chunk(acc, part, A, W, i, rows, n, width, chunk * EXACT_CHUNK, EXACT_CHUNK)
                 if tail > 0:
-                    for r in T.unroll(rows):
-                        for v in T.vectorized(width):
-                            part[r, v] = T.float32(0)
-                    for s in range(tail):
-                        for r in T.unroll(rows):
-                            step = full * EXACT_CHUNK + s
-                            a_rs = T.Cast("float32", A[T.min(i * rows + r, n - 1), step])
-                            for v in T.vectorized(width):
-                                part[r, v] = part[r, v] + a_rs * W[step, v]
-                    for r in T.unroll(rows):
-                        for v in T.vectorized(width):
-                            acc[r, v] = acc[r, v] + T.Cast("int32", part[r, v])
+                    _exact_chunk(acc, part, A, W, i, rows, n, width, full * EXACT_CHUNK, tail)
                 for r in T.unroll(rows):
                     for v in T.vectorized(o):
                         C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
