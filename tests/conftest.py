@@ -48,6 +48,17 @@ def random_batch(graphs: int, nodes_per_graph: int, features: int, seed: int = 0
     return torch.cat(xs), torch.cat(edges, 1), torch.cat(batch)
 
 
+class MLP(nn.Module):
+    """The usual GNN baseline: it takes ``edge_index`` and ignores it (nothing for the structure program to do)."""
+
+    def __init__(self, features: int, hidden: int, classes: int = 7) -> None:
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(features, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.lin2(torch.relu(self.lin1(x)))
+
+
 class GraphNormGIN(nn.Module):
     """GIN layer, GraphNorm (per-graph statistics gathered back to each graph's nodes), sum readout, head."""
 

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
+from conftest import MLP, random_graph
 
 import mixq_compile as mq
 from mixq_compile.models import PlanetoidGCN
@@ -182,17 +182,6 @@ def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_p
         mq.export(frozen, args, tmp_path / "bad", backend="torch", backend_options={"fast": True})
 
 
-class _MLP(torch.nn.Module):
-    """The usual GNN baseline: it takes ``edge_index`` and ignores it (nothing for the structure program to do)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin1, self.lin2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 7)
-
-    def forward(self, x, edge_index):
-        return self.lin2(torch.relu(self.lin1(x)))
-
-
 @pytest.mark.parametrize("backend", ["torch", "onnx", "tvm"])
 def test_a_model_that_ignores_the_topology_exports_on_every_backend(backend, tmp_path):
     """Its structure program hands over one empty tensor (backends refuse a program without outputs)."""
@@ -200,7 +189,7 @@ def test_a_model_that_ignores_the_topology_exports_on_every_backend(backend, tmp
     if not usable:
         pytest.skip(skipped[backend])
     args, other = random_graph(50, 200, 16), random_graph(83, 410, 16, seed=2)
-    model = _MLP().eval()
+    model = MLP(16, 32).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = mq.quantize(model, args)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import random_graph
+from conftest import MLP, random_graph
 
 import mixq_compile as mq
 from mixq_compile import cpu
@@ -78,22 +78,13 @@ def test_linear_int_stays_exact_when_fp32_matmuls_are_allowed_to_round(monkeypat
     assert torch.equal(got, torch.full((8, 4), 2000 * 16384, dtype=torch.int32))
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin1, self.lin2 = torch.nn.Linear(64, 48), torch.nn.Linear(48, 7)
-
-    def forward(self, x, edge_index):
-        return self.lin2(torch.relu(self.lin1(x)))
-
-
 @pytest.fixture(scope="module")
 def mlp():
     torch.manual_seed(0)
     args, other = random_graph(80, 300, 64), random_graph(131, 500, 64, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(_MLP().eval(), args)
+        qmodel = mq.quantize(MLP(64, 48).eval(), args)
     qmodel(*args)
     frozen = mq.freeze(qmodel, {"lin1.weight": 8, "lin2.weight": 4}).eval()
     return frozen, args, other

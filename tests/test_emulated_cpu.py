@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_graph
+from conftest import MLP, random_graph
 
 import mixq_compile as mq
 from mixq_compile import cpu
@@ -27,17 +27,6 @@ pytestmark = pytest.mark.skipif(
     QEMU is None or cpu.native_level() == "portable",
     reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host to emulate an AVX2-only CPU",
 )
-
-
-class _MLP(torch.nn.Module):
-    """Large positive activations into 8-bit weights: the u8 × s8 pair sums that saturate int16."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin1, self.lin2 = torch.nn.Linear(64, 64), torch.nn.Linear(64, 7)
-
-    def forward(self, x, edge_index):
-        return self.lin2(torch.relu(self.lin1(x)))
 
 
 def _emulated(paths: list[Path]) -> dict:
@@ -55,10 +44,10 @@ def _emulated(paths: list[Path]) -> dict:
 def test_artifacts_exported_here_are_exact_on_an_emulated_avx2_cpu(tmp_path):
     torch.manual_seed(0)
     args = random_graph(120, 400, 64)
-    args = (args[0].abs() * 3, args[1])
+    args = (args[0].abs() * 3, args[1])  # large positive activations into 8-bit weights: pair sums past int16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(_MLP().eval(), args)
+        qmodel = mq.quantize(MLP(64, 64).eval(), args)
     qmodel(*args)
     frozen = mq.freeze(qmodel, {}).eval()
     paths = [
