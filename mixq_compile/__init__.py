@@ -8,7 +8,7 @@ from . import cpu
 from .api import bitops, fit_budget, freeze, penalty, quantize, sites
 from .artifact import Artifact, ArtifactError, export, load_artifact
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
-from .errors import CaptureError, InputSignatureError, MixQError, NoQuantizableOpError
+from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
 from .integer.program import IntegerProgram, lower
 from .io import SavedModelError, load, save
 from .model import QuantizedModel
@@ -25,6 +25,7 @@ __all__ = [
     "DegreeQuant",
     "FakeQuantizer",
     "InputSignatureError",
+    "InputValueError",
     "IntegerProgram",
     "MixQError",
     "MixedQuantizer",

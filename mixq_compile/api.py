@@ -43,12 +43,17 @@ def quantize(
     (training it leaves ``model`` unchanged). Feature ops with no rule stay in
     float; they are listed in ``sites(qmodel)`` and a warning names how many.
     """
+    if isinstance(model, QuantizedModel):
+        raise TypeError(
+            "the model is already quantized (a QuantizedModel); quantize the FP32 model it came from, or change "
+            "its bit-widths with mixq_compile.freeze(qmodel, bits=...)"
+        )
     config = config or QuantConfig(bit_widths=tuple(bit_widths))
     # A private copy: the captured graph would otherwise share the user's parameters, and training the quantized
     # model would silently change the FP32 model.
-    gm, input_specs = capture(quiet_deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+    gm, signature = capture(quiet_deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
     gm = run_pipeline(gm, search_pipeline(config))
-    qmodel = QuantizedModel(gm, input_specs, config)
+    qmodel = QuantizedModel(gm, signature, config)
     qmodel.calibrate(tuple(example_inputs))
     qmodel.train(model.training)
     float_ops = qmodel.plan.float_ops
@@ -84,9 +89,15 @@ def fit_budget(
     return fit_assignment(qmodel, budget, convention, bits)
 
 
-def freeze(qmodel: QuantizedModel, bits: Mapping[str, int] | None = None) -> QuantizedModel:
-    """A copy of ``qmodel`` with each site fixed at its argmax bit-width (or ``bits[site]``), ready for QAT."""
+def freeze(qmodel: QuantizedModel, bits: int | Mapping[str, int] | None = None) -> QuantizedModel:
+    """A copy of ``qmodel`` with each site fixed at its argmax bit-width, ready for QAT.
+
+    ``bits`` overrides the argmax: one width for every site (``bits=8``: post-training quantization at 8 bits), or
+    ``{site: width}`` for some sites.
+    """
     _require_quantized(qmodel, "freeze")
+    if isinstance(bits, int) and not isinstance(bits, bool):
+        bits = dict.fromkeys(qmodel.chosen_bits(), bits)
     frozen = quiet_deepcopy(qmodel)
     frozen.freeze_(bits)
     return frozen

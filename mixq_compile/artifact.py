@@ -22,8 +22,8 @@ from torch.utils import _pytree as pytree
 
 from . import cpu, selfcheck
 from .api import bitops, captured_fp32_bitops
-from .atomic import write_directory
-from .capture import InputSpec, capture, check_signature
+from .atomic import check_replaceable, write_directory
+from .capture import capture
 from .cost.bitops import BitOpsReport
 from .errors import MixQError
 from .integer.program import IntegerProgram, lower
@@ -31,10 +31,11 @@ from .model import QuantizedModel
 from .passes.structure import StructureCache
 from .runtimes import get_backend
 from .runtimes.base import Runner
+from .signature import InputSpec, Signature
 
 MANIFEST = "manifest.json"
 FORMAT = "mixq-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shape guards and node-id rules in the signature, manifest digest
 
 
 class ArtifactError(MixQError, ValueError):
@@ -46,7 +47,7 @@ class _Captured:
     """An FP32 model as captured (the lowering input for FP32 baseline artifacts)."""
 
     graph_module: fx.GraphModule
-    input_specs: tuple[InputSpec, ...]
+    signature: Signature
 
 
 def _sha256(path: Path) -> str:
@@ -77,9 +78,9 @@ def lower_for_export(
         model.check_inputs(example_inputs)
         costs = _cost_entries({c: bitops(model, example_inputs, convention=c) for c in conventions})
         return lower(model.eval(), fixed_point=fixed_point), "integer", costs
-    gm, specs = capture(model.eval(), example_inputs)
+    gm, signature = capture(model.eval(), example_inputs)
     costs = _cost_entries({c: captured_fp32_bitops(gm, model, example_inputs, c) for c in conventions})
-    return lower(_Captured(gm.eval(), specs)), "fp32", costs
+    return lower(_Captured(gm.eval(), signature)), "fp32", costs
 
 
 def export(
@@ -90,6 +91,8 @@ def export(
     *,
     fixed_point: bool = False,
     backend_options: dict | None = None,
+    overwrite: bool = False,
+    metadata: dict | None = None,
 ) -> Path:
     """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
 
@@ -97,13 +100,11 @@ def export(
     ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
     requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
     ``backend_options`` are passed to the backend (e.g. ``{"aot_inductor": True}`` for "torch").
+    ``overwrite=True`` replaces an earlier artifact at ``path`` (only once the new one is complete and checked);
+    a directory that is not an artifact is never replaced. ``metadata`` (JSON, e.g. the data set) goes into the
+    manifest as is.
     """
-    target = Path(path)
-    if target.exists() and not (target / MANIFEST).is_file():
-        raise ArtifactError(
-            f"{target} exists and is not a mixq_compile artifact; export() replaces only earlier artifacts, so "
-            f"nothing there is touched: choose a new path or remove it first"
-        )
+    check_replaceable(Path(path), MANIFEST, "mixq_compile artifact", overwrite, ArtifactError)
     runtime = get_backend(backend, **(backend_options or {}))
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)
@@ -122,7 +123,7 @@ def export(
             "precision": precision,
             "requantization": "fixed_point" if fixed_point else "float_multiplier",
             "backend_entries": entries,
-            "inputs": [spec.to_dict() for spec in program.input_specs],
+            **program.signature.to_dict(),
             "output_spec": pytree.treespec_dumps(program.out_spec) if program.out_spec is not None else None,
             "frontier": list(program.frontier),
             "site_bits": program.site_bits,
@@ -133,10 +134,18 @@ def export(
             "selfcheck": check,
             "versions": {"mixq_compile": _version(), "torch": torch.__version__, **runtime.versions()},
             "files": {str(p.relative_to(directory)): _sha256(p) for p in files},
+            "metadata": dict(metadata or {}),
         }
+        manifest["digest"] = _manifest_digest(manifest)
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     return write_directory(path, fill)
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's content (every key but the digest), so a hand edit (bits, backend) is caught."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _run_flat(structure: Runner, features: Runner, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -169,10 +178,6 @@ def _version() -> str:
     return __version__
 
 
-def _spec_from_dict(data: dict) -> InputSpec:
-    return InputSpec(data["name"], getattr(torch, data["dtype"]), tuple(data["shape"]), tuple(data["dynamic_dims"]))
-
-
 class Artifact:
     """A loaded, verified artifact: call it like the model (``artifact(x, edge_index)``).
 
@@ -194,11 +199,15 @@ class Artifact:
         self.manifest = manifest
         #: the kernels this artifact runs on this CPU (e.g. ``{"linear_int": "float_exact"}``).
         self.kernel_paths = dict(kernel_paths or {})
-        self.input_specs = tuple(_spec_from_dict(d) for d in manifest["inputs"])
+        self.signature = Signature.from_dict(manifest)
         spec = manifest.get("output_spec")
         self.out_spec = pytree.treespec_loads(spec) if spec else None
         self.structure_cache = StructureCache(structure) if cache_structure else None
         self._structure, self._features = self.structure_cache or structure, features
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return self.signature.inputs
 
     @property
     def backend(self) -> str:
@@ -208,7 +217,7 @@ class Artifact:
         return f"Artifact({str(self.path)!r}, backend={self.backend!r}, precision={self.manifest['precision']!r})"
 
     def check_inputs(self, args: tuple) -> None:
-        check_signature(self.input_specs, args, "the artifact")
+        self.signature.check(args, "the artifact")
 
     def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         return tuple(self._structure(*inputs))
@@ -237,6 +246,11 @@ def read_manifest(path: str | os.PathLike) -> tuple[Path, dict]:
         raise ArtifactError(
             f"{folder} has artifact format version {manifest.get('format_version')}, this mixq_compile reads "
             f"{FORMAT_VERSION}; export it again with this version"
+        )
+    if manifest.get("digest") != _manifest_digest(manifest):
+        raise ArtifactError(
+            f"{manifest_path} was modified after export (its digest does not match its content): site bits, "
+            f"backend or checksums edited by hand are not trusted; export the artifact again"
         )
     for name, expected in manifest.get("files", {}).items():
         file = folder / name

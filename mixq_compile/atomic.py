@@ -9,6 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def check_replaceable(target: Path, marker: str, what: str, overwrite: bool, error: type[Exception]) -> None:
+    """Refuse to write ``what`` over anything but an empty directory or an earlier ``what`` (a directory holding
+    ``marker``), and over an earlier one unless ``overwrite``: a write never deletes files it did not make."""
+    if not target.exists() and not target.is_symlink():
+        return
+    earlier = (target / marker).is_file()
+    if not target.is_dir() or (not earlier and any(target.iterdir())):
+        raise error(
+            f"{target} exists and is not a {what}; nothing there was touched (a {what} never replaces other "
+            f"files): choose a new path or remove it first"
+        )
+    if earlier and not overwrite:
+        raise error(f"{target} already holds a {what}; pass overwrite=True (CLI: --overwrite) or choose a new path")
+
+
 def write_directory(target: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Create ``target`` by letting ``fill`` write into a staging directory next to it, then renaming it in place.
 

@@ -12,19 +12,20 @@ read ``self.training`` (see :mod:`mixq_compile.passes.train_mode`), so the resul
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx, nn
 from torch.export import Dim
 from torch.fx.experimental.symbolic_shapes import free_symbols
 
-from .errors import CaptureError, InputSignatureError
+from .errors import CaptureError
+from .signature import InputSpec, Signature, guards_from_export, index_rules
 
 _FIXES = (
     "Usual fixes: (1) pass every graph-dependent size as a tensor shape instead of computing it from data "
@@ -32,52 +33,6 @@ _FIXES = (
     "values inside forward; (3) avoid `.item()`, `.tolist()` and `int(tensor)` in forward; (4) make sure the example "
     "inputs are the tensors forward expects (x, edge_index[, batch]) in that order."
 )
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What one positional input looked like at capture: rank, dtype and which dims may vary."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    dynamic_dims: tuple[int, ...]
-
-    def check(self, value: object) -> None:
-        if not isinstance(value, Tensor):
-            raise InputSignatureError(f"input '{self.name}' must be a torch.Tensor, got {type(value).__name__}")
-        if value.dim() != len(self.shape):
-            raise InputSignatureError(
-                f"input '{self.name}' has rank {value.dim()} (shape {tuple(value.shape)}), but the model was "
-                f"captured with rank {len(self.shape)} (shape {self.shape}); pass a tensor of the captured rank"
-            )
-        if value.dtype != self.dtype:
-            raise InputSignatureError(
-                f"input '{self.name}' has dtype {value.dtype}, but the model was captured with {self.dtype}"
-            )
-        for dim, (got, want) in enumerate(zip(value.shape, self.shape)):
-            if dim not in self.dynamic_dims and got != want:
-                raise InputSignatureError(
-                    f"input '{self.name}' has size {got} in dim {dim}, but that dim is fixed at {want} in the captured "
-                    f"graph (only dims {list(self.dynamic_dims)} may vary, e.g. the number of nodes or edges)"
-                )
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "shape": list(self.shape),
-            "dynamic_dims": list(self.dynamic_dims),
-        }
-
-
-def check_signature(specs: tuple[InputSpec, ...], args: tuple, what: str) -> None:
-    """Raise :class:`InputSignatureError` unless ``args`` match ``specs`` (count, rank, dtype, fixed dims)."""
-    if len(args) != len(specs):
-        names = ", ".join(s.name for s in specs)
-        raise InputSignatureError(f"{what} takes {len(specs)} inputs ({names}), got {len(args)}")
-    for spec, value in zip(specs, args):
-        spec.check(value)
 
 
 def _check_example_inputs(example_inputs: object) -> tuple[Tensor, ...]:
@@ -93,6 +48,33 @@ def _check_example_inputs(example_inputs: object) -> tuple[Tensor, ...]:
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"example_inputs[{i}] contains NaN or infinite values; capture needs finite example data")
     return tuple(example_inputs)
+
+
+# Argument names PyG uses for index tensors: a float tensor there is a mistake that export reports deep inside.
+_INDEX_NAMES = ("edge_index", "batch", "ptr", "index", "edge_type", "node_type", "adj_t")
+
+
+def _check_index_dtypes(model: nn.Module, args: tuple[Tensor, ...]) -> None:
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return
+    for name, value in zip(names, args):
+        if name in _INDEX_NAMES and (value.is_floating_point() or value.is_complex()):
+            raise TypeError(
+                f"example input '{name}' has dtype {value.dtype}, but node indices must be integers: pass "
+                f"{name}.long() (PyG expects torch.long edge_index and batch tensors)"
+            )
+
+
+def _hint(args: tuple[Tensor, ...]) -> str:
+    for i, value in enumerate(args):
+        if value.is_floating_point() and value.dim() == 2 and value.shape[0] == 2:
+            return (
+                f"example_inputs[{i}] is a float tensor of shape [2, {value.shape[1]}]: if it is an edge_index, pass "
+                f"it as integers (.long()). "
+            )
+    return ""
 
 
 def _summarise(error: BaseException) -> str:
@@ -117,7 +99,8 @@ def _failing_location(error: BaseException) -> str:
 
 def _export(model: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: object, strict: bool):
     sink = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch.export", "torch._export", "torch.fx")]
+    names = ("torch._dynamo", "torch.export", "torch._export", "torch.fx", "torch._subclasses")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -136,6 +119,17 @@ def _auto_dynamic_shapes(args: tuple[Tensor, ...]) -> tuple[dict[int, object], .
     return tuple({d: Dim.AUTO for d in range(t.dim())} for t in args)
 
 
+def _beyond_specs(guards: tuple[str, ...], specs: tuple[InputSpec, ...]) -> tuple[str, ...]:
+    """The guards the specs do not already check (``x.size(1) == 1433`` on a fixed dim is one they do)."""
+    fixed = {(s.name, d) for s in specs for d in range(len(s.shape)) if d not in s.dynamic_dims}
+    kept = []
+    for guard in guards:
+        match = re.fullmatch(r"(\w+)\.size\((\d+)\) == \d+", guard)
+        if match is None or (match.group(1), int(match.group(2))) not in fixed:
+            kept.append(guard)
+    return tuple(kept)
+
+
 def _placeholder_names(gm: fx.GraphModule) -> list[str]:
     return [n.name for n in gm.graph.nodes if n.op == "placeholder"]
 
@@ -152,7 +146,7 @@ def _dynamic_dims(gm: fx.GraphModule) -> list[tuple[int, ...]]:
 
 
 def _strip_export_guards(gm: fx.GraphModule) -> None:
-    """Remove export's shape-guard call; input checking is done by :class:`InputSpec` with clearer messages."""
+    """Remove export's shape-guard call: its guards are checked by the :class:`Signature`, with clearer messages."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             gm.graph.erase_node(node)
@@ -166,17 +160,19 @@ def capture(
     *,
     dynamic_shapes: object | None = None,
     strict: bool | None = None,
-) -> tuple[fx.GraphModule, tuple[InputSpec, ...]]:
+) -> tuple[fx.GraphModule, Signature]:
     """Export ``model`` to an ATen-level ``fx.GraphModule`` with dynamic node/edge/graph counts.
 
     Tries non-strict export first and falls back to strict (Dynamo) export, which handles PyG's data-dependent
     pooling sizes (``int(batch.max()) + 1``). Raises :class:`CaptureError` naming the failing operation.
 
-    Returns the graph module (plain ``fx.GraphModule``: dropout/batch norm not yet mode-aware) and the input specs.
+    Returns the graph module (plain ``fx.GraphModule``: dropout/batch norm not yet mode-aware) and the input
+    :class:`~mixq_compile.signature.Signature`: specs, the shape guards export assumed, node-id rules.
     """
     args = _check_example_inputs(example_inputs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_index_dtypes(model, args)
     shapes = dynamic_shapes if dynamic_shapes is not None else _auto_dynamic_shapes(args)
     was_training = model.training
     model.eval()
@@ -194,7 +190,7 @@ def capture(
         model.train(was_training)
     if exported is None:
         details = "; ".join(f"{label} export: {_summarise(e)}{_failing_location(e)}" for label, e in errors)
-        message = f"torch.export could not capture {type(model).__name__}. {details}. {_FIXES}"
+        message = f"torch.export could not capture {type(model).__name__}. {details}. {_hint(args)}{_FIXES}"
         raise CaptureError(message) from errors[-1][1]
     unlifted = exported.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, class_name=f"Captured{type(model).__name__}")
@@ -206,4 +202,13 @@ def capture(
         InputSpec(name=name, dtype=t.dtype, shape=tuple(t.shape), dynamic_dims=dims)
         for name, t, dims in zip(names, args, _dynamic_dims(gm))
     )
-    return gm, specs
+    # torch.export keeps its guards as Python source in a private attribute; without it only ranks, dtypes and
+    # fixed dims are checked.
+    guards, dropped = guards_from_export(getattr(exported, "_guards_code", ()), names)
+    if dropped:
+        warnings.warn(
+            f"{type(model).__name__}: {len(dropped)} shape guard(s) of torch.export cannot be checked on inputs and "
+            f"are not enforced: {list(dropped)[:3]}",
+            stacklevel=3,
+        )
+    return gm, Signature(specs, _beyond_specs(guards, specs), index_rules(specs, args))

@@ -11,73 +11,29 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import mixq_compile as mq
 
 from .runtimes import BACKENDS, available_backends
+from .tasks import Task, graph_task, load_task
+from .workflow import accuracy_gap_warning
 
 
-@dataclass
-class Task:
-    """What the demo trains and measures: model factory, example inputs, and accuracy of any callable."""
-
-    name: str
-    model: nn.Module
-    inputs: tuple[Tensor, ...]  # the graph (or batch) that calibrates, exports and is profiled
-    train: object  # (model, epochs, lam, lr, weight_decay, desc) -> result with the best-validation ``best_state``
-    accuracy: object  # callable -> test accuracy in [0, 1]
-
-
-def node_task(root: str, hidden: int) -> Task:
-    from .data import load_dataset
-    from .models import PlanetoidGCN
-    from .training import NodeData, train_node
-
-    data = NodeData.from_pyg(load_dataset("Cora", root).dataset[0])
-    classes = int(data.y.max()) + 1
-
-    def train(model, epochs, lam, lr, weight_decay, desc):
-        return train_node(model, data, epochs=epochs, lam=lam, lr=lr, weight_decay=weight_decay, desc=desc)
-
-    @torch.no_grad()
-    def accuracy(fn) -> float:
-        pred = fn(*data.inputs).argmax(-1)
-        return float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
-
-    model = PlanetoidGCN(data.x.shape[1], classes, hidden=hidden)
-    return Task("Cora (GCN)", model, data.inputs, train, accuracy)
-
-
-def csl_task(hidden: int, seed: int) -> Task:
-    from torch_geometric.loader import DataLoader
-
+def demo_task(root: str | None, hidden: int, seed: int) -> tuple[Task, nn.Module]:
+    """Cora with the paper's GCN when a data root is given, else CSL graphs generated in memory (no download)."""
     from .data import generate_csl
-    from .models import CSLGCN
-    from .training import train_graph
+    from .models import CSLGCN, PlanetoidGCN
 
-    loaded = generate_csl(seed=seed)
-    split = loaded.splits[0]
-    parts = [[loaded.dataset[int(i)] for i in split[k]] for k in ("train", "val", "test")]
-    gen = torch.Generator().manual_seed(seed)
-    loaders = (DataLoader(parts[0], batch_size=8, shuffle=True, generator=gen),
-               DataLoader(parts[1], batch_size=64), DataLoader(parts[2], batch_size=64))  # fmt: skip
-    test = next(iter(DataLoader(parts[2], batch_size=len(parts[2]))))
-
-    def train(model, epochs, lam, lr, weight_decay, desc):
-        return train_graph(model, loaders, epochs=epochs, lam=lam, lr=lr * 0.5, weight_decay=0.0,
-                           schedule="plateau", desc=desc)  # fmt: skip
-
-    @torch.no_grad()
-    def accuracy(fn) -> float:
-        return float((fn(test.x, test.edge_index, test.batch).argmax(-1) == test.y).float().mean())
-
-    model = CSLGCN(loaded.num_features, loaded.num_classes, hidden=hidden)
-    return Task("CSL generated (GCN, residual)", model, (test.x, test.edge_index, test.batch), train, accuracy)
+    if root:
+        task = load_task("Cora", root)
+        return task, PlanetoidGCN(task.num_features, task.num_classes, hidden=hidden)
+    task = graph_task(generate_csl(seed=seed), seed=seed, batch_size=8, lr_scale=0.5, weight_decay=0.0)
+    task.name = "CSL generated"
+    return task, CSLGCN(task.num_features, task.num_classes, hidden=min(hidden, 150))
 
 
 def run_demo(
@@ -94,21 +50,21 @@ def run_demo(
 ) -> list[dict]:
     """Run the pipeline; print progress, the site table and the final table; return the table rows."""
     torch.manual_seed(seed)
-    task = node_task(data_root, hidden) if data_root else csl_task(hidden=min(hidden, 150), seed=seed)
+    task, model = demo_task(data_root, hidden, seed)
     started = time.perf_counter()
     print(f"[1/6] FP32 training on {task.name}")
-    task.model.load_state_dict(task.train(task.model, epochs, 0.0, 0.01, 2e-4, "FP32").best_state)
-    fp32_model = task.model.eval()
+    model.load_state_dict(task.train(model, epochs, 0.0, 0.01, 2e-4, "FP32").best_state)
+    fp32_model = model.eval()
     print(f"[2/6] quantize (candidates {bits}) and MixQ search (λ={lam})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = mq.quantize(fp32_model, task.inputs, bits)
     task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")  # bits from the last epoch, as the paper (not best-val)
+    print(mq.sites(qmodel))  # the searched probabilities, before freezing fixes them
     print("[3/6] freeze the argmax bit-widths and fine-tune (QAT)")
     frozen = mq.freeze(qmodel)
     frozen.load_state_dict(task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT").best_state)
     frozen.eval()
-    print(mq.sites(frozen))
     usable, skipped = available_backends(backends or list(BACKENDS))
     for name, reason in skipped.items():
         print(f"skipping backend {name}: {reason}")
@@ -145,6 +101,9 @@ def run_demo(
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
     _print_table(rows)
+    warning = accuracy_gap_warning(rows[0]["test_acc"], rows[1]["test_acc"])
+    if warning:
+        print(warning)
     print(f"CPU: {mq.cpu.summary()}")
     print(f"wall time {time.perf_counter() - started:.1f} s" + (f"; artifacts in {work}" if keep else ""))
     return rows

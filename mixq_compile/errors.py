@@ -17,3 +17,7 @@ class NoQuantizableOpError(MixQError, ValueError):
 
 class InputSignatureError(MixQError, ValueError):
     """A quantized model was called with inputs that do not match the captured signature."""
+
+
+class InputValueError(MixQError, ValueError):
+    """An input has the captured signature but values the model cannot take (node ids out of range, NaN)."""

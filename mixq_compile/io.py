@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .api import freeze, quantize
-from .atomic import write_directory
+from .atomic import check_replaceable, write_directory
 from .config import DegreeQuant, QuantConfig
 from .errors import MixQError
 from .model import QuantizedModel
@@ -62,11 +63,19 @@ def _config_from_dict(data: dict) -> QuantConfig:
     )
 
 
-def save(model: QuantizedModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` to the directory ``path`` atomically (a half-written save never replaces a good one)."""
+def save(
+    model: QuantizedModel, path: str | os.PathLike, *, overwrite: bool = True, metadata: dict | None = None
+) -> Path:
+    """Write ``model`` to the directory ``path`` atomically (a half-written save never replaces a good one).
+
+    An earlier saved model at ``path`` is replaced (as checkpoints are), unless ``overwrite=False``; any other
+    non-empty directory is refused, never deleted. ``metadata`` (JSON) is stored as is; its keys ``factory``
+    (``"module:function"``) and ``factory_kwargs`` let :func:`load` rebuild the FP32 model by itself.
+    """
     if not isinstance(model, QuantizedModel):
         raise TypeError(f"save() needs a QuantizedModel from mixq_compile.quantize/freeze, got {type(model).__name__}")
     target = Path(path)
+    check_replaceable(target, META_FILE, "saved mixq_compile model", overwrite, SavedModelError)
     meta = {
         "format_version": FORMAT_VERSION,
         "frozen": not model.is_mixed,
@@ -74,6 +83,7 @@ def save(model: QuantizedModel, path: str | os.PathLike) -> Path:
         "inputs": [spec.to_dict() for spec in model.input_specs],
         "config": _config_to_dict(model.config),
         "plan": model.plan.to_dict(),
+        "metadata": dict(metadata or {}),
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
@@ -94,26 +104,50 @@ def _synthetic_inputs(inputs: list[dict]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def load(
-    path: str | os.PathLike,
-    model_or_factory: nn.Module | Callable[[], nn.Module],
-    example_inputs: tuple[torch.Tensor, ...] | None = None,
-) -> QuantizedModel:
-    """Rebuild a saved quantized model on top of the FP32 model it came from."""
+def read_meta(path: str | os.PathLike) -> dict:
+    """The JSON description of the saved model at ``path``."""
     folder = Path(path)
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise SavedModelError(f"{folder} is not a saved mixq_compile model: expected {META_FILE} and {WEIGHTS_FILE}")
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(weights_path))
+    except ValueError as error:
+        raise SavedModelError(f"{meta_path} is corrupt ({error}); save the model again") from error
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise SavedModelError(f"{folder} has format version {version}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def load(
+    path: str | os.PathLike,
+    model_or_factory: nn.Module | Callable[[], nn.Module] | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> QuantizedModel:
+    """Rebuild a saved quantized model on top of the FP32 model it came from (``model_or_factory``; by default
+    the factory recorded in the saved metadata, as ``mixq-compile quantize`` writes it)."""
+    folder = Path(path)
+    meta = read_meta(folder)
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE))
     except Exception as error:
-        raise SavedModelError(f"cannot read the saved model in {folder}: {error}") from error
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise SavedModelError(f"{folder} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
+        raise SavedModelError(f"cannot read the weights of the saved model in {folder}: {error}") from error
+    if model_or_factory is None:
+        recorded = meta.get("metadata", {})
+        if "factory" not in recorded:
+            raise SavedModelError(
+                f"{folder} does not record how to build its FP32 model: pass the model (or a factory) to load()"
+            )
+        from .factory import build
+
+        model = build(recorded["factory"], recorded.get("factory_kwargs", {}), recorded.get("factory_path"))
+    else:
+        model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     args = example_inputs if example_inputs is not None else _synthetic_inputs(meta["inputs"])
-    qmodel = quantize(model, args, config=_config_from_dict(meta["config"]))
+    with warnings.catch_warnings():  # the float-op warning was given when the model was first quantized
+        warnings.filterwarnings("ignore", message=".*have no quantization rule.*")
+        qmodel = quantize(model, args, config=_config_from_dict(meta["config"]))
     saved_plan = SitePlan.from_dict(meta["plan"])
     if [s.name for s in saved_plan.sites] != [s.name for s in qmodel.plan.sites]:
         raise SavedModelError(

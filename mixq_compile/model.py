@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .capture import InputSpec, check_signature
 from .config import QuantConfig
 from .cost.ops import NodeShapes, record_shapes
 from .passes.freeze import freeze_quantizers
@@ -16,6 +15,7 @@ from .passes.plan import PLAN_KEY, SitePlan
 from .passes.quantize_bias import quantize_bias
 from .quant.mixed import MixedQuantizer
 from .quant.quantizer import FakeQuantizer
+from .signature import InputSpec, Signature
 
 
 class QuantizedModel(nn.Module):
@@ -26,10 +26,10 @@ class QuantizedModel(nn.Module):
     ``state_dict`` round-trips. Inputs are checked against the captured signature before the graph runs.
     """
 
-    def __init__(self, graph_module: fx.GraphModule, input_specs: tuple[InputSpec, ...], config: QuantConfig) -> None:
+    def __init__(self, graph_module: fx.GraphModule, signature: Signature, config: QuantConfig) -> None:
         super().__init__()
         self.graph_module = graph_module
-        self.input_specs = input_specs
+        self.signature = signature
         self.config = config
         self.example_shapes = NodeShapes({})
 
@@ -53,6 +53,10 @@ class QuantizedModel(nn.Module):
         """Parameter path -> bit-width, for the weight sites."""
         targets = {n.name: n.target for n in self.graph_module.graph.nodes if n.op == "get_attr"}
         return {targets[s.node]: bits[s.name] for s in self.plan.sites if s.kind == "weight" and s.node in targets}
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return self.signature.inputs
 
     @property
     def plan(self) -> SitePlan:
@@ -80,7 +84,7 @@ class QuantizedModel(nn.Module):
         return {name: q.chosen_bits() if isinstance(q, MixedQuantizer) else q.bits for name, q in self.quantizers()}
 
     def check_inputs(self, args: tuple) -> None:
-        check_signature(self.input_specs, args, "the quantized model")
+        self.signature.check(args, "the quantized model")
 
     def forward(self, *args: Tensor) -> Tensor:
         self.check_inputs(args)

@@ -51,6 +51,7 @@ class SiteTable:
 def site_table(qmodel) -> SiteTable:
     rows = []
     bits = qmodel.chosen_bits()
+    example = qmodel.example_shapes.outputs
     for site in qmodel.plan.sites:
         q = qmodel.quantizer(site.name)
         probs = tuple(q.probabilities().tolist()) if isinstance(q, MixedQuantizer) else None
@@ -58,7 +59,7 @@ def site_table(qmodel) -> SiteTable:
             SiteRow(
                 site.name,
                 site.kind,
-                site.shape,
+                example.get(site.node) or site.shape,  # the example's sizes read better than symbols
                 site.candidates,
                 probs,
                 bits[site.name],

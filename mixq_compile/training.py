@@ -131,6 +131,8 @@ def train_graph(
     weight_decay: float = 0.0,
     lam: float = 0.0,
     penalty_scaling: str = "relative",
+    budget: float | None = None,
+    budget_convention: str = "wa",
     schedule: str | None = None,
     step_size: int = 25,
     gamma: float = 0.5,
@@ -141,10 +143,14 @@ def train_graph(
 
     ``schedule``: ``"step"`` (StepLR, the TU protocol), ``"plateau"`` (ReduceLROnPlateau on val loss, factor 0.5,
     patience 5, min lr 1e-6: the CSL protocol) or None. While searching, the selection loss includes λ·penalty (as in
-    the reference's TU search).
+    the reference's TU search). ``budget``: the hinge form of the penalty, as in :func:`train_node`.
     """
     train_loader, val_loader, test_loader = loaders
-    searching = isinstance(model, QuantizedModel) and model.is_mixed and lam != 0.0
+    searching = isinstance(model, QuantizedModel) and model.is_mixed and (lam != 0.0 or budget is not None)
+
+    def cost() -> Tensor:
+        return penalty(model, scaling=penalty_scaling, budget=budget, budget_convention=budget_convention)
+
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if schedule == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
@@ -162,12 +168,12 @@ def train_graph(
             optimizer.zero_grad()
             loss = F.cross_entropy(model(batch.x, batch.edge_index, batch.batch), batch.y)
             if searching:
-                loss = loss + lam * penalty(model, scaling=penalty_scaling)
+                loss = loss + lam * cost()
             loss.backward()
             optimizer.step()
         val_loss, val_acc = evaluate_graphs(model, val_loader)
         if searching:
-            val_loss += lam * float(penalty(model, scaling=penalty_scaling).detach())
+            val_loss += lam * float(cost().detach())
         if scheduler is not None:
             scheduler.step(val_loss) if schedule == "plateau" else scheduler.step()
         if val_loss < best.best_val_loss:

@@ -196,4 +196,6 @@ def test_export_never_replaces_a_directory_that_is_not_an_artifact(mlp, tmp_path
         mq.export(frozen, args, folder, backend="torch")
     assert (folder / "important.txt").read_text() == "keep me"
     again = mq.export(frozen, args, tmp_path / "art", backend="torch")
-    assert mq.export(frozen, args, again, backend="torch") == again  # an earlier artifact is replaced
+    with pytest.raises(mq.ArtifactError, match="overwrite=True"):
+        mq.export(frozen, args, again, backend="torch")
+    assert mq.export(frozen, args, again, backend="torch", overwrite=True) == again  # replaced only when asked

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from ..capture import InputSpec, check_signature
 from ..passes.lower_integer import FLOAT_OPS_KEY, SITES_KEY, lower_integer
 from ..passes.split_structure import split_structure
+from ..signature import Signature
 
 
 class IntegerProgram(nn.Module):
@@ -23,7 +23,7 @@ class IntegerProgram(nn.Module):
     Attributes:
         structure: ``structure(*inputs) -> frontier`` tensors (depends only on topology and input shapes).
         features: ``features(*inputs, *frontier) -> outputs`` (integer kernels; float only where listed).
-        input_specs: the captured input signature (names, dtypes, dynamic dims).
+        signature: the captured input signature (names, dtypes, dynamic dims, shape guards, node-id rules).
         site_bits: site name -> bit-width of every quantizer that was lowered.
         float_ops: ops that read quantized values but run in float (dequantized), e.g. batch norm.
         frontier: names of the structure tensors handed from ``structure`` to ``features``.
@@ -33,7 +33,7 @@ class IntegerProgram(nn.Module):
         self,
         structure: fx.GraphModule,
         features: fx.GraphModule,
-        input_specs: tuple[InputSpec, ...],
+        signature: Signature,
         site_bits: dict[str, int],
         float_ops: tuple[str, ...],
         frontier: tuple[str, ...],
@@ -42,14 +42,14 @@ class IntegerProgram(nn.Module):
         super().__init__()
         self.structure = structure
         self.features = features
-        self.input_specs = input_specs
+        self.signature = signature
         self.site_bits = site_bits
         self.float_ops = float_ops
         self.frontier = frontier
         self.out_spec = out_spec
 
     def check_inputs(self, args: tuple) -> None:
-        check_signature(self.input_specs, args, "the program")
+        self.signature.check(args, "the program")
 
     def unflatten(self, outputs: tuple | list) -> object:
         outputs = list(outputs)
@@ -66,7 +66,7 @@ class IntegerProgram(nn.Module):
 
 def lower(frozen: nn.Module, *, fixed_point: bool = False) -> IntegerProgram:
     """Lower a frozen :class:`~mixq_compile.model.QuantizedModel` (or any captured model wrapper with
-    ``graph_module`` and ``input_specs``) to an :class:`IntegerProgram`.
+    ``graph_module`` and ``signature``) to an :class:`IntegerProgram`.
 
     ``fixed_point=True`` requantizes with integer mantissa/shift pairs instead of float multipliers."""
     gm = lower_integer(frozen.graph_module, fixed_point=fixed_point)
@@ -77,7 +77,7 @@ def lower(frozen: nn.Module, *, fixed_point: bool = False) -> IntegerProgram:
     return IntegerProgram(
         split.structure,
         split.features,
-        tuple(frozen.input_specs),
+        frozen.signature,
         site_bits,
         gm.meta[FLOAT_OPS_KEY],
         split.frontier,
