@@ -1,0 +1,175 @@
+"""Sampled subgraphs: the torch neighbor sampler behind PyG's NeighborLoader, mini-batch search / QAT with
+checkpoints, and data-parallel training over two gloo processes."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.nn import SAGEConv
+
+import mixq_compile as mq
+from mixq_compile.minibatch import evaluate_sampled, shard, train_sampled
+from mixq_compile.sampling import neighbor_loader, sample_neighbors
+
+
+class Sage(nn.Module):
+    def __init__(self, in_channels: int = 16, out_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = SAGEConv(in_channels, 32), SAGEConv(32, out_channels)
+
+    def forward(self, x, edge_index):
+        return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+
+def planted(num_nodes: int = 600, seed: int = 0) -> Data:
+    """Three communities, denser inside; features are noisy class means: learnable from features and structure."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (num_nodes,), generator=gen)
+    src = torch.randint(0, num_nodes, (num_nodes * 8,), generator=gen)
+    same = torch.nonzero(y.unsqueeze(0) == y[src].unsqueeze(1))  # pick targets of the same class mostly
+    dst = torch.randint(0, num_nodes, (num_nodes * 8,), generator=gen)
+    inside = same[torch.randint(0, same.shape[0], (num_nodes * 6,), generator=gen)]
+    edge_index = torch.cat([torch.stack([src[inside[:, 0]], inside[:, 1]]), torch.stack([src[:2000], dst[:2000]])], 1)
+    x = torch.nn.functional.one_hot(y, 16).float() + 1.5 * torch.randn(num_nodes, 16, generator=gen)
+    return Data(x=x, edge_index=edge_index, y=y, num_nodes=num_nodes)
+
+
+def test_sampled_edges_exist_respect_the_fanout_and_put_seeds_first():
+    data = planted()
+    edges = set(map(tuple, data.edge_index.t().tolist()))
+    torch.manual_seed(1)
+    loader = neighbor_loader(data, [4, 2], batch_size=50, shuffle=True)
+    seen = 0
+    for batch in loader:
+        ids = batch.n_id
+        pairs = torch.stack([ids[batch.edge_index[0]], ids[batch.edge_index[1]]]).t().tolist()
+        assert all(tuple(p) in edges for p in pairs)
+        per_target = torch.bincount(batch.edge_index[1], minlength=batch.num_nodes)
+        assert per_target[: batch.batch_size].max() <= 4
+        assert torch.equal(batch.x, data.x[ids]) and torch.equal(batch.y, data.y[ids])
+        seen += batch.batch_size
+    assert seen == data.num_nodes
+
+
+def test_a_full_fanout_takes_every_in_edge():
+    from torch_geometric.utils import sort_edge_index
+
+    data = planted(200)
+    edge_index = sort_edge_index(data.edge_index, sort_by_row=False)
+    colptr = torch.ops.aten._convert_indices_from_coo_to_csr(edge_index[1], 200)
+    seed = torch.tensor([3, 17, 42])
+    node, src, dst, _, hop_nodes, hop_edges = sample_neighbors(colptr, edge_index[0], seed, [-1])
+    want = torch.isin(data.edge_index[1], seed).sum()
+    assert hop_edges == [int(want)] and torch.equal(node[:3], seed) and sum(hop_nodes) == node.numel()
+    got = sorted(zip(node[src].tolist(), node[dst].tolist()))
+    assert got == sorted(map(tuple, data.edge_index[:, torch.isin(data.edge_index[1], seed)].t().tolist()))
+    _, _, dst_r, _, _, hop_edges_r = sample_neighbors(colptr, edge_index[0], seed, [5], replace=True)
+    assert hop_edges_r == [15] and torch.bincount(dst_r).tolist() == [5, 5, 5]
+
+
+def _loaders(data: Data, batch_size: int = 64):
+    train, val = torch.arange(0, 450), torch.arange(450, data.num_nodes)
+    gen = torch.Generator().manual_seed(0)
+    train_loader = neighbor_loader(data, [5, 5], input_nodes=shard(train), batch_size=batch_size, shuffle=True,
+                                   generator=gen)  # fmt: skip
+    val_loader = neighbor_loader(data, [5, 5], input_nodes=val, batch_size=batch_size)
+    return train_loader, val_loader
+
+
+def _quantized(train_loader, model: nn.Module | None = None) -> mq.QuantizedModel:
+    """The model quantized on one sampled batch (captured with dynamic node and edge counts)."""
+    capture = next(iter(train_loader))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(model or Sage(), (capture.x, capture.edge_index))
+
+
+def test_search_and_qat_over_sampled_batches_of_other_sizes(tmp_path):
+    torch.manual_seed(0)
+    data = planted()
+    train_loader, val_loader = _loaders(data)
+    fp32 = Sage()
+    train_sampled(fp32, train_loader, val_loader, epochs=6, progress=False)
+    fp32_acc = evaluate_sampled(fp32, val_loader)
+    assert fp32_acc > 0.6, "the planted task is learnable"
+    qmodel = _quantized(train_loader, fp32.eval())
+    start = float(mq.penalty(qmodel))
+    train_sampled(qmodel, train_loader, val_loader, epochs=4, lam=1.0, lr=0.02, progress=False)
+    assert float(mq.penalty(qmodel)) < start, "the search lowers the expected cost on sampled batches"
+    frozen = mq.freeze(qmodel)
+    result = train_sampled(frozen, train_loader, val_loader, epochs=3, lr=1e-3, progress=False)
+    frozen.load_state_dict(result.best_state)
+    assert evaluate_sampled(frozen, val_loader) > fp32_acc - 0.15
+
+
+class _Counting:
+    def __init__(self, loader) -> None:
+        self.loader, self.batches = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.batches += 1
+            yield batch
+
+
+def test_a_killed_run_resumes_after_its_last_checkpointed_epoch(tmp_path):
+    data = planted()
+    train_loader, _ = _loaders(data, batch_size=150)
+    path = tmp_path / "search.pt"
+    qmodel = _quantized(train_loader)
+    first = _Counting(train_loader)
+    train_sampled(qmodel, first, epochs=2, lam=0.5, checkpoint=path, progress=False)
+    assert first.batches == 2 * 3 and path.is_file()
+    again = _quantized(train_loader)  # a new process: fresh model, same checkpoint
+    second = _Counting(train_loader)
+    result = train_sampled(again, second, epochs=3, lam=0.5, checkpoint=path, progress=False)
+    assert second.batches == 3, "only the third epoch runs"
+    assert result.best_epoch == 2
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)  # different sampling per rank; parameters must still agree
+    data = planted()
+    train_loader, val_loader = _loaders(data)
+    capture_loader = neighbor_loader(data, [5, 5], input_nodes=torch.arange(64), batch_size=64)
+    qmodel = _quantized(capture_loader)  # every rank captures the same batch
+    train_sampled(qmodel, train_loader, val_loader, epochs=2, lam=1.0, lr=0.05, progress=False)
+    alphas = torch.cat([a.detach().flatten() for a in qmodel.arch_parameters()])
+    weights = torch.cat([p.detach().flatten() for p in qmodel.parameters()])
+    torch.save({"alphas": alphas, "weights": weights, "bits": mq.freeze(qmodel).chosen_bits()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_search_over_two_gloo_processes_keeps_ranks_identical(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank")
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0]["alphas"], ranks[1]["alphas"])
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
+    assert ranks[0]["bits"] == ranks[1]["bits"]
+
+
+@pytest.mark.parametrize("mode", [{"disjoint": True}])
+def test_modes_the_torch_sampler_lacks_name_pyg_lib(mode):
+    from mixq_compile.sampling import compiled_sampler
+
+    if compiled_sampler() is not None:
+        pytest.skip(f"{compiled_sampler()} is installed: PyG samples with it")
+    loader = neighbor_loader(planted(100), [3], batch_size=10, **mode)
+    with pytest.raises(ImportError, match="pyg-lib or torch-sparse"):
+        next(iter(loader))
