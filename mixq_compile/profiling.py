@@ -23,7 +23,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-class _PeakRss:
+class PeakRss:
     """Samples the process's resident set every millisecond while active (Linux ``/proc``)."""
 
     def __init__(self) -> None:
@@ -35,7 +35,7 @@ class _PeakRss:
         while not self._stop.wait(0.001):
             self.peak = max(self.peak, _rss_bytes())
 
-    def __enter__(self) -> _PeakRss:
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -109,7 +109,7 @@ def profile(
         for _ in range(warmup):
             artifact(*args)
         times = []
-        with _PeakRss() as memory:
+        with PeakRss() as memory:
             for _ in range(repeats):
                 start = time.perf_counter()
                 artifact(*args)

@@ -267,3 +267,17 @@ def test_negative_lambdas_in_scientific_notation_parse_as_values():
     assert build_parser().parse_args(["demo", "--lam", "-1E-3"]).lam == -1e-3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["experiment", "tudataset", "--lambdas", "-x"])
+
+
+def test_scale_smoke_writes_every_phase_with_time_memory_and_accuracy(tmp_path):
+    assert main(["experiment", "scale", "--smoke", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == ["fp32", "search", "qat", "inference"]
+    for row in rows:
+        assert int(row["nodes"]) == 10_000 and int(row["edges"]) == 100_000 and row["model"] == "sage"
+        assert float(row["epoch_s"]) > 0 and float(row["peak_rss_gib"]) > 0 and 0 <= float(row["acc"]) <= 100
+        assert row["cpu"]
+    inference = rows[-1]
+    assert float(inference["eager_s"]) > 0 and float(inference["speedup_vs_eager"]) > 0
+    assert (tmp_path / "scale.png").stat().st_size > 0

@@ -15,6 +15,7 @@ from torch_geometric.nn import SAGEConv
 import mixq_compile as mq
 from mixq_compile.minibatch import evaluate_sampled, shard, train_sampled
 from mixq_compile.sampling import neighbor_loader, sample_neighbors
+from mixq_compile.synthetic import planted_communities
 
 
 class Sage(nn.Module):
@@ -27,16 +28,8 @@ class Sage(nn.Module):
 
 
 def planted(num_nodes: int = 600, seed: int = 0) -> Data:
-    """Three communities, denser inside; features are noisy class means: learnable from features and structure."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (num_nodes,), generator=gen)
-    src = torch.randint(0, num_nodes, (num_nodes * 8,), generator=gen)
-    same = torch.nonzero(y.unsqueeze(0) == y[src].unsqueeze(1))  # pick targets of the same class mostly
-    dst = torch.randint(0, num_nodes, (num_nodes * 8,), generator=gen)
-    inside = same[torch.randint(0, same.shape[0], (num_nodes * 6,), generator=gen)]
-    edge_index = torch.cat([torch.stack([src[inside[:, 0]], inside[:, 1]]), torch.stack([src[:2000], dst[:2000]])], 1)
-    x = torch.nn.functional.one_hot(y, 16).float() + 1.5 * torch.randn(num_nodes, 16, generator=gen)
-    return Data(x=x, edge_index=edge_index, y=y, num_nodes=num_nodes)
+    """Three planted communities, 16 noisy features: learnable from features and structure."""
+    return planted_communities(num_nodes, classes=3, features=16, noise=3.0, seed=seed)
 
 
 def test_sampled_edges_exist_respect_the_fanout_and_put_seeds_first():

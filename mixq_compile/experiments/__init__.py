@@ -1,7 +1,8 @@
 """Reproductions of the paper's experiments, each reachable as ``mixq-compile experiment NAME``.
 
 One module per experiment (``planetoid``, ``planetoid_dq``, ``tudataset``, ``csl``, ``ablation``, ``explore_all``,
-``ogbn_arxiv``); shared machinery: :mod:`.sweep` (resumable JSONL sweeps, local/Ray executors), :mod:`.runner`,
+``ogbn_arxiv``, ``scale``); shared machinery: :mod:`.sweep` (resumable JSONL sweeps, local/Ray executors),
+:mod:`.runner`,
 :mod:`.stats`, :mod:`.plots`, :mod:`.paper` (published numbers) and :mod:`.results_md` (``experiments/RESULTS.md``).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ("planetoid", "planetoid_dq", "tudataset", "csl", "ablation", "explore_all", "ogbn_arxiv")
+EXPERIMENTS = ("planetoid", "planetoid_dq", "tudataset", "csl", "ablation", "explore_all", "ogbn_arxiv", "scale")
 
 
 def get(name: str):

@@ -119,3 +119,31 @@ def speedup_bars(speedups: Mapping[str, Mapping[str, float]], path: Path, *, tit
     ax.set(ylabel="speed-up over FP32 (t_fp32 / t)", title=title)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def scale_bars(rows: Sequence[Mapping], path: Path) -> None:
+    """Seconds per epoch of each training phase and whole-graph inference vs PyG eager, per (nodes, model), with
+    peak RSS on a second panel; the CPU in the title."""
+    groups = sorted({(r["nodes"], r["model"]) for r in rows})
+    phases = ("fp32", "search", "qat", "inference")
+    fig, (time_ax, rss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / (len(phases) + 1)
+    for i, phase in enumerate(phases):
+        found = {(r["nodes"], r["model"]): r for r in rows if r["phase"] == phase}
+        xs = [g + i * width for g in range(len(groups))]
+        time_ax.bar(xs, [found.get(g, {}).get("epoch_s", 0) for g in groups], width, label=phase)
+        rss_ax.bar(xs, [found.get(g, {}).get("peak_rss_gib", 0) for g in groups], width, label=phase)
+    eager = {(r["nodes"], r["model"]): r for r in rows if r["phase"] == "inference"}
+    xs = [g + len(phases) * width for g in range(len(groups))]
+    time_ax.bar(xs, [eager.get(g, {}).get("eager_s", 0) for g in groups], width, label="PyG FP32 eager (inference)")
+    rss_ax.bar(xs, [eager.get(g, {}).get("eager_peak_rss_gib", 0) for g in groups], width, label="PyG FP32 eager")
+    labels = [f"{n:,} nodes\n{m}" for n, m in groups]
+    for ax, ylabel in ((time_ax, "s per epoch (inference: s per pass)"), (rss_ax, "peak RSS (GiB)")):
+        ax.set_xticks([g + 0.4 for g in range(len(groups))], labels, fontsize=8)
+        ax.set(ylabel=ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    time_ax.set_yscale("log")
+    time_ax.legend(fontsize=7)
+    cpu = next((r.get("cpu") for r in rows if r.get("cpu")), "CPU not recorded")
+    fig.suptitle(f"scale benchmark on {cpu}", fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,163 @@
+"""Scale: mini-batch FP32 training, MixQ search and QAT over NeighborLoader batches, then whole-graph integer
+inference, on planted-community graphs of 100k and 1M nodes (10 edges per node, power-law degrees, 128 features).
+
+Per graph and model (GraphSAGE, GCN; hidden 128, fanout [10, 5], 1024 seeds a batch): seconds per epoch and peak
+RSS of each phase, test accuracy of FP32 and of MixQ after QAT, and whole-graph inference of the torch integer
+artifact (:func:`mixq_compile.chunked_inference.predict_in_chunks`, the full-graph integers) against PyG FP32 eager
+on the whole graph. An epoch is one pass over ``--train-nodes`` training seeds (all of them by default). Peak RSS
+is the process's resident set sampled every millisecond during the phase (it includes the graph itself); each
+run starts from a fresh interpreter only with ``--workers`` > 1, so compare deltas (``rss_delta_gib``) too.
+``--smoke``: one 10k-node graph, one model, one epoch per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import plots
+from .common import seed_everything
+
+NAME = "scale"
+PHASES = ("fp32", "search", "qat", "inference")
+TABLE_COLUMNS = ("nodes", "edges", "model", "phase", "epoch_s", "peak_rss_gib", "rss_delta_gib", "acc",
+                 "eager_s", "eager_peak_rss_gib", "speedup_vs_eager")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--degree", type=float, default=10.0, help="edges per node")
+    parser.add_argument("--models", nargs="+", choices=("sage", "gcn"), default=["sage", "gcn"])
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each training phase")
+    parser.add_argument("--train-nodes", type=int, default=None, help="training seeds per epoch (default: all)")
+    parser.add_argument("--lam", type=float, default=0.5, help="penalty weight of the search")
+    parser.add_argument("--chunk-size", type=int, default=65536, help="target nodes per inference chunk")
+
+
+def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    nodes = [10_000] if args.smoke else args.nodes
+    models = args.models[:1] if args.smoke else args.models
+    return [
+        {
+            "experiment": NAME,
+            "nodes": n,
+            "degree": args.degree,
+            "model": m,
+            "hidden": 128,
+            "fanout": [10, 5],
+            "batch_size": 1024,
+            "epochs": 1 if args.smoke else args.epochs,
+            "train_nodes": args.train_nodes,
+            "lam": args.lam,
+            "chunk_size": args.chunk_size,
+            "seed": args.seed,
+        }
+        for n in nodes
+        for m in models
+    ]
+
+
+def _model(name: str, in_channels: int, out_channels: int, hidden: int) -> torch.nn.Module:
+    from torch import nn
+    from torch_geometric.nn import GCNConv, SAGEConv
+
+    conv = SAGEConv if name == "sage" else GCNConv
+
+    class TwoLayer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = conv(in_channels, hidden), conv(hidden, out_channels)
+
+        def forward(self, x, edge_index):
+            return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+    return TwoLayer()
+
+
+def _phase(fn):
+    from mixq_compile.profiling import PeakRss
+
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        value = fn()
+        elapsed = time.perf_counter() - start
+    gib = 1 << 30
+    return value, elapsed, rss.peak / gib, (rss.peak - rss.baseline) / gib
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    import mixq_compile as mq
+    from mixq_compile.chunked_inference import predict_in_chunks
+    from mixq_compile.minibatch import evaluate_sampled, train_sampled
+    from mixq_compile.sampling import neighbor_loader
+    from mixq_compile.synthetic import planted_communities
+
+    seed_everything(config["seed"])
+    data = planted_communities(config["nodes"], config["degree"], seed=config["seed"])
+    gen = torch.Generator().manual_seed(config["seed"])
+    train = torch.nonzero(data.train_mask).flatten()
+    if config["train_nodes"]:
+        train = train[torch.randperm(train.numel(), generator=gen)[: config["train_nodes"]]]
+    test = torch.nonzero(data.test_mask).flatten()
+    fanout, batch = config["fanout"], config["batch_size"]
+    train_loader = neighbor_loader(data, fanout, input_nodes=train, batch_size=batch, shuffle=True, generator=gen)
+    test_loader = neighbor_loader(data, fanout, input_nodes=test, batch_size=batch)
+    epochs = config["epochs"]
+    fp32 = _model(config["model"], data.num_features, 8, config["hidden"])
+    rows = []
+
+    def record(phase: str, seconds: float, peak: float, delta: float, acc: float, **extra) -> None:
+        rows.append({"phase": phase, "epoch_s": seconds, "peak_rss_gib": peak, "rss_delta_gib": delta,
+                     "acc": acc * 100, **extra})  # fmt: skip
+
+    _, t, peak, delta = _phase(lambda: train_sampled(fp32, train_loader, epochs=epochs, desc="FP32"))
+    record("fp32", t / epochs, peak, delta, evaluate_sampled(fp32, test_loader))
+    capture = next(iter(train_loader))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(fp32.eval(), (capture.x, capture.edge_index))
+    search = lambda: train_sampled(qmodel, train_loader, epochs=epochs, lam=config["lam"], desc="search")  # noqa: E731
+    _, t, peak, delta = _phase(search)
+    record("search", t / epochs, peak, delta, evaluate_sampled(qmodel, test_loader))
+    frozen = mq.freeze(qmodel)
+    _, t, peak, delta = _phase(lambda: train_sampled(frozen, train_loader, epochs=epochs, lr=1e-3, desc="QAT"))
+    record("qat", t / epochs, peak, delta, evaluate_sampled(frozen, test_loader), avg_bits=_mean(frozen))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mq.export(frozen.eval(), (capture.x, capture.edge_index), Path(tmp) / "art", backend="torch")
+        artifact = mq.load_artifact(path)
+        whole = lambda: predict_in_chunks(artifact, data.x, data.edge_index, hops=2,  # noqa: E731
+                                          chunk_size=config["chunk_size"])  # fmt: skip
+        out, t, peak, delta = _phase(whole)
+    acc = float((out[test].argmax(-1) == data.y[test]).float().mean())
+    with torch.no_grad():
+        eager_out, eager_t, eager_peak, _ = _phase(lambda: fp32.eval()(data.x, data.edge_index))
+    eager_acc = float((eager_out[test].argmax(-1) == data.y[test]).float().mean())
+    record("inference", t, peak, delta, acc, eager_s=eager_t, eager_peak_rss_gib=eager_peak,
+           eager_acc=eager_acc * 100, speedup_vs_eager=eager_t / t)  # fmt: skip
+    return {"nodes": data.num_nodes, "edges": data.num_edges, "phases": rows, "cpu": mq.cpu.summary()}
+
+
+def _mean(frozen) -> float:
+    bits = frozen.chosen_bits()
+    return sum(bits.values()) / len(bits)
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        for phase in r["result"]["phases"]:
+            result = r["result"]
+            rows.append({"nodes": result["nodes"], "edges": result["edges"], "model": r["config"]["model"], **phase,
+                         "cpu": result.get("cpu")})  # fmt: skip
+    rows.sort(key=lambda row: (row["nodes"], row["model"], PHASES.index(row["phase"])))
+    return rows
+
+
+def plot(rows: list[dict], records: list[dict], out_dir) -> None:
+    plots.scale_bars(rows, out_dir / "scale.png")
