@@ -20,7 +20,9 @@ from .errors import MixQError
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
 TU = ("MUTAG", "PROTEINS", "IMDB-BINARY", "IMDB-MULTI", "DD", "REDDIT-BINARY", "REDDIT-MULTI-5K")
-KNOWN = (*PLANETOID, *TU, "CSL", "ogbn-arxiv")
+#: OGB node data sets: name -> the split folder its zip ships
+OGB = {"ogbn-arxiv": "time", "ogbn-products": "sales_ranking"}
+KNOWN = (*PLANETOID, *TU, "CSL", *OGB)
 CSL_PE_DIM = 50
 
 
@@ -52,6 +54,8 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _raw_relpath(name: str) -> Path:
+    if name in OGB:
+        return Path(name.replace("-", "_"))  # ogb keeps raw/, split/ and processed/ in one folder
     if name in PLANETOID:
         return Path("Planetoid") / name / "raw"
     if name == "CSL":
@@ -160,15 +164,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, cache=None
     name = canonical_name(name)
     base, origin = _resolve(root)
     cache_root = cache_dir(cache)
-    if name == "ogbn-arxiv":
-        try:
-            from ogb.nodeproppred import PygNodePropPredDataset
-        except ImportError as error:
-            raise DatasetNotFoundError(
-                "ogbn-arxiv needs the `ogb` package: pip install ogb, then provide its data"
-            ) from error
-        dataset = PygNodePropPredDataset("ogbn-arxiv", root=str(base or cache_root))
-        return LoadedDataset(name, "node", dataset, dataset.num_features, dataset.num_classes)
+    if name in OGB:
+        return _load_ogb(name, base, origin, cache_root)
     if base is not None:
         work = _stage(base, name, cache_root, origin)
     else:
@@ -201,6 +198,33 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, cache=None
         raise DatasetNotFoundError(
             f"could not download {name} ({error}); set MIXQ_DATA or pass --data-root to a folder with PyG's raw files"
         ) from error
+
+
+def ogb_files(name: str) -> list[Path]:
+    """The files of an OGB node data set that must be under the data root (as its zip unpacks)."""
+    folder = _raw_relpath(name)
+    raw = [folder / "raw" / f for f in ("edge.csv.gz", "node-feat.csv.gz", "node-label.csv.gz")]
+    return [folder / "RELEASE_v1.txt", *raw, *(folder / "split" / OGB[name] / f"{p}.csv.gz" for p in
+            ("train", "valid", "test"))]  # fmt: skip
+
+
+def _load_ogb(name: str, base: Path | None, origin: str, cache_root: Path) -> LoadedDataset:
+    """An OGB data set through ``ogb``: copied from the data root into the cache first (ogb writes
+    ``processed/`` next to ``raw/``), or downloaded by ogb into the cache when no root is set."""
+    if base is not None:
+        missing = [str(f) for f in ogb_files(name) if not (base / f).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                f"data set {name} not found in {base} (from {origin}): missing {', '.join(missing)}. Unpack ogb's "
+                f"{_raw_relpath(name)}.zip there, or point MIXQ_DATA / --data-root at a folder that has it"
+            )
+        _stage(base, name, cache_root, origin)
+    try:
+        from ogb.nodeproppred import PygNodePropPredDataset
+    except ImportError as error:
+        raise DatasetNotFoundError(f"{name} needs the `ogb` package: pip install ogb") from error
+    dataset = PygNodePropPredDataset(name, root=str(cache_root))
+    return LoadedDataset(name, "node", dataset, dataset.num_features, dataset.num_classes)
 
 
 #: Skip lengths of the 10 CSL classes (Murphy et al. 2019), on cycles of 41 nodes.

@@ -88,3 +88,27 @@ def test_stratified_folds_are_disjoint_cover_everything_and_keep_class_proportio
         assert sorted([*train, *val, *test]) == list(range(100))
         assert (labels[test] == 1).sum() == 4
     assert stratified_folds(labels, 10, 42)[3][2].tolist() == folds[3][2].tolist()
+
+
+@pytest.mark.parametrize("name", ["ogbn-arxiv", "ogbn-products"])
+def test_ogb_data_sets_name_the_files_they_need_and_never_write_into_the_root(name, tmp_path):
+    from mixq_compile.data import ogb_files
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"missing .*raw/edge\.csv\.gz.*split/"):
+        load_dataset(name, root, cache=tmp_path / "cache")
+    for file in ogb_files(name):  # every expected file present (empty stand-ins): the check passes
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        (root / file).write_bytes(b"")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    try:
+        import ogb  # noqa: F401
+    except ImportError:
+        with pytest.raises(DatasetNotFoundError, match="needs the `ogb` package"):
+            load_dataset(name, root, cache=tmp_path / "cache")
+    else:
+        with pytest.raises(Exception):  # noqa: B017 (ogb fails on the empty stand-ins, in the cache copy)
+            load_dataset(name, root, cache=tmp_path / "cache")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before, "nothing written into the data root"
+    assert (tmp_path / "cache" / ogb_files(name)[0]).is_file(), "the files were staged into the cache"

@@ -201,3 +201,19 @@ def test_chunked_whole_graph_inference_gives_the_full_graph_integers(conv, tmp_p
     if conv == "gcn":  # GCN's normalisation reads the senders' degrees: a halo of one hop is too small
         too_small = predict_in_chunks(artifact, x, edge_index, hops=1, chunk_size=400, progress=False)
         assert not torch.allclose(too_small, whole, atol=1e-4)
+
+
+def test_the_documented_torchrun_command_runs_two_ranks_that_agree(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "ddp_search.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+               "--smoke", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_agree"] and set(summary["bits"].values()) <= {2, 4, 8}
+    assert (tmp_path / "model" / "mixq.json").is_file()
