@@ -43,6 +43,7 @@ class RangeObserver:
         self.high: Tensor | None = None
         self.sample: Tensor | None = None  # [rows, kept values] for the percentile and MSE rules
         self.stride = 1
+        self.empty_rows: int | None = None  # rows of the empty tensors seen (a degree bucket no node has)
 
     def _rows(self, x: Tensor) -> Tensor:
         data = x.detach().float()
@@ -67,6 +68,7 @@ class RangeObserver:
         """Fold one tensor into the statistics."""
         rows = self._rows(x)
         if rows.shape[1] == 0:
+            self.empty_rows = rows.shape[0]
             return
         low, high = rows.amin(dim=1), rows.amax(dim=1)
         if self.low is None or self.high is None:
@@ -90,7 +92,9 @@ class RangeObserver:
     def range(self) -> tuple[Tensor, Tensor]:
         """The ``(low, high)`` range (per row) the accumulated statistics give, per the spec; zero included."""
         if self.low is None or self.high is None:
-            raise ValueError("the observer has seen no values: calibrate on at least one non-empty tensor")
+            if self.empty_rows is None:
+                raise ValueError("the observer has seen no tensor: calibrate on at least one")
+            return torch.zeros(self.empty_rows), torch.zeros(self.empty_rows)  # nothing to cover but zero
         spec = self.spec
         low, high = self.low, self.high
         if spec.range_init == "percentile" and self.sample is not None and self.sample.shape[1] > 1:
@@ -107,9 +111,6 @@ def observe_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
     """The (low, high) range a quantizer of ``spec`` starts from when calibrated on the one tensor ``x``."""
     observer = RangeObserver(spec)
     observer.update(x)
-    if observer.low is None:  # an empty tensor: nothing to cover but zero
-        rows = 1 if spec.granularity == "tensor" else x.shape[spec.axis]
-        return torch.zeros(rows), torch.zeros(rows)
     return observer.range()
 
 

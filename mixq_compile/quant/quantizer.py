@@ -57,7 +57,7 @@ class FakeQuantizer(nn.Module):
         (the range is then left as it was)."""
         observer = self.observer
         self.stop_observing()
-        if observer is None or observer.low is None:
+        if observer is None or (observer.low is None and observer.empty_rows is None):
             return False
         low, high = observer.range()
         self.calibrate_range(low.to(self.scale.device), high.to(self.scale.device))
