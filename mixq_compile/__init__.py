@@ -7,6 +7,7 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 from . import cpu
 from .api import bitops, fit_budget, freeze, penalty, quantize, sites
 from .artifact import Artifact, ArtifactError, export, load_artifact
+from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
 from .integer.program import IntegerProgram, lower
@@ -36,6 +37,7 @@ __all__ = [
     "QuantizedModel",
     "SavedModelError",
     "bitops",
+    "calibrate",
     "cpu",
     "export",
     "fit_budget",

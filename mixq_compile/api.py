@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, fx, nn
 
+from .calibration import calibrate
 from .capture import capture
 from .config import QuantConfig
 from .cost.bitops import BitOpsReport, as_report, check_convention, fp32_bitops, model_bytes, quantized_bitops
@@ -34,7 +35,8 @@ def quantize(
     Args:
         model: any FP32 ``nn.Module`` whose forward takes tensors (e.g. ``(x, edge_index[, batch])``).
         example_inputs: a representative input tuple; used to capture, to size per-channel quantizers and to
-            calibrate every quantizer's initial range.
+            calibrate every quantizer's initial range (:func:`~mixq_compile.calibrate` sets the ranges from many
+            batches instead).
         bit_widths: candidate bit-widths of every site (ignored if ``config`` is given).
         config: full :class:`QuantConfig` (kinds, specs, per-site candidates, skips).
         dynamic_shapes / strict: passed to ``torch.export`` (default: every dim automatic, non-strict then strict).
@@ -54,7 +56,8 @@ def quantize(
     gm, signature = capture(quiet_deepcopy(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
     gm = run_pipeline(gm, search_pipeline(config))
     qmodel = QuantizedModel(gm, signature, config)
-    qmodel.calibrate(tuple(example_inputs))
+    calibrate(qmodel, [tuple(example_inputs)], progress=False)
+    qmodel.record_example_shapes(tuple(example_inputs))
     qmodel.train(model.training)
     float_ops = qmodel.plan.float_ops
     if float_ops:

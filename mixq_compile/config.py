@@ -42,7 +42,7 @@ def _default_specs() -> Mapping[str, QuantSpec]:
             "weight": QuantSpec(signed=True, symmetric=True, granularity="channel", axis=0),
             "linear_out": activation,
             "message": activation,
-            "edge_weight": QuantSpec(signed=False, range_init="mse"),
+            "edge_weight": QuantSpec(signed=False, range_init="mse", bounds=(-1.0, 1.0)),
             "aggregate": activation,
             "pool_input": activation,
             "pool": activation,

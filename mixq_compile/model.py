@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import torch
 from torch import Tensor, fx, nn
 
 from .config import QuantConfig
@@ -33,20 +32,13 @@ class QuantizedModel(nn.Module):
         self.config = config
         self.example_shapes = NodeShapes({})
 
-    @torch.no_grad()
-    def calibrate(self, example_inputs: tuple[Tensor, ...]) -> None:
-        """Initialise every quantizer's range from one eval-mode pass and record the example shapes."""
+    def record_example_shapes(self, example_inputs: tuple[Tensor, ...]) -> None:
+        """Record every node's shape on ``example_inputs``: what the penalty and BitOPs count on."""
         self.check_inputs(example_inputs)
-        was_training = self.training
-        self.eval()
-        try:
-            self.graph_module(*example_inputs)
-        finally:
-            self.train(was_training)
         self.example_shapes = record_shapes(self.graph_module, example_inputs)
 
-    def freeze_(self, bits: Mapping[str, int] | None = None) -> None:
-        """In place: fix every site at its argmax (or ``bits[site]``) bit-width."""
+    def freeze_(self, bits: Mapping[str, int] | int | None = None) -> None:
+        """In place: fix every site at its argmax (or ``bits[site]``, or ``bits`` everywhere) bit-width."""
         quantize_bias(freeze_quantizers(self.graph_module, bits))
 
     def weight_bits(self, bits: Mapping[str, int]) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
 Pre-condition: quantizer modules under ``gm.mixq`` (from :func:`insert_quantizers`), mixed or already fixed.
 Post-condition: every ``gm.mixq.<site>`` is a :class:`FakeQuantizer`: the argmax candidate of the search, or the
-bit-width given in ``bits``. The chosen candidate keeps its learned scale and zero-point, so fine-tuning (QAT)
-starts from the searched state.
+bit-width given in ``bits`` (per site, or one int for every site). The chosen candidate keeps its learned scale and
+zero-point, so fine-tuning (QAT) starts from the searched state.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from .insert_quantizers import QUANTIZER_ROOT
 from .plan import PLAN_KEY, SitePlan
 
 
-def freeze_quantizers(gm: fx.GraphModule, bits: Mapping[str, int] | None = None) -> fx.GraphModule:
-    """Replace mixed quantizers by fixed ones (argmax, or ``bits[site]``); see module docstring."""
+def freeze_quantizers(gm: fx.GraphModule, bits: Mapping[str, int] | int | None = None) -> fx.GraphModule:
+    """Replace mixed quantizers by fixed ones (argmax, ``bits[site]``, or ``bits`` at every site); see module
+    docstring."""
     plan: SitePlan = gm.meta[PLAN_KEY]
-    bits = dict(bits or {})
+    bits = {s.name: bits for s in plan.sites} if isinstance(bits, int) else dict(bits or {})
     known = {s.name for s in plan.sites}
     unknown = set(bits) - known
     if unknown:

@@ -60,7 +60,25 @@ class MixedQuantizer(nn.Module):
             raise ValueError(f"{bits} is not a candidate of this site; candidates are {self.bit_widths}")
         return self.candidates[self.bit_widths.index(bits)]
 
+    def start_observing(self) -> None:
+        """Calibration: every candidate observes the FP32 input, which passes through unchanged (see
+        :meth:`FakeQuantizer.start_observing`)."""
+        for candidate in self.candidates:
+            candidate.start_observing()
+
+    def finish_observing(self) -> bool:
+        """Set every candidate's range from its observations, each for its own bit-width; False if none were seen."""
+        return all([candidate.finish_observing() for candidate in self.candidates])
+
+    def stop_observing(self) -> None:
+        for candidate in self.candidates:
+            candidate.stop_observing()
+
     def forward(self, x: Tensor) -> Tensor:
         self.last_numel = x.numel()
+        if self.candidates[0].observer is not None:
+            for candidate in self.candidates:
+                candidate.forward(x)
+            return x
         scales, zero_points, ranges, factors = zip(*(c.fused_arguments(x) for c in self.candidates))
         return mixed_lsq_fake_quantize(x, self.probabilities(), scales, zero_points, ranges, factors)

@@ -6,87 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from .functional import grad_scale, lsq_fake_quantize, lsq_grad_factor, quantize_codes, round_ste
+from .observer import MIN_SCALE, RangeObserver, initial_scale_zero_point, observe_range
 from .spec import QuantSpec
-
-_MIN_SCALE = 1e-8
-
-
-def _channels_first(x: Tensor, axis: int) -> Tensor:
-    """``x`` reshaped to ``[C, -1]`` with the channel axis first."""
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
-
-
-_MSE_GRID = 64  # candidate clipping fractions tried by range_init="mse"
-_MSE_SAMPLES = 1 << 18  # values per row the MSE search looks at (evenly strided subsample above that)
-
-
-def observe_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """The (low, high) range a quantizer of ``spec`` starts from (min/max, percentiles or the MSE-optimal clipping
-    of min/max), always including zero."""
-    data = x.detach().float()
-    if not torch.isfinite(data).all():
-        raise ValueError(
-            "cannot calibrate a quantizer on a tensor with NaN or infinite values; "
-            "check the model inputs and the FP32 model's outputs for non-finite values"
-        )
-    if spec.granularity == "channel":
-        if data.dim() == 0:
-            raise ValueError("per-channel quantization needs a tensor with at least one dimension")
-        rows = _channels_first(data, spec.axis)
-    else:
-        rows = data.reshape(1, -1)
-    if rows.shape[1] == 0:
-        low = high = torch.zeros(rows.shape[0])
-    elif spec.range_init == "percentile" and rows.shape[1] > 1:
-        k_low = max(1, int(spec.percentile * rows.shape[1]))
-        k_high = max(1, rows.shape[1] - k_low + 1)
-        low = rows.kthvalue(k_low, dim=1).values
-        high = rows.kthvalue(k_high, dim=1).values
-    else:
-        low, high = rows.amin(dim=1), rows.amax(dim=1)
-    low, high = low.clamp(max=0.0), high.clamp(min=0.0)
-    if spec.range_init == "mse" and rows.shape[1] > 0:
-        low, high = _mse_clipped_range(rows, low, high, spec)
-    return low, high
-
-
-def _mse_clipped_range(rows: Tensor, low: Tensor, high: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """Shrink ``[low, high]`` (per row) by the fraction in ``(0, 1]`` whose quantize-dequantize error is smallest.
-
-    Min/max wastes most of a low bit-width's levels on rare outliers: row-normalised bag-of-words features (Cora)
-    have a few large values and many small ones that a 2-bit min/max grid rounds to zero. Clipping trades outlier
-    error for resolution where the data is; the optimum is found by a grid search, as PTQ observers do.
-    """
-    if rows.shape[1] > _MSE_SAMPLES:
-        rows = rows[:, :: -(-rows.shape[1] // _MSE_SAMPLES)]
-    best_err = torch.full((rows.shape[0],), float("inf"), device=rows.device)
-    best = torch.ones(rows.shape[0], device=rows.device)
-    for fraction in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
-        scale, zero_point = initial_scale_zero_point(low * fraction, high * fraction, spec)
-        scale, zero_point = scale[:, None], zero_point[:, None]
-        restored = (quantize_codes(rows, scale, zero_point, spec.qmin, spec.qmax) - zero_point) * scale
-        err = (restored - rows).square().mean(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, torch.full_like(best, fraction), best)
-    return low * best, high * best
-
-
-def initial_scale_zero_point(low: Tensor, high: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """Scale and integer zero-point that map ``[low, high]`` onto ``[qmin, qmax]``."""
-    qmin, qmax = spec.qmin, spec.qmax
-    if spec.symmetric:
-        magnitude = torch.maximum(low.abs(), high)
-        positive_levels = qmax if qmax > 0 else -qmin
-        scale = magnitude / positive_levels
-        zero_point = torch.zeros_like(scale)
-    else:
-        scale = (high - low) / (qmax - qmin)
-        zero_point = torch.zeros_like(scale)
-    scale = torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale))
-    if not spec.symmetric:
-        zero_point = torch.clamp(torch.round(qmin - low / scale), qmin, qmax)
-    return scale, zero_point
 
 
 class FakeQuantizer(nn.Module):
@@ -96,6 +17,10 @@ class FakeQuantizer(nn.Module):
     module once (``quantize()`` does this with the example inputs) before building an optimizer. The zero-point is
     kept as a float parameter for training but is always rounded (straight-through) and clamped to the code range
     before use, so the value an integer program needs is integral by construction.
+
+    Calibration over many batches (:func:`mixq_compile.calibrate`): between :meth:`start_observing` and
+    :meth:`finish_observing` the module passes its input through unchanged and feeds a :class:`RangeObserver`, so
+    every site downstream observes FP32 values, as PTQ observers do, not values already rounded upstream.
     """
 
     def __init__(self, spec: QuantSpec) -> None:
@@ -104,6 +29,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.scale = nn.Parameter(torch.ones(1), requires_grad=spec.learnable)
         self.zero_point = nn.Parameter(torch.zeros(1), requires_grad=spec.learnable and not spec.symmetric)
+        self.observer: RangeObserver | None = None  # set while observing calibration batches; never saved
 
     @property
     def bits(self) -> int:
@@ -121,6 +47,25 @@ class FakeQuantizer(nn.Module):
         """Set scale and zero-point from ``x``'s range (shape per the granularity) and mark the quantizer ready."""
         low, high = observe_range(x, self.spec)
         self.calibrate_range(low.to(x.device), high.to(x.device))
+
+    def start_observing(self) -> None:
+        """Pass inputs through unchanged and accumulate their statistics until :meth:`finish_observing`."""
+        self.observer = RangeObserver(self.spec)
+
+    def finish_observing(self) -> bool:
+        """Set the range from the statistics accumulated since :meth:`start_observing`; False if nothing was seen
+        (the range is then left as it was)."""
+        observer = self.observer
+        self.stop_observing()
+        if observer is None or (observer.low is None and observer.empty_rows is None):
+            return False
+        low, high = observer.range()
+        self.calibrate_range(low.to(self.scale.device), high.to(self.scale.device))
+        return True
+
+    def stop_observing(self) -> None:
+        """Quantize again, discarding the statistics (the range stays as it was)."""
+        self.observer = None
 
     @torch.no_grad()
     def calibrate_range(self, low: Tensor, high: Tensor) -> None:
@@ -143,7 +88,7 @@ class FakeQuantizer(nn.Module):
     def scale_and_zero_point(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Effective (broadcastable) scale and integral zero-point used for ``x`` (composite STE form)."""
         spec = self.spec
-        scale = grad_scale(self.scale, self._grad_factor(x)).abs().clamp_min(_MIN_SCALE)
+        scale = grad_scale(self.scale, self._grad_factor(x)).abs().clamp_min(MIN_SCALE)
         if spec.symmetric:
             zero_point = self.zero_point.detach() * 0
         else:
@@ -156,11 +101,14 @@ class FakeQuantizer(nn.Module):
         if not bool(self.initialized):
             self.calibrate(x)
         spec = self.spec
-        scale = self._broadcast(self.scale.abs().clamp_min(_MIN_SCALE), x)
+        scale = self._broadcast(self.scale.abs().clamp_min(MIN_SCALE), x)
         zero_point = self._broadcast(self.zero_point.detach() * 0 if spec.symmetric else self.zero_point, x)
         return scale, zero_point, (spec.qmin, spec.qmax), self._grad_factor(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
         scale, zero_point, (qmin, qmax), factor = self.fused_arguments(x)
         return lsq_fake_quantize(x, scale, zero_point, qmin, qmax, factor)
 

@@ -18,7 +18,11 @@ MIN_BITS = 1
 MAX_BITS = 16
 
 Granularity = Literal["tensor", "channel"]
-RangeInit = Literal["minmax", "percentile", "mse"]
+RangeInit = Literal["minmax", "moving_average", "percentile", "mse"]
+RANGE_INITS: tuple[str, ...] = ("minmax", "moving_average", "percentile", "mse")
+
+#: ``QuantSpec.bounds`` widen ranges from this bit-width up: below it, resolution is worth more than rare extremes.
+BOUNDS_FROM_BITS = 8
 
 
 def check_bits(bits: object) -> int:
@@ -66,9 +70,16 @@ class QuantSpec:
             otherwise affine with a learnable zero-point that is rounded to an integer in every forward pass.
         granularity: one scale for the whole tensor, or one per index of ``axis``.
         axis: the channel axis for ``granularity="channel"`` (0 = output channels of a weight).
-        range_init: initial range from min/max (always including zero), from percentiles (Degree-Quant style), or
-            ``"mse"``: min/max shrunk to the clipping that minimises the quantization error on the calibration data.
+        range_init: the observer that sets the initial range from the calibration batches (always including zero;
+            :mod:`mixq_compile.quant.observer`): running min/max, ``"moving_average"`` min/max, percentiles
+            (Degree-Quant style), or ``"mse"``: min/max shrunk to the clipping that minimises the quantization error
+            on the calibration data.
         percentile: the lower tail fraction for ``range_init="percentile"`` (0.01 = 1st and 99th percentiles).
+        averaging_constant: weight of each new batch's min/max for ``range_init="moving_average"``.
+        bounds: an interval the values are known to lie in (normalisation coefficients and attention weights:
+            ``(-1, 1)``), or ``None``. At ``BOUNDS_FROM_BITS`` bits and above, a calibrated range inside it is widened
+            to the bound on each side the data reach: a calibration graph without an isolated node never shows the
+            coefficient 1 that another graph has. Data outside the bounds keep their observed range.
         learnable: whether scale (and zero-point) are trained (LSQ+ gradients) or stay at their initial values.
     """
 
@@ -79,16 +90,26 @@ class QuantSpec:
     axis: int = 0
     range_init: RangeInit = "minmax"
     percentile: float = 0.01
+    averaging_constant: float = 0.1
+    bounds: tuple[float, float] | None = None
     learnable: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if self.granularity not in ("tensor", "channel"):
             raise ValueError(f"granularity must be 'tensor' or 'channel', got {self.granularity!r}")
-        if self.range_init not in ("minmax", "percentile", "mse"):
-            raise ValueError(f"range_init must be 'minmax', 'percentile' or 'mse', got {self.range_init!r}")
+        if self.range_init not in RANGE_INITS:
+            raise ValueError(f"range_init must be one of {', '.join(map(repr, RANGE_INITS))}, got {self.range_init!r}")
         if not 0.0 <= self.percentile < 0.5:
             raise ValueError(f"percentile must be in [0, 0.5), got {self.percentile!r}")
+        if not 0.0 < self.averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {self.averaging_constant!r}")
+        if self.bounds is not None:
+            values = tuple(float(b) for b in self.bounds)  # a JSON round trip gives a list
+            lower, upper = values if len(values) == 2 else (1.0, -1.0)
+            if not lower <= 0.0 <= upper:
+                raise ValueError(f"bounds must be an interval (lower, upper) containing 0, got {self.bounds!r}")
+            object.__setattr__(self, "bounds", (lower, upper))
 
     @property
     def qmin(self) -> int:

@@ -1,0 +1,172 @@
+"""Range observers: a quantizer's statistics accumulated over calibration batches, turned into its initial range.
+
+Calibration must see more than one graph: a range taken from one small graph misses what another graph of the same
+distribution shows (an isolated node, a higher in-degree). A :class:`RangeObserver` therefore accumulates, batch by
+batch, what its spec's ``range_init`` needs, and :meth:`RangeObserver.range` turns it into ``(low, high)`` once:
+
+- ``"minmax"``: running min/max over every batch;
+- ``"moving_average"``: per-batch min/max averaged with ``spec.averaging_constant`` (torch's
+  ``MovingAverageMinMaxObserver``: an outlier batch moves the range only part of the way);
+- ``"percentile"`` and ``"mse"``: a subsample of the values of every batch (each batch decimated by the same stride,
+  at most ``_SAMPLES`` values per row in all), on which the percentiles or the MSE grid search run at the end; the
+  MSE search starts from the running min/max.
+
+Every range includes zero; at ``BOUNDS_FROM_BITS`` bits and above, a range inside ``spec.bounds`` is widened to the
+bound on each side its data reaches (see :class:`~mixq_compile.quant.spec.QuantSpec`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .functional import quantize_codes
+from .spec import BOUNDS_FROM_BITS, QuantSpec
+
+MIN_SCALE = 1e-8
+_MSE_GRID = 64  # candidate clipping fractions tried by range_init="mse"
+_SAMPLES = 1 << 18  # values per row kept for the percentile and MSE rules
+
+
+def _channels_first(x: Tensor, axis: int) -> Tensor:
+    """``x`` reshaped to ``[C, -1]`` with the channel axis first."""
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+class RangeObserver:
+    """Statistics of the tensors one quantizer sees during calibration (per row: channel or whole tensor)."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        self.spec = spec
+        self.batches = 0
+        self.low: Tensor | None = None  # running (or moving-average) min per row
+        self.high: Tensor | None = None
+        self.sample: Tensor | None = None  # [rows, kept values] for the percentile and MSE rules
+        self.stride = 1
+        self.empty_rows: int | None = None  # rows of the empty tensors seen (a degree bucket no node has)
+
+    def _rows(self, x: Tensor) -> Tensor:
+        data = x.detach().float()
+        if not torch.isfinite(data).all():
+            raise ValueError(
+                "cannot calibrate a quantizer on a tensor with NaN or infinite values; "
+                "check the model inputs and the FP32 model's outputs for non-finite values"
+            )
+        if self.spec.granularity == "tensor":
+            return data.reshape(1, -1)
+        if data.dim() == 0:
+            raise ValueError("per-channel quantization needs a tensor with at least one dimension")
+        rows = _channels_first(data, self.spec.axis)
+        if self.low is not None and rows.shape[0] != self.low.shape[0]:
+            raise ValueError(
+                f"per-channel quantizer saw {rows.shape[0]} channels in one batch and {self.low.shape[0]} in another"
+            )
+        return rows
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold one tensor into the statistics."""
+        rows = self._rows(x)
+        if rows.shape[1] == 0:
+            self.empty_rows = rows.shape[0]
+            return
+        low, high = rows.amin(dim=1), rows.amax(dim=1)
+        if self.low is None or self.high is None:
+            self.low, self.high = low, high
+        elif self.spec.range_init == "moving_average":
+            c = self.spec.averaging_constant
+            self.low, self.high = self.low + c * (low - self.low), self.high + c * (high - self.high)
+        else:
+            self.low, self.high = torch.minimum(self.low, low), torch.maximum(self.high, high)
+        if self.spec.range_init in ("percentile", "mse"):
+            self._keep(rows)
+        self.batches += 1
+
+    def _keep(self, rows: Tensor) -> None:
+        kept = rows[:, :: self.stride]
+        self.sample = kept if self.sample is None else torch.cat([self.sample, kept], dim=1)
+        while self.sample.shape[1] > _SAMPLES:  # halve the density of everything kept so far, and of what follows
+            self.sample = self.sample[:, ::2]
+            self.stride *= 2
+
+    def range(self) -> tuple[Tensor, Tensor]:
+        """The ``(low, high)`` range (per row) the accumulated statistics give, per the spec; zero included."""
+        if self.low is None or self.high is None:
+            if self.empty_rows is None:
+                raise ValueError("the observer has seen no tensor: calibrate on at least one")
+            return torch.zeros(self.empty_rows), torch.zeros(self.empty_rows)  # nothing to cover but zero
+        spec = self.spec
+        low, high = self.low, self.high
+        if spec.range_init == "percentile" and self.sample is not None and self.sample.shape[1] > 1:
+            low, high = _percentiles(self.sample, spec.percentile)
+        low, high = low.clamp(max=0.0), high.clamp(min=0.0)
+        if spec.range_init == "mse" and self.sample is not None:
+            low, high = _mse_clipped_range(self.sample, low, high, spec)
+        if spec.bounds is not None and spec.bits >= BOUNDS_FROM_BITS:
+            low, high = _widened_to_bounds(low, high, spec.bounds)
+        return low, high
+
+
+def observe_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """The (low, high) range a quantizer of ``spec`` starts from when calibrated on the one tensor ``x``."""
+    observer = RangeObserver(spec)
+    observer.update(x)
+    return observer.range()
+
+
+def _percentiles(rows: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    k_low = max(1, int(fraction * rows.shape[1]))
+    k_high = max(1, rows.shape[1] - k_low + 1)
+    return rows.kthvalue(k_low, dim=1).values, rows.kthvalue(k_high, dim=1).values
+
+
+def _widened_to_bounds(low: Tensor, high: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """``[low, high]`` widened to ``bounds`` on each side the data reaches, if the data lie within ``bounds``.
+
+    A value known to lie in ``bounds`` (a normalisation coefficient, an attention weight) reaches them on graphs the
+    calibration graph does not resemble (an isolated node gets the coefficient 1); at high bit-widths covering the
+    bound costs less resolution than clipping it costs accuracy. Data outside ``bounds`` disprove the assumption,
+    and the observed range is kept.
+    """
+    lower, upper = bounds
+    inside = (low >= lower) & (high <= upper)
+    low = torch.where(inside & (low < 0), torch.full_like(low, lower), low)
+    high = torch.where(inside & (high > 0), torch.full_like(high, upper), high)
+    return low, high
+
+
+def _mse_clipped_range(rows: Tensor, low: Tensor, high: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Shrink ``[low, high]`` (per row) by the fraction in ``(0, 1]`` whose quantize-dequantize error is smallest.
+
+    Min/max wastes most of a low bit-width's levels on rare outliers: row-normalised bag-of-words features (Cora)
+    have a few large values and many small ones that a 2-bit min/max grid rounds to zero. Clipping trades outlier
+    error for resolution where the data is; the optimum is found by a grid search, as PTQ observers do.
+    """
+    best_err = torch.full((rows.shape[0],), float("inf"), device=rows.device)
+    best = torch.ones(rows.shape[0], device=rows.device)
+    for fraction in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
+        scale, zero_point = initial_scale_zero_point(low * fraction, high * fraction, spec)
+        scale, zero_point = scale[:, None], zero_point[:, None]
+        restored = (quantize_codes(rows, scale, zero_point, spec.qmin, spec.qmax) - zero_point) * scale
+        err = (restored - rows).square().mean(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, fraction), best)
+    return low * best, high * best
+
+
+def initial_scale_zero_point(low: Tensor, high: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Scale and integer zero-point that map ``[low, high]`` onto ``[qmin, qmax]``."""
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        magnitude = torch.maximum(low.abs(), high)
+        positive_levels = qmax if qmax > 0 else -qmin
+        scale = magnitude / positive_levels
+        zero_point = torch.zeros_like(scale)
+    else:
+        scale = (high - low) / (qmax - qmin)
+        zero_point = torch.zeros_like(scale)
+    scale = torch.where(scale > MIN_SCALE, scale, torch.ones_like(scale))
+    if not spec.symmetric:
+        zero_point = torch.clamp(torch.round(qmin - low / scale), qmin, qmax)
+    return scale, zero_point

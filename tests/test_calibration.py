@@ -1,0 +1,164 @@
+"""mq.calibrate over many batches: ranges cover every batch, PyG Data/Batch loaders, clear errors; the observers."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import random_graph
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import GCNConv, global_add_pool
+
+import mixq_compile as mq
+from mixq_compile.quant import QuantSpec
+from mixq_compile.quant.observer import RangeObserver, observe_range
+
+
+class GraphGCN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = GCNConv(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x, edge_index, batch):
+        return self.head(global_add_pool(self.conv(x, edge_index).relu(), batch))
+
+
+def _quantized(model: nn.Module, example, config: mq.QuantConfig | None = None) -> mq.QuantizedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mq.quantize(model.eval(), example, config=config)
+
+
+def _covered(qmodel: mq.QuantizedModel, site: str, bits: int = 8) -> tuple[float, float]:
+    q = qmodel.quantizer(site).candidate(bits)
+    zero_point = q.zero_point.detach().round()
+    return float((q.spec.qmin - zero_point) * q.scale.detach()), float((q.spec.qmax - zero_point) * q.scale.detach())
+
+
+def _graphs(scales: tuple[float, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x * s, ei) for s, (x, ei) in zip(scales, (random_graph(30, 90, 8, seed=i) for i in range(len(scales))))]
+
+
+@pytest.mark.parametrize("rule", ["minmax", "mse"])
+def test_ranges_cover_every_calibration_graph_not_only_the_example(rule):
+    specs = {"input": QuantSpec(range_init=rule)}
+    graphs = _graphs((1.0, 4.0, 0.5))
+    qmodel = _quantized(_NodeLinear(nn.Linear(8, 8)), graphs[0], mq.QuantConfig(specs=specs))
+    low, high = _covered(qmodel, "inner.input")
+    assert high < float(graphs[1][0].max()) / 2  # the example alone does not cover the 4x graph ...
+    mq.calibrate(qmodel, graphs, progress=False)
+    low, high = _covered(qmodel, "inner.input")
+    step = (high - low) / 255
+    slack = step if rule == "minmax" else 0.1 * (high - low)  # MSE at 8 bits clips the extremes by a few percent
+    for x, _ in graphs:  # ... after calibration every graph lies inside the 8-bit range
+        assert low - slack <= float(x.min()) and float(x.max()) <= high + slack
+
+
+class _NodeLinear(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, edge_index):
+        return self.inner(x)
+
+
+def test_downstream_sites_observe_fp32_values():
+    torch.manual_seed(0)
+    model = _NodeLinear(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)))
+    x, ei = random_graph(30, 90, 8)
+    qmodel = _quantized(model, (x, ei))
+    with torch.no_grad():
+        hidden = model.inner[0](x)
+    # The 2-bit candidate of the first layer's output would distort a range taken from the mixed output.
+    low, high = _covered(qmodel, "inner.0.output")
+    step = (high - low) / 255
+    assert low <= float(hidden.min()) + step and float(hidden.max()) - step <= high
+    assert high - low <= float(hidden.max() - hidden.min()) + 2 * step
+
+
+def test_pyg_data_and_batch_loaders_calibrate_by_argument_names():
+    torch.manual_seed(0)
+    datas = [Data(x=torch.randn(12, 8) * (1 + i), edge_index=random_graph(12, 30, 8, seed=i)[1]) for i in range(6)]
+    example = Batch.from_data_list(datas[:2])
+    qmodel = _quantized(GraphGCN(), (example.x, example.edge_index, example.batch))
+    mq.calibrate(qmodel, DataLoader(datas, batch_size=2), progress=False)
+    high = _covered(qmodel, "conv.lin.input")[1]
+    assert high >= 0.98 * max(float(d.x.max()) for d in datas)
+    mq.calibrate(qmodel, datas, progress=False)  # single Data objects: their batch vector is all zeros
+    assert qmodel(example.x, example.edge_index, example.batch).shape == (2, 2)
+
+
+def test_mappings_by_input_name():
+    x, ei = random_graph(20, 60, 8)
+    qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
+    mq.calibrate(qmodel, [{"x": x * 3, "edge_index": ei}], progress=False)
+    assert _covered(qmodel, "inner.input")[1] >= 0.98 * float((x * 3).max())
+
+
+def test_empty_iterable_is_a_clear_error_and_keeps_the_ranges():
+    x, ei = random_graph(20, 60, 8)
+    qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
+    before = _covered(qmodel, "inner.input")
+    with pytest.raises(ValueError, match="no batches"):
+        mq.calibrate(qmodel, [], progress=False)
+    assert _covered(qmodel, "inner.input") == before
+    assert torch.isfinite(qmodel(x, ei)).all()  # quantizing again, not observing
+
+
+def test_wrong_arity_and_missing_attribute_name_the_batch():
+    x, ei = random_graph(20, 60, 8)
+    qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
+    before = _covered(qmodel, "inner.input")
+    with pytest.raises(mq.InputSignatureError, match=r"calibration batch 1: .*takes 2 inputs \(x, edge_index\), got 3"):
+        mq.calibrate(qmodel, [(x * 5, ei), (x, ei, ei)], progress=False)
+    assert _covered(qmodel, "inner.input") == before  # the failed run changed nothing
+    with pytest.raises(mq.InputSignatureError, match="no tensor attribute 'edge_index'"):
+        mq.calibrate(qmodel, [Data(x=x)], progress=False)
+    with pytest.raises(TypeError, match="calibration batch 0 is a str"):
+        mq.calibrate(qmodel, ["x"], progress=False)
+
+
+def test_moving_average_moves_part_of_the_way_and_minmax_all_the_way():
+    batches = [torch.tensor([-1.0, 1.0]), torch.tensor([-11.0, 11.0])]
+    ranges = {}
+    for rule in ("minmax", "moving_average"):
+        observer = RangeObserver(QuantSpec(range_init=rule, averaging_constant=0.1))
+        for batch in batches:
+            observer.update(batch)
+        ranges[rule] = tuple(float(v) for v in observer.range())
+    assert ranges["minmax"] == (-11.0, 11.0)
+    assert ranges["moving_average"] == pytest.approx((-2.0, 2.0))
+
+
+def test_percentile_and_mse_use_every_batch():
+    spec = QuantSpec(range_init="percentile", percentile=0.25)
+    observer = RangeObserver(spec)
+    observer.update(torch.zeros(100))
+    observer.update(torch.ones(300))  # 3/4 of all values are 1: the 75th percentile of the union
+    assert float(observer.range()[1]) == 1.0
+    assert float(observe_range(torch.zeros(100), spec)[1]) == 0.0
+
+
+def test_per_channel_weights_get_one_range_per_channel():
+    spec = QuantSpec(symmetric=True, granularity="channel", axis=0)
+    low, high = observe_range(torch.tensor([[1.0, -2.0], [0.5, 0.25]]), spec)
+    assert low.tolist() == [-2.0, 0.0] and high.tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("bits", "values", "expected"),
+    [
+        (8, [0.0, 0.5], (0.0, 1.0)),
+        (8, [-0.5, 0.0], (-1.0, 0.0)),
+        (8, [0.0, 3.0], (0.0, 3.0)),
+        (2, [0.0, 0.5], (0.0, 0.5)),
+    ],
+)
+def test_bounds_widen_only_at_high_bits_and_only_when_the_data_lie_inside(bits, values, expected):
+    spec = QuantSpec(bits=bits, signed=False, bounds=(-1.0, 1.0))
+    low, high = observe_range(torch.tensor(values), spec)
+    assert (float(low), float(high)) == expected
