@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = mq.quantize(model.eval(), (capture.x, capture.edge_index))
+    calibration = neighbor_loader(data, [10, 5], input_nodes=train[: 8 * 1024], batch_size=1024)
+    mq.calibrate(qmodel, calibration, progress=False)  # the same 8 batches on every rank: identical ranges
     train_sampled(qmodel, train_loader, epochs=epochs, lam=args.lam, desc="search")
     frozen = mq.freeze(qmodel)
     bits = [None] * world

@@ -1,7 +1,9 @@
 """Mini-batch training over sampled subgraphs: FP32, the MixQ search and QAT on graphs too big for one pass.
 
 A model is quantized on one sampled subgraph (``mq.quantize(model, (batch.x, batch.edge_index))``; its node and
-edge counts are dynamic) and then trained on every other batch of a PyG ``NeighborLoader``
+edge counts are dynamic), its ranges are calibrated over several (``mq.calibrate(qmodel, islice(loader, 8))``:
+PyG batches are read by the forward's argument names), and it is then trained on every other batch of a PyG
+``NeighborLoader``
 (:func:`mixq_compile.sampling.neighbor_loader`): the loss reads the first ``batch.batch_size`` rows (the seed
 nodes). Degree-Quant protection, where enabled, uses the in-degrees of the sampled subgraph.
 

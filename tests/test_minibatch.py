@@ -217,3 +217,19 @@ def test_the_documented_torchrun_command_runs_two_ranks_that_agree(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_agree"] and set(summary["bits"].values()) <= {2, 4, 8}
     assert (tmp_path / "model" / "mixq.json").is_file()
+
+
+def test_ranges_calibrated_over_several_sampled_batches_cover_all_of_them():
+    from test_calibration import _covered
+
+    qmodel = _quantized(_loaders(planted())[0])  # captured on a batch of the usual features
+    data = planted()
+    data.x[data.num_nodes // 2 :] *= 4.0  # half of the nodes have 4x larger features
+    before = _covered(qmodel, "conv1.message")
+    batches = list(neighbor_loader(data, [5, 5], input_nodes=torch.arange(0, data.num_nodes, 7), batch_size=32))
+    mq.calibrate(qmodel, batches, progress=False)
+    low, high = _covered(qmodel, "conv1.message")
+    slack = 0.1 * (high - low)  # MSE clipping at 8 bits trims the extremes by a few percent
+    for batch in batches:
+        assert low - slack <= float(batch.x.min()) and float(batch.x.max()) <= high + slack
+    assert high > before[1], "the range grew to the batches the capture did not see"
