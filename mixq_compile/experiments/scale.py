@@ -5,9 +5,10 @@ Per graph and model (GraphSAGE, GCN; hidden 128, fanout [10, 5], 1024 seeds a ba
 RSS of each phase, test accuracy of FP32 and of MixQ after QAT, and whole-graph inference of the torch integer
 artifact on the whole graph in one call (its CSR aggregation never materialises the [E, C] messages; or in chunks
 of ``--chunk-size`` target nodes with :func:`mixq_compile.chunked_inference.predict_in_chunks`, the same integers)
-against PyG FP32 eager on the whole graph. An epoch is one pass over ``--train-nodes`` training seeds (all of them by default). Peak RSS
-is the process's resident set sampled every millisecond during the phase (it includes the graph itself); each
-run starts from a fresh interpreter only with ``--workers`` > 1, so compare deltas (``rss_delta_gib``) too.
+against PyG FP32 eager on the whole graph. An epoch is one pass over ``--train-nodes`` training seeds (all of them
+by default). Peak RSS is the process's resident set sampled every millisecond during the phase (it includes the
+graph itself); each run starts from a fresh interpreter only with ``--workers`` > 1, so compare deltas
+(``rss_delta_gib``) too.
 ``--smoke``: one 10k-node graph, one model, one epoch per phase.
 """
 
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each training phase")
     parser.add_argument("--train-nodes", type=int, default=None, help="training seeds per epoch (default: all)")
     parser.add_argument("--lam", type=float, default=0.5, help="penalty weight of the search")
-    parser.add_argument("--chunk-size", type=int, default=0,
-                        help="target nodes per inference chunk (predict_in_chunks); 0: the whole graph in one call")  # fmt: skip
+    chunk_help = "target nodes per inference chunk (predict_in_chunks); 0: the whole graph in one call"
+    parser.add_argument("--chunk-size", type=int, default=0, help=chunk_help)
 
 
 def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
