@@ -5,7 +5,17 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 """
 
 from . import cpu
-from .api import bitops, fit_budget, freeze, penalty, quantize, sites
+from .api import (
+    arch_parameters,
+    bitops,
+    fit_budget,
+    freeze,
+    penalty,
+    quantize,
+    search_param_groups,
+    sites,
+    weight_parameters,
+)
 from .artifact import Artifact, ArtifactError, export, load_artifact
 from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
@@ -36,6 +46,7 @@ __all__ = [
     "QuantSpec",
     "QuantizedModel",
     "SavedModelError",
+    "arch_parameters",
     "bitops",
     "calibrate",
     "cpu",
@@ -49,5 +60,7 @@ __all__ = [
     "profile",
     "quantize",
     "save",
+    "search_param_groups",
     "sites",
+    "weight_parameters",
 ]
