@@ -25,6 +25,7 @@ from .io import SavedModelError, load, save
 from .model import QuantizedModel
 from .profiling import ProfileReport, profile
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec
+from .sensitivity import SensitivityReport, sensitivity
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "QuantSpec",
     "QuantizedModel",
     "SavedModelError",
+    "SensitivityReport",
     "arch_parameters",
     "bitops",
     "calibrate",
@@ -61,6 +63,7 @@ __all__ = [
     "quantize",
     "save",
     "search_param_groups",
+    "sensitivity",
     "sites",
     "weight_parameters",
 ]
