@@ -74,8 +74,8 @@ class SensitivityReport:
             cells = {r.bits: f"{r.relative_error:.4f}" for r in row}
             line = f"{name:<{width}}{row[0].kind:<12}" + "".join(f"{cells.get(b, '-'):>12}" for b in widths)
             lines.append(line + f"{cumulative.get(name, float('nan')):>12.4f}")
-        lines.append("errors: relative L2 of the outputs vs FP32 with only that site quantized; cumulative: sites up to "
-                     "this one quantized at their chosen bits")  # fmt: skip
+        lines.append("errors: relative L2 of the outputs vs FP32 with only that site quantized; "
+                     "cumulative: sites up to this one quantized at their chosen bits")  # fmt: skip
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:
