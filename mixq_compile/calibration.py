@@ -21,7 +21,9 @@ from .errors import InputSignatureError
 from .model import QuantizedModel
 
 
-def calibrate(qmodel: QuantizedModel, batches: Iterable[Any], *, progress: bool = True) -> QuantizedModel:
+def calibrate(
+    qmodel: QuantizedModel, batches: Iterable[Any], *, sites: Iterable[str] | None = None, progress: bool = True
+) -> QuantizedModel:
     """Set the range (scale, zero-point) of every quantizer of ``qmodel`` from all of ``batches``.
 
     Args:
@@ -30,6 +32,9 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[Any], *, progress: bool 
             from input names to tensors, or of PyG ``Data`` / ``Batch`` objects (``DataLoader``,
             ``NeighborLoader``), whose attributes are read by the names of the model's forward arguments (a
             ``batch`` the model takes but a single ``Data`` lacks is all zeros).
+        sites: only these sites, given by name or by kind (e.g. ``["aggregate"]``); the others keep their ranges
+            and quantize as usual during the pass. E.g. after training on sampled subgraphs, re-range the
+            aggregation sums on the whole graph they will run on (a hub's sum is far above any sampled one).
         progress: show a tqdm progress bar.
 
     Runs in eval mode without gradients (the train/eval mode is restored). The ranges replace the previous ones,
@@ -39,7 +44,7 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[Any], *, progress: bool 
         ValueError: ``batches`` is empty.
         InputSignatureError: a batch does not match the captured inputs (names the batch and the mismatch).
     """
-    quantizers = list(qmodel.quantizers())
+    quantizers = _selected(qmodel, sites)
     was_training = qmodel.training
     qmodel.eval()
     for _, quantizer in quantizers:
@@ -66,6 +71,18 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[Any], *, progress: bool 
     if unseen:
         raise RuntimeError(f"no calibration batch reached the sites {unseen}; their ranges were left unchanged")
     return qmodel
+
+
+def _selected(qmodel: QuantizedModel, sites: Iterable[str] | None) -> list:
+    everything = list(qmodel.quantizers())
+    if sites is None:
+        return everything
+    wanted = set(sites)
+    kinds = {s.name: s.kind for s in qmodel.plan.sites}
+    unknown = wanted - set(kinds) - set(kinds.values())
+    if unknown:
+        raise ValueError(f"calibrate(sites=...) names no site or kind {sorted(unknown)}; sites: {sorted(kinds)}")
+    return [(name, q) for name, q in everything if name in wanted or kinds[name] in wanted]
 
 
 def batch_arguments(batch: Any, specs: tuple[InputSpec, ...], index: int) -> tuple[Tensor, ...]:

@@ -18,6 +18,7 @@ from torch import nn
 
 import mixq_compile as mq
 
+from .guard import raise_collapsed_sites
 from .runtimes import BACKENDS, available_backends
 from .tasks import Task, graph_task, load_task
 from .workflow import accuracy_gap_warning
@@ -61,8 +62,10 @@ def run_demo(
         qmodel = mq.quantize(fp32_model, task.inputs, bits)
     task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")  # bits from the last epoch, as the paper (not best-val)
     print(mq.sites(qmodel))  # the searched probabilities, before freezing fixes them
-    print("[3/6] freeze the argmax bit-widths and fine-tune (QAT)")
-    frozen = mq.freeze(qmodel)
+    print("[3/6] freeze the argmax bit-widths (raising any site that costs validation accuracy) and fine-tune (QAT)")
+    bits, log = raise_collapsed_sites(qmodel, task.validation, task.validation(fp32_model))
+    print("\n".join(f"      {line}" for line in log))
+    frozen = mq.freeze(qmodel, bits)
     frozen.load_state_dict(task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT").best_state)
     frozen.eval()
     usable, skipped = available_backends(backends or list(BACKENDS))

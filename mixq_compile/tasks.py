@@ -31,6 +31,7 @@ class Task:
     inputs: tuple[Tensor, ...]
     train: Train
     accuracy: Callable[[Callable], float]  # callable model/artifact -> test accuracy in [0, 1]
+    validation: Callable[[Callable], float]  # the same on the validation split (model selection, the bit guard)
 
 
 def load_task(name: str, root: str | None = None, *, seed: int = 0) -> Task:
@@ -48,12 +49,16 @@ def node_task(loaded: LoadedDataset) -> Task:
         return train_node(model, data, epochs=epochs, lam=lam, lr=lr, weight_decay=weight_decay, budget=budget,
                           desc=desc)  # fmt: skip
 
-    @torch.no_grad()
-    def accuracy(fn) -> float:
-        pred = fn(*data.inputs).argmax(-1)
-        return float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
+    def on(mask: Tensor) -> Callable[[Callable], float]:
+        @torch.no_grad()
+        def accuracy(fn) -> float:
+            pred = fn(*data.inputs).argmax(-1)
+            return float((pred[mask] == data.y[mask]).float().mean())
 
-    return Task(loaded.name, "node", loaded.num_features, loaded.num_classes, data.inputs, train, accuracy)
+        return accuracy
+
+    return Task(loaded.name, "node", loaded.num_features, loaded.num_classes, data.inputs, train,
+                on(data.test_mask), on(data.val_mask))  # fmt: skip
 
 
 def graph_task(
@@ -91,5 +96,10 @@ def graph_task(
     def accuracy(fn) -> float:
         return float((fn(test.x, test.edge_index, test.batch).argmax(-1) == test.y).float().mean())
 
+    @torch.no_grad()
+    def validation(fn) -> float:
+        correct = sum(int((fn(b.x, b.edge_index, b.batch).argmax(-1) == b.y).sum()) for b in loaders[1])
+        return correct / max(len(parts[1]), 1)
+
     inputs = (test.x, test.edge_index, test.batch)
-    return Task(loaded.name, "graph", loaded.num_features, loaded.num_classes, inputs, train, accuracy)
+    return Task(loaded.name, "graph", loaded.num_features, loaded.num_classes, inputs, train, accuracy, validation)

@@ -162,3 +162,16 @@ def test_bounds_widen_only_at_high_bits_and_only_when_the_data_lie_inside(bits, 
     spec = QuantSpec(bits=bits, signed=False, bounds=(-1.0, 1.0))
     low, high = observe_range(torch.tensor(values), spec)
     assert (float(low), float(high)) == expected
+
+
+def test_calibrating_some_sites_leaves_the_others_alone():
+    torch.manual_seed(0)
+    graphs = _graphs((1.0, 4.0))
+    qmodel = _quantized(_NodeLinear(nn.Linear(8, 8)), graphs[0])
+    before = {name: q.candidate(8).scale.clone() for name, q in qmodel.quantizers()}
+    mq.calibrate(qmodel, graphs, sites=["input"], progress=False)  # a kind
+    after = {name: q.candidate(8).scale for name, q in qmodel.quantizers()}
+    kinds = {s.name: s.kind for s in qmodel.plan.sites}
+    assert all(torch.equal(before[n], after[n]) == (kinds[n] != "input") for n in before)
+    with pytest.raises(ValueError, match="names no site or kind"):
+        mq.calibrate(qmodel, graphs, sites=["nope"], progress=False)
