@@ -1,0 +1,37 @@
+"""The search guard: sites whose narrow choice costs validation accuracy are raised before QAT."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from conftest import random_graph
+
+import mixq_compile as mq
+from mixq_compile.guard import raise_collapsed_sites
+from mixq_compile.models import PlanetoidGCN
+
+
+def test_a_collapsed_assignment_is_raised_until_validation_is_back_within_the_drop():
+    torch.manual_seed(0)
+    x, edge_index = random_graph(80, 320, 12)
+    model = PlanetoidGCN(12, 4, hidden=16).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(model, (x, edge_index))
+    with torch.no_grad():
+        target = model(x, edge_index).argmax(-1)
+
+    def agreement(frozen) -> float:  # "validation accuracy": agreement with the FP32 predictions
+        with torch.no_grad():
+            return float((frozen(x, edge_index).argmax(-1) == target).float().mean())
+
+    collapsed = dict.fromkeys(qmodel.chosen_bits(), 2)
+    assert agreement(mq.freeze(qmodel, collapsed).eval()) < 0.9, "all sites at 2 bits loses agreement"
+    bits, log = raise_collapsed_sites(qmodel, agreement, 1.0, max_drop=0.05, bits=collapsed)
+    assert agreement(mq.freeze(qmodel, bits).eval()) >= 0.95
+    assert any(b > 2 for b in bits.values()) and len(log) == 1 + sum({2: 0, 4: 1, 8: 2}[b] for b in bits.values()), (
+        "one log line per one-step raise"
+    )
+    untouched, log = raise_collapsed_sites(qmodel, agreement, 0.0)  # nothing to recover: the argmax stays
+    assert untouched == qmodel.chosen_bits() and len(log) == 1
