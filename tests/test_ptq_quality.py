@@ -3,8 +3,8 @@
 Every model of ``experiments/ptq_error.py`` (two layers of common convs; PyG's GCN, GraphSAGE, GIN, GAT, also with
 ``jk="cat"`` / ``"max"``) is quantized on graph A, calibrated with ``mq.calibrate`` on other graphs, frozen at 8
 (and 4) bits everywhere and evaluated on a held-out graph B. The target is 2 % relative L2 at 8 bits; models that
-do not reach it yet are strict expected failures (a fix makes them pass and the mark must go), and every model must
-stay below the regression bound. The 4-bit error is printed (no target).
+do not reach it yet are expected failures (reported XPASS when a fix makes them pass: then the mark must go), and
+every model must stay below the regression bound. The 4-bit error is printed (no target).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def _errors(name: str) -> dict[int, float]:
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 16: 8-bit PTQ above 2 %"))
+        # not strict: GIN sits at 0.0203, and another CPU's float summation order may land it under the target
+        pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 16: 8-bit PTQ above 2 %"))
         if n in ABOVE_TARGET
         else n
         for n in sorted(ptq_error.MODELS)
