@@ -143,3 +143,28 @@ def test_structure_cache_and_degree_quant_models_lower_to_the_same_exact_program
     assert not names, f"training-only modules left in the program: {names}"
     with torch.no_grad():
         assert (program(*args) - frozen(*args)).abs().max() <= _output_step(frozen) + 1e-5
+
+
+def test_a_mean_aggregation_counts_rows_without_dequantizing_the_gathered_messages():
+    """PyG's mean scatters ``x_j.new_ones(E)`` to count rows: the integer program must not dequantize the [E, C]
+    gathered codes to read their dtype (at 10M edges × 128 channels that was 5 GB of float32 per layer)."""
+    from conftest import random_graph
+    from torch_geometric.nn import SAGEConv
+
+    class Sage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = SAGEConv(16, 8)
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index)
+
+    x, edge_index = random_graph(50, 300, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = mq.freeze(mq.quantize(Sage().eval(), (x, edge_index)), bits=8).eval()
+    program = mq.lower(frozen)
+    assert not any("new_ones" in op for op in program.float_ops)
+    gathered = [n for n in program.features.graph.nodes if n.target == torch.ops.aten.index_select.default]
+    assert gathered and all(u.target is not K.dequantize for n in gathered for u in n.users)
+    assert torch.equal(program(x, edge_index), frozen(x, edge_index))

@@ -38,7 +38,7 @@ from ..quant.mixed import MixedQuantizer
 from ..quant.quantizer import FakeQuantizer
 from .inference_graph import inference_graph
 from .insert_quantizers import QUANTIZER_ROOT
-from .rules import MOVEMENT_OPS
+from .rules import MOVEMENT_OPS, SHAPE_ONLY_OPS
 from .train_mode import ModeBatchNorm, ModeDropout
 
 aten = torch.ops.aten
@@ -268,6 +268,8 @@ class _Lowering:
         if target in _ZERO_MAKERS:
             size = fx.node.map_arg(args[_ZERO_MAKERS[target]], lambda n: self.env[n][0])
             return None, Acc(None, size)
+        if target in SHAPE_ONLY_OPS:  # new_ones(x_j, [E]) reads x_j's dtype only: never dequantize [E, C] for it
+            return self.shape_only(node)
         if target in _SHAPE_ONLY_ARGS:
             keep = _SHAPE_ONLY_ARGS[target]
             mapped = [self.lowered(a)[0] if i in keep else self.float_arg(a) for i, a in enumerate(args)]
@@ -289,6 +291,16 @@ class _Lowering:
         if target in _SUM_SCATTERS | _SUM_INDEX_ADDS | _REDUCE_SCATTERS:
             return self.aggregate(node)
         return None
+
+    def shape_only(self, node: fx.Node):
+        """A constructor that takes only shape, dtype and device from its input (``new_ones``, ``zeros_like``, …):
+        applied to the codes with the original float dtype, so the input is not dequantized."""
+        codes, _ = self.lowered(node.args[0])
+        rest = fx.node.map_arg(node.args[1:], lambda n: self.env[n][0])
+        kwargs = {**node.kwargs, "dtype": node.meta["val"].dtype}
+        new = self.graph.call_function(node.target, (codes, *rest), kwargs)
+        new.meta = dict(node.meta)
+        return new, None
 
     def linear(self, node: fx.Node):
         x, w = (self.lowered(a) for a in node.args[:2])
