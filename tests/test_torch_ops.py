@@ -1,5 +1,5 @@
 """The torch backend's custom ops: ``mixq::csr_sum`` (exact integer sums on every kind of graph, and the CSR
-rewrite of feature programs), ``mixq::quantize`` (the same codes as the quantize instruction) and
+rewrite of feature programs), ``mixq::quantize`` / ``mixq::requantize`` (the same codes as the instructions) and
 ``mixq::quantize_linear`` (quantize + first GEMM, skipping zero features; the fusion pass keeps programs exact).
 Every test runs on every implementation this CPU can run: the native C kernels built for each kernel level up to
 the CPU's own (``MIXQ_ISA``: portable, AVX2, AVX-512, VNNI) and the ATen code used without a C compiler."""
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_lowering import _program
 
 from mixq_compile import cpu
-from mixq_compile.integer import chunked, csr, native  # noqa: F401
+from mixq_compile.integer import csr, elementwise, native  # noqa: F401
 from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
 from mixq_compile.passes.fuse_input_linear import fuse_input_linear
@@ -50,22 +50,31 @@ def _sorted(edge_index):
 
 
 FIXTURE_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+#: output widths that reach every register-tile case of the kernels: 1..8 vectors of 16 (AVX-512) or 8 (AVX2)
+#: lanes, masked or generic tails, more than one 128-wide tile.
+CHANNELS = [1, 7, 8, 12, 17, 64, 100, 129, 300]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
-@given(graph=adversarial_graphs(), weighted=st.booleans(), per_channel_zero=st.booleans(), seed=st.integers(0, 99))
-def test_int8_codes_sum_exactly_on_adversarial_graphs(graph, weighted, per_channel_zero, seed):
+@given(
+    graph=adversarial_graphs(),
+    weighted=st.booleans(),
+    per_channel_zero=st.booleans(),
+    channels=st.sampled_from(CHANNELS),
+    seed=st.integers(0, 99),
+)
+def test_int8_codes_sum_exactly_on_adversarial_graphs(graph, weighted, per_channel_zero, channels, seed):
     x, edge_index = graph
     gen = torch.Generator().manual_seed(seed)
     n, edges = x.shape[0], edge_index.shape[1]
-    table = torch.randint(-128, 128, (n, 8), dtype=torch.int8, generator=gen)
-    zero = torch.randint(-128, 128, (8,) if per_channel_zero else (), generator=gen)
+    table = torch.randint(-128, 128, (n, channels), dtype=torch.int8, generator=gen)
+    zero = torch.randint(-128, 128, (channels,) if per_channel_zero else (), generator=gen)
     weight = torch.randint(-255, 256, (edges,), dtype=torch.int32, generator=gen) if weighted else None
     dst, src = _sorted(edge_index)
     if weight is not None:
         weight = weight[torch.argsort(edge_index[1], stable=True)]
     got = csr_sum(dst, src, weight, table, zero, n)
-    assert got.dtype == torch.int32 and got.shape == (n, 8)
+    assert got.dtype == torch.int32 and got.shape == (n, channels)
     assert torch.equal(got.long(), _reference(dst, src, weight, table, zero, n))
 
 
@@ -144,6 +153,31 @@ def test_quantize_rounds_exact_ties_half_to_even():
     assert torch.equal(torch.ops.mixq.quantize(x, scale, zero, -128, 127), K.quantize(x, scale, zero, -128, 127))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    shape=st.sampled_from([(0, 5), (1, 1), (7, 3), (300, 129), (2, 3, 40), (5,)]),
+    per_channel=st.booleans(),
+    bits=st.sampled_from([(-128, 127), (0, 3), (-8, 7), (-32768, 32767)]),
+    seed=st.integers(0, 99),
+)
+def test_requantize_gives_the_instruction_s_codes_bit_for_bit(shape, per_channel, bits, seed):
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-(2**31), 2**31 - 1, shape, generator=gen, dtype=torch.int32)
+    acc.view(-1)[::3] >>= 12  # small accumulators too, so the codes are not all clamped
+    acc.view(-1)[1::5] = 2**24 + 1  # beyond float32's integers: int32 -> float32 must round as the instruction does
+    channels = shape[-1]
+    multiplier = torch.rand(channels if per_channel else (), generator=gen) * 1e-3
+    zero = torch.randint(bits[0], bits[1] + 1, (channels,) if per_channel else (), generator=gen, dtype=torch.int32)
+    if per_channel and len(shape) == 1:
+        multiplier, zero = multiplier[:1], zero[:1]
+    expected = K.requantize(acc, multiplier, zero, *bits)
+    got = torch.ops.mixq.requantize(acc, multiplier, zero, *bits)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    ties = torch.arange(-300, 300, dtype=torch.int32).reshape(-1, 1).expand(-1, channels).contiguous()
+    half = torch.full_like(multiplier, 0.5)  # acc * 0.5 lands exactly on .5 for every odd acc: half to even
+    assert torch.equal(torch.ops.mixq.requantize(ties, half, zero, *bits), K.requantize(ties, half, zero, *bits))
+
+
 @pytest.mark.parametrize(
     ("dst", "src", "message"),
     [
@@ -172,17 +206,18 @@ def _dense_reference(x, scale, zero, bits, w_t, bias):
     bits=st.sampled_from([(-128, 127), (-2, 1), (0, 3), (-32768, 32767)]),
     weight=st.sampled_from([torch.int8, torch.int16]),
     biased=st.booleans(),
+    out=st.sampled_from(CHANNELS),
     seed=st.integers(0, 99),
 )
-def test_quantize_linear_equals_quantize_then_linear_int(shape, density, bits, weight, biased, seed):
+def test_quantize_linear_equals_quantize_then_linear_int(shape, density, bits, weight, biased, out, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen) * (torch.rand(shape, generator=gen) < density)
     x.view(-1)[::5] *= 0.0 if density < 1 else 1.0  # exact zeros (and -0.0) among the features
     scale = torch.rand((), generator=gen) * 0.1 + 0.01
     zero = torch.randint(bits[0], bits[1] + 1, (), generator=gen).float()
     info = torch.iinfo(weight)
-    w_t = torch.randint(max(info.min, -1000), min(info.max, 1000), (shape[-1], 12), dtype=weight, generator=gen)
-    bias = torch.randint(-(2**20), 2**20, (12,), dtype=torch.int32, generator=gen) if biased else None
+    w_t = torch.randint(max(info.min, -1000), min(info.max, 1000), (shape[-1], out), dtype=weight, generator=gen)
+    bias = torch.randint(-(2**20), 2**20, (out,), dtype=torch.int32, generator=gen) if biased else None
     expected, w_sum = _dense_reference(x, scale, zero, bits, w_t, bias)
     got = torch.ops.mixq.quantize_linear(x, scale, zero, *bits, w_t, w_sum, bias)
     assert got.dtype == torch.int32 and torch.equal(got, expected)

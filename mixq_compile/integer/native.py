@@ -1,20 +1,21 @@
-"""Native kernels behind ``mixq::csr_sum``, ``mixq::quantize`` and ``mixq::quantize_linear``: one small C file
-compiled once per machine, called via ctypes.
+"""Native kernels behind ``mixq::csr_sum``, ``mixq::quantize``, ``mixq::requantize`` and
+``mixq::quantize_linear``: one small C file compiled once per machine, called via ctypes.
 
 Why native code: summing Cora's 13k messages of 128 channels is ~1.7 M multiply-adds, a few tens of µs, but doing it
 with ATen ops (int -> float conversion, MKL's float CSR product, conversion back) costs ~0.5 ms per aggregation, a
 sixth of the whole AOTInductor program; and quantizing Cora's 15 MB of input features takes 0.64 ms in Inductor's
 fused loop where one pass at memory speed takes ~0.3. ``native_kernels.c`` sums int8/int16/int32 codes straight into
-int32 with the same wrap-around semantics as the integer program's scatter-add, quantizes float32 with the
-quantize instruction's exact IEEE steps, and fuses quantization into the first linear layer for sparse features;
-all split rows over OpenMP threads.
+int32 with the same wrap-around semantics as the integer program's scatter-add, quantizes float32 and requantizes
+int32 accumulators with the instructions' exact IEEE steps in one pass each (run op by op, each instruction is five
+ATen ops of ~20 µs dispatch and a temporary each), and fuses quantization into the first linear layer for sparse
+features; all split rows over OpenMP threads, and hold each row's outputs in vector registers while they sum.
 
 The shared library is built with the system C compiler (``$CC``, else ``cc``) for the kernel level in force
 (:mod:`mixq_compile.cpu`: ``-march=native`` at "vnni", Skylake-AVX512 at "avx512", Haswell (AVX2 + FMA) at "avx2",
 the x86-64 baseline at "portable"; ``MIXQ_ISA`` forces a lower one, so one machine builds and tests every path) into
 ``$MIXQ_KERNEL_CACHE`` (default ``~/.cache/mixq_compile/native``), keyed by a hash of the source, the flags and
 the CPU, and renamed into place atomically, so concurrent processes never load a half-written file. Without a
-compiler, or with ``MIXQ_NATIVE=0``, :func:`library` returns ``None`` and the three ops compute with ATen code
+compiler, or with ``MIXQ_NATIVE=0``, :func:`library` returns ``None`` and the ops compute with ATen code
 (same results, slower); the reason is given once as a warning and by :func:`unavailable_reason`.
 """
 
@@ -44,6 +45,7 @@ _ERRORS = {
 }
 _CSR = {torch.int8: "csr_sum_int8", torch.int16: "csr_sum_int16", torch.int32: "csr_sum_int32"}
 _QUANTIZE = {torch.int8: "quantize_int8", torch.int16: "quantize_int16"}
+_REQUANTIZE = {torch.int8: "requantize_int8", torch.int16: "requantize_int16"}
 _QUANTIZE_LINEAR = {torch.int8: "quantize_linear_int8", torch.int16: "quantize_linear_int16"}
 
 
@@ -100,7 +102,7 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function = getattr(lib, name)
         function.restype = i32
         function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer]
-    for name in _QUANTIZE.values():
+    for name in (*_QUANTIZE.values(), *_REQUANTIZE.values()):
         function = getattr(lib, name)
         function.restype = None
         function.argtypes = [pointer] * 3 + [i64] * 2 + [i32, f32, f32, i32, pointer]
@@ -135,21 +137,48 @@ def supports_csr_sum(table: Tensor, weight: Tensor | None) -> bool:
     return table.device.type == "cpu" and table.dtype in _CSR and integer_weight and library() is not None
 
 
+def _per_tensor_or_channel(x: Tensor, *params: Tensor) -> bool:
+    channels = x.shape[-1] if x.dim() else 1
+    return all(t.numel() in (1, channels) and t.dim() <= 1 for t in params)
+
+
 def supports_quantize(x: Tensor, scale: Tensor, zero: Tensor, code: torch.dtype) -> bool:
     """Whether the native kernel quantizes this: float32 on the CPU, per-tensor or per-last-dim parameters."""
-    channels = x.shape[-1] if x.dim() else 1
-    per_tensor_or_channel = all(t.numel() in (1, channels) and t.dim() <= 1 for t in (scale, zero))
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and code in _QUANTIZE
-        and per_tensor_or_channel
+        and _per_tensor_or_channel(x, scale, zero)
+        and library() is not None
+    )
+
+
+def supports_requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, code: torch.dtype) -> bool:
+    """Whether the native kernel requantizes this: int32 accumulators on the CPU, a float32 multiplier (a float64
+    one would make the instruction compute in float64) and integer zero-points, per tensor or per last dim."""
+    return (
+        acc.device.type == "cpu"
+        and acc.dtype == torch.int32
+        and multiplier.dtype == torch.float32
+        and not zero.is_floating_point()
+        and code in _REQUANTIZE
+        and _per_tensor_or_channel(acc, multiplier, zero)
         and library() is not None
     )
 
 
 def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype) -> Tensor:
     """``mixq::quantize`` in native code (call only where :func:`supports_quantize` holds)."""
+    return _elementwise(_QUANTIZE[code], x, scale, zero, qmin, qmax, code)
+
+
+def requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype) -> Tensor:
+    """``mixq::requantize`` in native code (call only where :func:`supports_requantize` holds)."""
+    return _elementwise(_REQUANTIZE[code], acc, multiplier, zero, qmin, qmax, code)
+
+
+def _elementwise(kernel: str, x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype):
+    """One of the per-element kernels over the last dim, with per-tensor or per-channel float32 parameters."""
     out = torch.empty(x.shape, dtype=code)
     channels = x.shape[-1] if x.dim() else 1
     if x.numel() == 0:
@@ -159,7 +188,7 @@ def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code:
     per_channel = int(scale.numel() > 1 or zero.numel() > 1)
     if per_channel:
         scale, zero = scale.expand(channels).contiguous(), zero.expand(channels).contiguous()
-    getattr(library(), _QUANTIZE[code])(
+    getattr(library(), kernel)(
         x.data_ptr(),
         scale.data_ptr(),
         zero.data_ptr(),

@@ -15,24 +15,130 @@
  * quantize_linear_<weight>: the quantize instruction fused with the integer linear that consumes its codes,
  * out[i, :] = bias + sum_k (q_ik - z) * w_t[k, :] in int32 (wrap-around, as the int32 GEMM), q_ik computed as in
  * quantize_<code>. Features equal to 0.0 quantize to the zero-point and add nothing, so each row's non-zero
- * features are gathered first (one vector compare + compress per 16 features on AVX-512, no branches) and only
- * those are quantized and multiplied: sparse node features (bag-of-words, one-hot) cost about one read of x.
+ * features are found first (branch-free vector compares and compresses, nonzero_indices) and only those are
+ * quantized and multiplied: sparse node features (bag-of-words, one-hot) cost about one read of x.
  * Returns 0, or 3 if the per-thread scratch cannot be allocated.
  *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
  * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
  * the integer program's quantize instruction, so the codes are bit-identical; one pass over x, no temporaries.
+ * requantize_<code>: int32 accumulators -> codes for mixq::requantize, clamp(round_half_even(float(acc) * M) +
+ * zero, qmin, qmax), the requantize instruction's float steps in its order, in one pass.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
-#if defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 #include <string.h>
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+
+/* ---- row accumulation, shared by csr_sum and quantize_linear ------------------------------------------------
+ * acc[n] = k * base[n] + sum_i d[i] * w[idx[i] * stride + n] for n < out, in int32 with two's-complement
+ * wrap-around (base NULL: 0; d NULL: d[i] = 1). csr_sum: base = the zero-points, k = -(sum of the row's edge
+ * weights), idx = the row's edge sources, d = edge weights, w = the code table; quantize_linear: base = the bias,
+ * k = 1, idx = the row's non-zero features, d = their centered codes, w = the weights. The vector paths start
+ * from base in registers: writing acc first and reloading it stalls on store forwarding (measured: 70 % of a
+ * 7-channel csr_sum). */
+#define ACCUMULATE_ROWS(NAME, CODE, INDEX)                                                                   \
+    static inline void NAME(int32_t *restrict acc, const int32_t *base, uint32_t k, const CODE *restrict w,    \
+                            int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
+        for (int64_t n = 0; n < out; ++n) acc[n] = base ? (int32_t)(k * (uint32_t)base[n]) : 0;               \
+        for (int64_t i = 0; i < count; ++i) {                                                                \
+            const uint32_t di = d ? (uint32_t)d[i] : 1u;                                                     \
+            const CODE *restrict row = w + (int64_t)idx[i] * stride;                                         \
+            for (int64_t n = 0; n < out; ++n) acc[n] = (int32_t)((uint32_t)acc[n] + di * (uint32_t)(int32_t)row[n]); \
+        }                                                                                                    \
+    }
+
+ACCUMULATE_ROWS(accumulate_int16_i32, int16_t, int32_t)
+ACCUMULATE_ROWS(accumulate_int16_i64, int16_t, int64_t)
+ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
+
+/* int8 codes: one tile of outputs held in NV vector registers over all of a row's terms (the generic loop loads
+ * and stores every accumulator once per term: ~3x slower at 128 channels, more at a handful). TILE_SWITCH calls
+ * TILE(..., NV) with NV = vectors as a constant, so each case compiles to fully unrolled register code. */
+#define TILE_SWITCH(TILE, ...)                                                                               \
+    switch (vectors) {                                                                                       \
+        case 1: TILE(__VA_ARGS__, 1); break;                                                                 \
+        case 2: TILE(__VA_ARGS__, 2); break;                                                                 \
+        case 3: TILE(__VA_ARGS__, 3); break;                                                                 \
+        case 4: TILE(__VA_ARGS__, 4); break;                                                                 \
+        case 5: TILE(__VA_ARGS__, 5); break;                                                                 \
+        case 6: TILE(__VA_ARGS__, 6); break;                                                                 \
+        case 7: TILE(__VA_ARGS__, 7); break;                                                                 \
+        case 8: TILE(__VA_ARGS__, 8); break;                                                                 \
+    }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* up to 128 outputs in NV zmm registers, the last one masked */
+#define ACCUMULATE_INT8(NAME, INDEX)                                                                         \
+    static inline __attribute__((always_inline)) void NAME##_tile(                                          \
+        int32_t *acc, const int32_t *base, uint32_t k, const int8_t *w, int64_t stride, const INDEX *idx,    \
+        const int32_t *d, int64_t count, const __mmask16 tail, const int nv) {                               \
+        __m512i a[8];                                                                                        \
+        for (int j = 0; j < nv; ++j)                                                                         \
+            a[j] = base ? _mm512_mullo_epi32(_mm512_set1_epi32((int32_t)k),                                  \
+                                             _mm512_maskz_loadu_epi32(j == nv - 1 ? tail : 0xFFFF, base + 16 * j)) \
+                        : _mm512_setzero_si512();                                                            \
+        for (int64_t i = 0; i < count; ++i) {                                                                \
+            const int8_t *row = w + (int64_t)idx[i] * stride;                                                \
+            const __m512i di = _mm512_set1_epi32(d ? d[i] : 1);                                              \
+            for (int j = 0; j < nv; ++j) {                                                                   \
+                const __m128i codes = _mm_maskz_loadu_epi8(j == nv - 1 ? tail : 0xFFFF, row + 16 * j);       \
+                a[j] = _mm512_add_epi32(a[j], _mm512_mullo_epi32(_mm512_cvtepi8_epi32(codes), di));          \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
+    }                                                                                                        \
+    static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, const int8_t *w, int64_t stride,    \
+                            int64_t out, const INDEX *idx, const int32_t *d, int64_t count) {                \
+        for (int64_t n0 = 0; n0 < out; n0 += 128) {                                                          \
+            const int64_t width = out - n0 < 128 ? out - n0 : 128, vectors = (width + 15) / 16;             \
+            const __mmask16 tail = width % 16 ? (__mmask16)((1u << (width % 16)) - 1u) : (__mmask16)0xFFFF;  \
+            TILE_SWITCH(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, w + n0, stride, idx, d, count, tail) \
+        }                                                                                                    \
+    }
+#elif defined(__AVX2__)
+/* up to 64 outputs in NV ymm registers; columns past the last multiple of 8 take the generic loop */
+#define ACCUMULATE_INT8(NAME, INDEX)                                                                         \
+    ACCUMULATE_ROWS(NAME##_generic, int8_t, INDEX)                                                           \
+    static inline __attribute__((always_inline)) void NAME##_tile(                                          \
+        int32_t *acc, const int32_t *base, uint32_t k, const int8_t *w, int64_t stride, const INDEX *idx,    \
+        const int32_t *d, int64_t count, const int nv) {                                                     \
+        __m256i a[8];                                                                                        \
+        for (int j = 0; j < nv; ++j)                                                                         \
+            a[j] = base ? _mm256_mullo_epi32(_mm256_set1_epi32((int32_t)k),                                  \
+                                             _mm256_loadu_si256((const __m256i *)(base + 8 * j)))             \
+                        : _mm256_setzero_si256();                                                            \
+        for (int64_t i = 0; i < count; ++i) {                                                                \
+            const int8_t *row = w + (int64_t)idx[i] * stride;                                                \
+            const __m256i di = _mm256_set1_epi32(d ? d[i] : 1);                                              \
+            for (int j = 0; j < nv; ++j) {                                                                   \
+                const __m256i codes = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * j))); \
+                a[j] = _mm256_add_epi32(a[j], _mm256_mullo_epi32(codes, di));                                \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int j = 0; j < nv; ++j) _mm256_storeu_si256((__m256i *)(acc + 8 * j), a[j]);                    \
+    }                                                                                                        \
+    static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, const int8_t *w, int64_t stride,    \
+                            int64_t out, const INDEX *idx, const int32_t *d, int64_t count) {                \
+        const int64_t full = out / 8 * 8;                                                                    \
+        for (int64_t n0 = 0; n0 < full; n0 += 64) {                                                          \
+            const int64_t vectors = (full - n0 < 64 ? full - n0 : 64) / 8;                                   \
+            TILE_SWITCH(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, w + n0, stride, idx, d, count)    \
+        }                                                                                                    \
+        NAME##_generic(acc + full, base ? base + full : NULL, k, w + full, stride, out - full, idx, d, count); \
+    }
+#else
+#define ACCUMULATE_INT8(NAME, INDEX) ACCUMULATE_ROWS(NAME, int8_t, INDEX)
+#endif
+
+ACCUMULATE_INT8(accumulate_int8_i32, int32_t)
+ACCUMULATE_INT8(accumulate_int8_i64, int64_t)
 
 static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr) {
     int64_t e = 0;
@@ -51,7 +157,7 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
     return 0;
 }
 
-#define CSR_SUM(NAME, CODE)                                                                                  \
+#define CSR_SUM(NAME, CODE, ACCUMULATE)                                                                                \
     int NAME(const int64_t *dst, const int64_t *src, const int32_t *weight, const CODE *table,               \
              const int32_t *zero, int64_t edges, int64_t nodes, int64_t rows, int64_t channels, int threads,  \
              int32_t *out) {                                                                                  \
@@ -65,24 +171,23 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
         }                                                                                                    \
         _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 64)")                               \
         for (int64_t r = 0; r < rows; ++r) {                                                                 \
-            uint32_t *restrict acc = (uint32_t *)(out + r * channels);                                       \
-            uint32_t wsum = 0;                                                                               \
-            memset(acc, 0, (size_t)channels * sizeof(uint32_t));                                            \
-            for (int64_t e = rowptr[r]; e < rowptr[r + 1]; ++e) {                                            \
-                const uint32_t w = weight ? (uint32_t)weight[e] : 1u;                                        \
-                const CODE *restrict q = table + src[e] * channels;                                          \
-                wsum += w;                                                                                   \
-                for (int64_t c = 0; c < channels; ++c) acc[c] += w * (uint32_t)(int32_t)q[c];                \
+            int32_t *acc = out + r * channels;                                                               \
+            const int64_t first = rowptr[r], count = rowptr[r + 1] - first;                                  \
+            uint32_t wsum = (uint32_t)count;                                                                 \
+            if (weight) {                                                                                    \
+                wsum = 0;                                                                                    \
+                for (int64_t e = first; e < first + count; ++e) wsum += (uint32_t)weight[e];                 \
             }                                                                                                \
-            for (int64_t c = 0; c < channels; ++c) acc[c] -= wsum * (uint32_t)zero[c];                       \
+            ACCUMULATE(acc, zero, 0u - wsum, table, channels, channels, src + first,                         \
+                       weight ? weight + first : NULL, count);                                               \
         }                                                                                                    \
         free(rowptr);                                                                                        \
         return 0;                                                                                            \
     }
 
-CSR_SUM(csr_sum_int8, int8_t)
-CSR_SUM(csr_sum_int16, int16_t)
-CSR_SUM(csr_sum_int32, int32_t)
+CSR_SUM(csr_sum_int8, int8_t, accumulate_int8_i64)
+CSR_SUM(csr_sum_int16, int16_t, accumulate_int16_i64)
+CSR_SUM(csr_sum_int32, int32_t, accumulate_int32_i64)
 
 #if defined(_OPENMP)
 #define THREAD_NUM(var) (var) = omp_get_thread_num()
@@ -95,89 +200,130 @@ static inline float clampf(float v, float lo, float hi) {
     return v > hi ? hi : v;
 }
 
-#define QUANTIZE(NAME, CODE)                                                                                 \
-    void NAME(const float *x, const float *scale, const float *zero, int64_t rows, int64_t channels,          \
+/* One pass over rows x channels of IN, writing CODE = clamp(STEP(x, s, z), qmin, qmax) with per-tensor or
+ * per-channel (last dim) s and z. */
+#define ELEMENTWISE(NAME, IN, CODE, STEP)                                                                    \
+    void NAME(const IN *x, const float *scale, const float *zero, int64_t rows, int64_t channels,             \
               int per_channel, float qmin, float qmax, int threads, CODE *out) {                              \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                    \
         for (int64_t r = 0; r < rows; ++r) {                                                                 \
-            const float *restrict xr = x + r * channels;                                                     \
+            const IN *restrict xr = x + r * channels;                                                        \
             CODE *restrict o = out + r * channels;                                                           \
             if (per_channel) {                                                                               \
                 for (int64_t c = 0; c < channels; ++c)                                                       \
-                    o[c] = (CODE)clampf(rintf(xr[c] / scale[c] + zero[c]), qmin, qmax);                   \
+                    o[c] = (CODE)clampf(STEP(xr[c], scale[c], zero[c]), qmin, qmax);                         \
             } else {                                                                                         \
                 const float s = scale[0], z = zero[0];                                                       \
-                for (int64_t c = 0; c < channels; ++c) o[c] = (CODE)clampf(rintf(xr[c] / s + z), qmin, qmax);      \
+                for (int64_t c = 0; c < channels; ++c) o[c] = (CODE)clampf(STEP(xr[c], s, z), qmin, qmax);  \
             }                                                                                                \
         }                                                                                                    \
     }
 
-QUANTIZE(quantize_int8, int8_t)
-QUANTIZE(quantize_int16, int16_t)
+/* quantize: x / scale + zero, rounded half to even (two IEEE roundings, as the instruction) */
+#define QUANTIZE_STEP(x, s, z) rintf((x) / (s) + (z))
+/* requantize: round(float(acc) * multiplier) + zero, as the instruction (int32 -> float32 rounds to nearest) */
+#define REQUANTIZE_STEP(a, m, z) (rintf((float)(a) * (m)) + (z))
 
-/* Writes the indices k in [0, n) with x[k] != 0.0f to idx and those x[k] to val (branch-free on AVX-512);
- * returns how many. idx and val need 16 slots of slack past n: the AVX-512 path compresses into a register and
- * stores all 16 lanes, because the memory form of vpcompressd is microcoded and very slow on AMD Zen 4 (measured:
- * the Cora input layer 3x slower than the AVX2 build's scalar loop). */
-static inline int64_t nonzeros(const float *x, int64_t n, int32_t *idx, float *val) {
+ELEMENTWISE(quantize_int8, float, int8_t, QUANTIZE_STEP)
+ELEMENTWISE(quantize_int16, float, int16_t, QUANTIZE_STEP)
+ELEMENTWISE(requantize_int8, int32_t, int8_t, REQUANTIZE_STEP)
+ELEMENTWISE(requantize_int16, int32_t, int16_t, REQUANTIZE_STEP)
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* compress_lut[m]: the positions of m's set bits, one per byte, lowest first (AVX2 has no compress). */
+static uint64_t compress_lut[256];
+__attribute__((constructor)) static void fill_compress_lut(void) {
+    for (unsigned m = 0; m < 256; ++m) {
+        uint64_t packed = 0;
+        for (unsigned bit = 0, slot = 0; bit < 8; ++bit)
+            if (m >> bit & 1u) packed |= (uint64_t)bit << (8 * slot++);
+        compress_lut[m] = packed;
+    }
+}
+#endif
+
+/* Writes the indices k in [0, n) with x[k] != 0.0f (NaN included) to idx, lowest first; returns how many. idx
+ * needs 64 slots of slack past n: the vector paths store whole registers. Branch-free: with AVX-512 VBMI2 one byte
+ * compress per 64 features; AVX-512F one dword compress per 16 (into a register: the memory form of vpcompressd is
+ * microcoded and very slow on AMD Zen 4); AVX2 a table lookup per 8; else scalar. */
+static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
     int64_t count = 0, k = 0;
-#if defined(__AVX512F__)
+#if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
+    const __m512i iota = _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45,
+                                         44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26,
+                                         25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                         5, 4, 3, 2, 1, 0);
+    const __m512 zero = _mm512_setzero_ps();
+    for (; k + 64 <= n; k += 64) {
+        uint64_t mask = 0;
+        for (int j = 0; j < 4; ++j)
+            mask |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x + k + 16 * j), zero, _CMP_NEQ_UQ) << (16 * j);
+        const __m512i bytes = _mm512_maskz_compress_epi8((__mmask64)mask, iota);
+        const int found = __builtin_popcountll(mask);
+        const __m512i base = _mm512_set1_epi32((int32_t)k);
+        _mm512_storeu_si512((void *)(idx + count), _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes))));
+        for (int j = 1; j < 4 && found > 16 * j; ++j) {
+            const __m128i part = _mm512_extracti32x4_epi32(bytes, j);
+            _mm512_storeu_si512((void *)(idx + count + 16 * j), _mm512_add_epi32(base, _mm512_cvtepu8_epi32(part)));
+        }
+        count += found;
+    }
+#elif defined(__AVX512F__)
     const __m512i step = _mm512_set1_epi32(16);
     __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (; k + 16 <= n; k += 16) {
         const __mmask16 mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + k), _mm512_setzero_ps(), _CMP_NEQ_UQ);
         _mm512_storeu_si512((void *)(idx + count), _mm512_maskz_compress_epi32(mask, lanes));
-        _mm512_storeu_ps(val + count, _mm512_maskz_compress_ps(mask, _mm512_loadu_ps(x + k)));
         count += __builtin_popcount((unsigned)mask);
         lanes = _mm512_add_epi32(lanes, step);
+    }
+#elif defined(__AVX2__)
+    const __m256 zero = _mm256_setzero_ps();
+    for (; k + 8 <= n; k += 8) {
+        const unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), zero, _CMP_NEQ_UQ));
+        const __m256i at = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)compress_lut[mask]));
+        _mm256_storeu_si256((__m256i *)(idx + count), _mm256_add_epi32(at, _mm256_set1_epi32((int32_t)k)));
+        count += __builtin_popcount(mask);
     }
 #endif
     for (; k < n; ++k) {
         idx[count] = (int32_t)k;
-        val[count] = x[k];
         count += x[k] != 0.0f;
     }
     return count;
 }
 
-#define QUANTIZE_LINEAR(NAME, WEIGHT)                                                                        \
+#define QUANTIZE_LINEAR(NAME, WEIGHT, ACCUMULATE)                                                                      \
     int NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,               \
              const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out) {  \
         const int skip_zeros = clampf(rintf(0.0f / scale + zero), qmin, qmax) == zero;                        \
-        const size_t slots = (size_t)(in > 0 ? in : 1) + 16; /* + the compress stores' slack */            \
-        /* per thread: nonzero indices, their values, their centered codes */                               \
-        char *scratch = (char *)malloc((size_t)(threads > 0 ? threads : 1) * slots * 12);                     \
+        const size_t slots = (size_t)(in > 0 ? in : 1) + 64; /* + the vector stores' slack */              \
+        /* per thread: nonzero indices and their centered codes */                                          \
+        char *scratch = (char *)malloc((size_t)(threads > 0 ? threads : 1) * slots * 8);                      \
         if (!scratch) return 3;                                                                              \
         _Pragma("omp parallel num_threads(threads)")                                                         \
         {                                                                                                    \
             int thread = 0;                                                                                  \
             THREAD_NUM(thread);                                                                             \
-            int32_t *idx = (int32_t *)(scratch + (size_t)thread * slots * 12);                               \
-            float *val = (float *)(idx + slots);                                                             \
-            int32_t *d = (int32_t *)(val + slots);                                                           \
+            int32_t *idx = (int32_t *)(scratch + (size_t)thread * slots * 8);                                \
+            int32_t *d = idx + slots;                                                                        \
             _Pragma("omp for schedule(static)")                                                              \
             for (int64_t r = 0; r < rows; ++r) {                                                             \
                 const float *restrict xr = x + r * in;                                                       \
                 int32_t *restrict acc = out + r * out_features;                                              \
-                for (int64_t n = 0; n < out_features; ++n) acc[n] = bias ? bias[n] : 0;                     \
                 int64_t count = in;                                                                          \
                 if (skip_zeros)                                                                              \
-                    count = nonzeros(xr, in, idx, val);                                                      \
+                    count = nonzero_indices(xr, in, idx);                                                    \
                 else                                                                                         \
-                    for (int64_t k = 0; k < in; ++k) idx[k] = (int32_t)k, val[k] = xr[k];                    \
+                    for (int64_t k = 0; k < in; ++k) idx[k] = (int32_t)k;                                    \
                 for (int64_t i = 0; i < count; ++i)                                                          \
-                    d[i] = (int32_t)clampf(rintf(val[i] / scale + zero), qmin, qmax) - (int32_t)zero;        \
-                for (int64_t i = 0; i < count; ++i) {                                                        \
-                    const uint32_t di = (uint32_t)d[i];                                                      \
-                    const WEIGHT *restrict w = w_t + (int64_t)idx[i] * out_features;                         \
-                    for (int64_t n = 0; n < out_features; ++n)                                               \
-                        acc[n] = (int32_t)((uint32_t)acc[n] + di * (uint32_t)(int32_t)w[n]);                 \
-                }                                                                                            \
+                    d[i] = (int32_t)clampf(rintf(xr[idx[i]] / scale + zero), qmin, qmax) - (int32_t)zero;    \
+                ACCUMULATE(acc, bias, 1u, w_t, out_features, out_features, idx, d, count);                   \
             }                                                                                                \
         }                                                                                                    \
         free(scratch);                                                                                       \
         return 0;                                                                                            \
     }
 
-QUANTIZE_LINEAR(quantize_linear_int8, int8_t)
-QUANTIZE_LINEAR(quantize_linear_int16, int16_t)
+QUANTIZE_LINEAR(quantize_linear_int8, int8_t, accumulate_int8_i32)
+QUANTIZE_LINEAR(quantize_linear_int16, int16_t, accumulate_int16_i32)

@@ -7,8 +7,8 @@ program also sorts each aggregation's edges by target, and the feature program s
 instead of an ``[E, C]`` gather/scatter; and ``torch.ops.mixq.quantize_linear`` for the input layer (quantize +
 first GEMM in one pass that skips zero features, :mod:`mixq_compile.integer.input_linear`). Such files need
 ``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program keeps its
-integer scatter-adds. Without AOTInductor, ``quantize`` instructions become ``torch.ops.mixq.quantize`` (the same
-arithmetic in cache-sized blocks, :mod:`mixq_compile.integer.chunked`).
+integer scatter-adds. Without AOTInductor, ``quantize`` and ``requantize`` instructions become
+``torch.ops.mixq.quantize`` / ``requantize`` (the same arithmetic in one pass, :mod:`mixq_compile.integer.elementwise`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class TorchBackend(Backend):
         fused = 0
         if self.sparse_input:
             features, fused = fuse_input_linear(features)
-        features = dispatching_ops(features, blocked_quantize=not self.aot_inductor)
+        features = dispatching_ops(features, op_by_op=not self.aot_inductor)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
@@ -96,14 +96,15 @@ class TorchBackend(Backend):
         return structure, load_pt2(directory / entries["features"])
 
 
-def dispatching_ops(features: torch.fx.GraphModule, blocked_quantize: bool) -> torch.fx.GraphModule:
+def dispatching_ops(features: torch.fx.GraphModule, op_by_op: bool) -> torch.fx.GraphModule:
     """``features`` with every ``linear_int`` instruction computed by ``mixq::linear_int`` (the CPU's exact
-    kernel, chosen when the artifact runs, not when it is exported) and, with ``blocked_quantize``, every
-    ``quantize`` by ``mixq::quantize`` (cache-sized blocks, same codes; only for programs run op by op:
-    AOTInductor fuses the element-wise chain better on its own)."""
+    kernel, chosen when the artifact runs, not when it is exported) and, for programs run ``op_by_op``, every
+    ``quantize`` / ``requantize`` by ``mixq::quantize`` / ``mixq::requantize`` (one pass, same codes; AOTInductor
+    fuses the element-wise chains on its own)."""
     targets = {K.linear_int: torch.ops.mixq.linear_int.default}
-    if blocked_quantize:
+    if op_by_op:
         targets[K.quantize] = torch.ops.mixq.quantize.default
+        targets[K.requantize] = torch.ops.mixq.requantize.default
     gm = quiet_deepcopy(features)
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in targets:

@@ -1,11 +1,12 @@
-"""``mixq::quantize``: :func:`mixq_compile.integer.kernels.quantize` computed in cache-sized row blocks.
+"""``mixq::quantize`` and ``mixq::requantize``: the element-wise instructions as single-pass ops.
 
 Run op by op (a ``.pt2`` program without AOTInductor), ``clamp(round(x / scale + zero))`` makes four passes over
 the input, each writing a fresh float tensor the size of the input: for Cora's 2708 × 1433 node features that is
-four 15 MB allocations and ~6 ms, more than the whole integer GEMM. This op applies the same element-wise steps, in
-the same order (so the codes are bit-identical), to blocks of rows that stay in cache, in place in one small
-buffer, and writes the int8/int16 codes directly; with the native kernels (:mod:`.native`) it is one C pass.
-AOTInductor fuses the chain about as well by itself, so only the plain ``.pt2`` program uses this op.
+four 15 MB allocations and ~6 ms, more than the whole integer GEMM; each requantize between layers is five ATen ops
+(to float, multiply, round, add, clamp, to codes) of ~20 µs dispatch each. These ops apply the same element-wise
+steps in the same order (so the codes are bit-identical): with the native kernels (:mod:`.native`) in one C pass;
+without them, ``quantize`` in cache-sized row blocks in one small buffer, ``requantize`` as the instruction itself.
+AOTInductor fuses the chains about as well by itself, so only the plain ``.pt2`` program uses these ops.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import kernels as K
 from . import native
 from .kernels import container_dtype
 
@@ -41,6 +43,20 @@ def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Te
     return out
 
 
+@torch.library.custom_op("mixq::requantize", mutates_args=())
+def requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Accumulator -> codes, exactly as ``kernels.requantize``."""
+    code = container_dtype(qmin, qmax)
+    if native.supports_requantize(acc, multiplier, zero, code):
+        return native.requantize(acc, multiplier, zero, qmin, qmax, code)
+    return K.requantize(acc, multiplier, zero, qmin, qmax)
+
+
 @quantize.register_fake
 def _(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
     return torch.empty(x.shape, dtype=container_dtype(qmin, qmax), device=x.device)
+
+
+@requantize.register_fake
+def _(acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
+    return torch.empty(acc.shape, dtype=container_dtype(qmin, qmax), device=acc.device)
