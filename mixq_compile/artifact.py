@@ -194,12 +194,15 @@ class Artifact:
         features: Runner,
         cache_structure: bool,
         kernel_paths: dict[str, str] | None = None,
+        finite_checked_inputs: tuple[int, ...] = (),
     ) -> None:
         self.path = path
         self.manifest = manifest
         #: the kernels this artifact runs on this CPU (e.g. ``{"linear_int": "float_exact"}``).
         self.kernel_paths = dict(kernel_paths or {})
         self.signature = Signature.from_dict(manifest)
+        #: inputs the program's kernels test for NaN/Inf themselves (see ``Backend.finite_checked_inputs``)
+        self.finite_checked_later = frozenset(self.signature.names[i] for i in finite_checked_inputs)
         spec = manifest.get("output_spec")
         self.out_spec = pytree.treespec_loads(spec) if spec else None
         self.structure_cache = StructureCache(structure) if cache_structure else None
@@ -217,7 +220,7 @@ class Artifact:
         return f"Artifact({str(self.path)!r}, backend={self.backend!r}, precision={self.manifest['precision']!r})"
 
     def check_inputs(self, args: tuple) -> None:
-        self.signature.check(args, "the artifact")
+        self.signature.check(args, "the artifact", self.finite_checked_later)
 
     def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         return tuple(self._structure(*inputs))
@@ -283,7 +286,8 @@ def load_artifact(path: str | os.PathLike, *, cache_structure: bool = True, veri
     paths = runtime.kernel_paths(manifest["backend_entries"])
     if verify:
         _verify_on_this_cpu(folder, manifest, structure, features, paths)
-    return Artifact(folder, manifest, structure, features, cache_structure, paths)
+    checked = runtime.finite_checked_inputs(manifest["backend_entries"])
+    return Artifact(folder, manifest, structure, features, cache_structure, paths, checked)
 
 
 def _verify_on_this_cpu(folder: Path, manifest: dict, structure: Runner, features: Runner, paths: dict) -> None:

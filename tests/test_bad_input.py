@@ -138,12 +138,39 @@ def test_node_ids_out_of_range_are_refused_alike_everywhere(runners, graph, runn
 
 @pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_features_are_refused_alike_everywhere(runners, graph, runner, bad):
+@pytest.mark.parametrize("density", [1.0, 0.02])
+def test_non_finite_features_are_refused_alike_everywhere(runners, graph, runner, bad, density):
+    """Dense and sparse features: the torch artifact leaves the test to its fused input layer, whose native kernel
+    finds NaN/Inf while it scans the non-zeros (sparse) and whose dense path tests x first."""
     x, edge_index = graph
-    dirty = x.clone()
+    dirty = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < density)
     dirty[4, 2] = bad
+    if runner == "torch":
+        assert runners[runner].finite_checked_later == {"x"}
     with pytest.raises(mq.InputValueError, match=r"NaN or infinite.*nan_to_num"):
         runners[runner](dirty, edge_index)
+
+
+class Skip(nn.Module):
+    """The features feed the first linear layer and also, unquantized-linear, the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + x[:, :4]
+
+
+def test_features_read_beyond_the_fused_input_layer_keep_the_signature_test(graph, tmp_path):
+    frozen = mq.freeze(quiet_quantize(Skip().eval(), graph), bits=8).eval()
+    artifact = mq.load_artifact(mq.export(frozen, graph, tmp_path / "skip", backend="torch"))
+    assert artifact.finite_checked_later == frozenset()
+    x, edge_index = graph
+    dirty = x.clone()
+    dirty[7, 1] = float("nan")  # a column only the skip path reads after the signature check
+    with pytest.raises(mq.InputValueError, match=r"input 'x' contains NaN or infinite.*nan_to_num"):
+        artifact(dirty, edge_index)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

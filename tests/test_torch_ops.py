@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from test_lowering import _program
 
 from mixq_compile import cpu
+from mixq_compile.errors import InputValueError
 from mixq_compile.integer import csr, elementwise, native  # noqa: F401
 from mixq_compile.integer import kernels as K
 from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
@@ -223,6 +224,22 @@ def test_quantize_linear_equals_quantize_then_linear_int(shape, density, bits, w
     assert got.dtype == torch.int32 and torch.equal(got, expected)
     if native.supports_quantize_linear(x, scale, zero, w_t):  # the native kernel is exact at every density
         assert torch.equal(native.quantize_linear(x, scale, zero, *bits, w_t, bias), expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("density", [0.01, 1.0])
+def test_quantize_linear_refuses_non_finite_features_on_every_path(kernels, bad, density):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(70, 300, generator=gen) * (torch.rand(70, 300, generator=gen) < density)
+    x[69, 299] = bad  # the last element: the scalar tail of the scan
+    w_t = torch.randint(-128, 128, (300, 20), dtype=torch.int8, generator=gen)
+    args = (torch.tensor(0.05), torch.tensor(3.0), -128, 127, w_t, w_t.sum(0, dtype=torch.int32), None)
+    with pytest.raises(InputValueError, match=r"NaN or infinite.*nan_to_num"):
+        torch.ops.mixq.quantize_linear(x, *args)
+    x[69, 299] = 0.0
+    x[3, 17] = bad  # inside a vector block
+    with pytest.raises(InputValueError, match=r"NaN or infinite.*nan_to_num"):
+        torch.ops.mixq.quantize_linear(x, *args)
 
 
 def test_quantize_linear_takes_the_sparse_kernel_only_for_sparse_features(kernels, monkeypatch):

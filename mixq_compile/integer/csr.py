@@ -26,11 +26,12 @@ import torch
 from torch import Tensor
 
 from . import native
+from .op_registry import operator
 
 _FLOAT32_EXACT = 2**24
 
 
-@torch.library.custom_op("mixq::csr_sum", mutates_args=())
+@operator("csr_sum")
 def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int) -> Tensor:
     """``out[r] = Σ_{e: dst[e] = r} weight[e] * (table[src[e]] - zero)`` for ``dst`` sorted ascending.
 

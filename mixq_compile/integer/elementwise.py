@@ -17,11 +17,12 @@ from torch import Tensor
 from . import kernels as K
 from . import native
 from .kernels import container_dtype
+from .op_registry import operator
 
 _BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per block: in L2, and few enough blocks that dispatch stays cheap
 
 
-@torch.library.custom_op("mixq::quantize", mutates_args=())
+@operator("quantize")
 def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
     """Float -> codes, exactly as ``kernels.quantize`` (``scale``/``zero`` 0-d or broadcast over the last dim)."""
     code = container_dtype(qmin, qmax)
@@ -43,7 +44,7 @@ def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Te
     return out
 
 
-@torch.library.custom_op("mixq::requantize", mutates_args=())
+@operator("requantize")
 def requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
     """Accumulator -> codes, exactly as ``kernels.requantize``."""
     code = container_dtype(qmin, qmax)

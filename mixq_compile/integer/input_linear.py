@@ -13,14 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..signature import all_finite, non_finite_error
 from . import native
+from .op_registry import operator
 
 SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
-_SAMPLE_ROWS = 64
+_SAMPLE_ROWS = 16
 
 
 def density(x: Tensor) -> float:
-    """Fraction of non-zero features, estimated on up to 64 evenly spaced rows (a decision about speed only)."""
+    """Fraction of non-zero features, estimated on up to 16 evenly spaced rows (a decision about speed only)."""
     rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
     if rows.numel() == 0:
         return 0.0
@@ -28,7 +30,7 @@ def density(x: Tensor) -> float:
     return float(torch.count_nonzero(sample)) / sample.numel()
 
 
-@torch.library.custom_op("mixq::quantize_linear", mutates_args=())
+@operator("quantize_linear")
 def quantize_linear(
     x: Tensor,
     scale: Tensor,
@@ -39,9 +41,14 @@ def quantize_linear(
     w_sum: Tensor,
     bias: Tensor | None,
 ) -> Tensor:
-    """``linear_int(quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)``, int32 ``[..., out]``."""
+    """``linear_int(quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)``, int32 ``[..., out]``.
+
+    Raises :class:`~mixq_compile.errors.InputValueError` if ``x`` holds NaN or infinite values, on every path (the
+    native one finds them while it scans x), so that an artifact need not test x in a pass of its own."""
     if native.supports_quantize_linear(x, scale, zero, w_t) and density(x) <= SPARSE_DENSITY:
         return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
+    if not all_finite(x):
+        raise non_finite_error(native.NODE_FEATURES)
     codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
     return torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import cpu
 from . import kernels as K
+from .op_registry import operator
 
 _EXACT_BITS = {torch.float32: 24, torch.float64: 53}
 
@@ -61,7 +62,7 @@ def float_exact_matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-@torch.library.custom_op("mixq::linear_int", mutates_args=())
+@operator("linear_int")
 def linear_int(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | None) -> Tensor:
     """:func:`~mixq_compile.integer.kernels.linear_int`, computed by the fastest exact kernel of this CPU."""
     if q_x.device.type != "cpu" or path(q_x, w_t) == "int8_vnni":

@@ -35,6 +35,10 @@ import torch
 from torch import Tensor
 
 from .. import cpu
+from ..signature import non_finite_error
+
+#: how a NaN/Inf error from the fused input layer names what it read
+NODE_FEATURES = "the node features read by the quantized input layer"
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11")
@@ -83,7 +87,13 @@ def _build(compiler: str, build_flags: tuple[str, ...]) -> Path:
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("MIXQ_NATIVE", "1") == "0":
+    # called by every op on every call: the environment decides which build is in force, so it is the key
+    return _load_by_environment(os.environ.get("MIXQ_NATIVE", "1"), os.environ.get(cpu.ENV, ""))
+
+
+@functools.cache
+def _load_by_environment(enabled: str, _isa: str) -> tuple[ctypes.CDLL | None, str | None]:
+    if enabled == "0":
         return None, "disabled by MIXQ_NATIVE=0"
     return _load_for(flags())
 
@@ -247,7 +257,8 @@ def quantize_linear(
     x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, w_t: Tensor, bias: Tensor | None
 ) -> Tensor:
     """``linear_int(quantize(x), ...)`` in one native pass that skips zero features (call only where
-    :func:`supports_quantize_linear` holds)."""
+    :func:`supports_quantize_linear` holds); raises :class:`~mixq_compile.errors.InputValueError` if a feature is
+    NaN or infinite."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     w_t = w_t.contiguous()
     out = torch.empty((rows.shape[0], w_t.shape[1]), dtype=torch.int32)
@@ -266,6 +277,8 @@ def quantize_linear(
         torch.get_num_threads(),
         out.data_ptr(),
     )
+    if status == 4:
+        raise non_finite_error(NODE_FEATURES)
     if status:
         raise MemoryError(f"mixq::quantize_linear: {_ERRORS[status]}")
     return out.reshape(*x.shape[:-1], w_t.shape[1])

@@ -17,7 +17,9 @@
  * quantize_<code>. Features equal to 0.0 quantize to the zero-point and add nothing, so each row's non-zero
  * features are found first (branch-free vector compares and compresses, nonzero_indices) and only those are
  * quantized and multiplied: sparse node features (bag-of-words, one-hot) cost about one read of x.
- * Returns 0, or 3 if the per-thread scratch cannot be allocated.
+ * Every feature is looked at once anyway, so the kernel also tells whether any is NaN or infinite (non-zero, so
+ * among those quantized): the artifact then skips its own pass over x for that check.
+ * Returns 0, 3 if the per-thread scratch cannot be allocated, or 4 if a feature is NaN or infinite.
  *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
  * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
@@ -27,6 +29,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <float.h>
 #include <math.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -301,13 +304,14 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
         /* per thread: nonzero indices and their centered codes */                                          \
         char *scratch = (char *)malloc((size_t)(threads > 0 ? threads : 1) * slots * 8);                      \
         if (!scratch) return 3;                                                                              \
+        int nonfinite = 0;                                                                                   \
         _Pragma("omp parallel num_threads(threads)")                                                         \
         {                                                                                                    \
             int thread = 0;                                                                                  \
             THREAD_NUM(thread);                                                                             \
             int32_t *idx = (int32_t *)(scratch + (size_t)thread * slots * 8);                                \
             int32_t *d = idx + slots;                                                                        \
-            _Pragma("omp for schedule(static)")                                                              \
+            _Pragma("omp for schedule(static) reduction(|:nonfinite)")                                       \
             for (int64_t r = 0; r < rows; ++r) {                                                             \
                 const float *restrict xr = x + r * in;                                                       \
                 int32_t *restrict acc = out + r * out_features;                                              \
@@ -316,13 +320,18 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
                     count = nonzero_indices(xr, in, idx);                                                    \
                 else                                                                                         \
                     for (int64_t k = 0; k < in; ++k) idx[k] = (int32_t)k;                                    \
-                for (int64_t i = 0; i < count; ++i)                                                          \
-                    d[i] = (int32_t)clampf(rintf(xr[idx[i]] / scale + zero), qmin, qmax) - (int32_t)zero;    \
+                int bad = 0;                                                                                 \
+                for (int64_t i = 0; i < count; ++i) {                                                        \
+                    const float v = xr[idx[i]];                                                              \
+                    bad |= !(fabsf(v) <= FLT_MAX);                                                           \
+                    d[i] = (int32_t)clampf(rintf(v / scale + zero), qmin, qmax) - (int32_t)zero;             \
+                }                                                                                            \
+                nonfinite |= bad;                                                                            \
                 ACCUMULATE(acc, bias, 1u, w_t, out_features, out_features, idx, d, count);                   \
             }                                                                                                \
         }                                                                                                    \
         free(scratch);                                                                                       \
-        return 0;                                                                                            \
+        return nonfinite ? 4 : 0;                                                                            \
     }
 
 QUANTIZE_LINEAR(quantize_linear_int8, int8_t, accumulate_int8_i32)

@@ -55,6 +55,11 @@ class Backend(ABC):
         demo and ``Artifact.kernel_paths``)."""
         return {}
 
+    def finite_checked_inputs(self, entries: dict) -> tuple[int, ...]:
+        """Positions of inputs whose NaN/Inf test the artifact's own kernels make (raising the signature's error),
+        so :class:`~mixq_compile.artifact.Artifact` skips its separate pass over them."""
+        return ()
+
     def require(self) -> None:
         reason = self.unavailable_reason()
         if reason is not None:

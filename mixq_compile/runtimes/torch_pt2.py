@@ -77,7 +77,11 @@ class TorchBackend(Backend):
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
         torch.export.save(exported, directory / FEATURES_FILE)
-        return entries | {"features": FEATURES_FILE, "aot_inductor": False}
+        checked = read_only_by_quantize_linear(features, len(example_inputs))
+        return entries | {"features": FEATURES_FILE, "aot_inductor": False, "finite_checked_inputs": checked}
+
+    def finite_checked_inputs(self, entries: dict) -> tuple[int, ...]:
+        return tuple(entries.get("finite_checked_inputs", ()))
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         reason = native.unavailable_reason()
@@ -111,6 +115,25 @@ def dispatching_ops(features: torch.fx.GraphModule, op_by_op: bool) -> torch.fx.
             node.target = targets[node.target]
     gm.recompile()
     return gm
+
+
+def read_only_by_quantize_linear(features: torch.fx.GraphModule, inputs: int) -> list[int]:
+    """The positions of graph inputs that only ``mixq::quantize_linear`` reads: it raises the signature's NaN/Inf
+    error itself, so the artifact need not scan them first. (Only for programs run by Python: under AOTInductor the
+    error would come back as a ``RuntimeError``.)"""
+    placeholders = [n for n in features.graph.nodes if n.op == "placeholder"][:inputs]
+    fused = torch.ops.mixq.quantize_linear.default
+
+    def checked(node: torch.fx.Node) -> bool:
+        readers = [u for u in node.users if u.target not in _SHAPE_ONLY]
+        fused_x = [u for u in readers if u.target is fused and u.args[0] is node and node not in u.args[1:]]
+        return bool(readers) and len(fused_x) == len(readers)
+
+    return [i for i, node in enumerate(placeholders) if checked(node)]
+
+
+#: ops that read only a tensor's shape (e.g. the number of nodes for an aggregation's output)
+_SHAPE_ONLY = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_size.default, torch.ops.aten.sym_numel.default}
 
 
 def load_pt2(path: Path) -> Runner:
