@@ -218,3 +218,49 @@ def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(weight), tvm.runtime.tensor(corr), out)
     expected = (a.astype(np.int64) @ w.astype(np.int64)).astype(np.int32) - corr
     assert np.array_equal(out.numpy(), expected)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize(("k", "o", "bits"), [(5, 3, (-128, 127)), (300, 20, (0, 15)), (1433, 128, (-128, 127))])
+def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
+    """The zero-skipping input-layer kernel against the instructions it replaces, bit for bit: exact ties on the
+    quantization grid, negative and positive features, empty rows; built for AVX2 and AVX-512 targets."""
+    import numpy as np
+    import tvm
+
+    from mixq_compile.integer import kernels as K
+    from mixq_compile.runtimes import tvm_kernels as TK
+
+    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
+        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(41, k, generator=gen) * (torch.rand(41, k, generator=gen) < 0.05)
+    scale, zero = 0.02, float((bits[0] + bits[1] + 1) // 2 if bits[0] < 0 else bits[0])
+    x[1, : min(k, 9)] = (torch.arange(min(k, 9)) + 0.5) * scale  # lands exactly on .5 after the division
+    x[2] = 0.0
+    w_t = torch.randint(-128, 128, (k, o), dtype=torch.int8, generator=gen)
+    bias = torch.randint(-1000, 1000, (o,), dtype=torch.int32, generator=gen)
+    kernel = TK.quantize_linear_sparse(k, o, scale, zero, *bits)
+    lib = tvm.compile(
+        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
+    )
+    out = tvm.runtime.empty((41, o), "int32")
+    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out)
+    s, z = torch.tensor(scale), torch.tensor(zero)
+    expected = K.linear_int(K.quantize(x, s, z, *bits), z, w_t, w_t.sum(0, dtype=torch.int32), bias)
+    assert np.array_equal(out.numpy(), expected.numpy())
+
+
+def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path):
+    """Bag-of-words-like features (2 % non-zero): the input layer is one zero-skipping kernel, chosen at export from
+    the example's density, and the artifact stays exact on sparse and on dense features."""
+    gen = torch.Generator().manual_seed(3)
+    sparse = [(torch.rand(n, 200, generator=gen) < 0.02).float() for n in (120, 333)]
+    graphs = [(x, torch.randint(0, x.shape[0], (2, 4 * x.shape[0]), generator=gen)) for x in sparse]
+    frozen = _frozen(PlanetoidGCN(200, 7, hidden=32), graphs[0])
+    artifact = _check_integer(frozen, graphs, tmp_path, _scale(frozen, "conv2.aggregate"))
+    assert artifact.manifest["backend_entries"]["sparse_input_linears"] == 1
+    assert "sparse kernel" in artifact.kernel_paths["input_layer"]
+    dense = (torch.rand(120, 200, generator=gen), graphs[0][1])
+    error = (artifact(*dense) - mq.lower(frozen)(*dense)).abs().max().item()
+    assert error <= _scale(frozen, "conv2.aggregate") * 1.001

@@ -61,14 +61,22 @@ class Param:
 class Converter:
     """Walks the feature graph once, emitting Relax bindings through a ``BlockBuilder``."""
 
-    def __init__(self, gm: fx.GraphModule, aggregations: list[Aggregation], use_vnni: bool) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        aggregations: list[Aggregation],
+        use_vnni: bool,
+        sparse_inputs: frozenset[fx.Node] = frozenset(),
+    ) -> None:
         self.gm = gm
         self.bb = relax.BlockBuilder()
         self.env: dict[fx.Node, object] = {}
         self.aggregations = {a.node: a for a in aggregations}
         self.use_vnni = use_vnni
+        self.sparse_inputs = sparse_inputs  # fused input layers whose features are sparse (the sparse kernel)
         self.params: list[relax.Var] = []
         self.csr_used = 0  # aggregations that did get the CSR kernel
+        self.sparse_used = 0  # input layers that did get the sparse kernel
 
     # -- values ---------------------------------------------------------------------------------------------------
     def value(self, arg: object) -> object:
@@ -187,7 +195,10 @@ def _codes(c: Converter, real: relax.Expr, qmin: int, qmax: int) -> relax.Expr:
 
 @_converts(K.quantize)
 def _quantize(c: Converter, node: fx.Node) -> relax.Expr:
-    x, scale, zero, qmin, qmax = node.args
+    return _quantized(c, *node.args)
+
+
+def _quantized(c: Converter, x: object, scale: object, zero: object, qmin: int, qmax: int) -> relax.Expr:
     scaled = c.emit(relax.op.divide(c.tensor(x, "float32"), c.tensor(scale, "float32")))
     return _codes(c, c.emit(relax.op.round(c.emit(relax.op.add(scaled, c.tensor(zero, "float32"))))), qmin, qmax)
 
@@ -239,7 +250,33 @@ def _relu_codes(c: Converter, node: fx.Node) -> relax.Expr:
 
 @_converts(K.linear_int)
 def _linear_int(c: Converter, node: fx.Node) -> relax.Expr:
-    q_x, x_zero, w_t, w_sum, bias = node.args
+    return _integer_linear(c, *node.args)
+
+
+@_converts(torch.ops.mixq.quantize_linear.default)
+def _quantize_linear(c: Converter, node: fx.Node) -> relax.Expr:
+    """The fused input layer (:func:`~mixq_compile.passes.fuse_input_linear.fuse_input_linear`): the sparse TIR
+    kernel where the converter was told the features are sparse and the operands allow it, else quantize + GEMM."""
+    x, scale, zero, qmin, qmax, w_t, w_sum, bias = node.args
+    operands = [c.array(a) for a in (scale, zero, w_t)]
+    b = None if bias is None else c.array(bias)
+    features = c.tensor(x, "float32")
+    shape = _shape(features)
+    k = _static(shape[-1])
+    if node in c.sparse_inputs and all(v is not None for v in operands) and (bias is None or b is not None):
+        s, z, w = operands
+        sparse = s.size == 1 and z.size == 1 and w.dtype == np.int8 and k is not None and len(shape) == 2
+        s, z = float(s.reshape(())), float(z.reshape(()))
+        if sparse and qmin <= z <= qmax:  # 0.0 quantizes to the zero-point: zero features add nothing
+            bias32 = np.zeros(w.shape[1], np.int32) if b is None else b.astype(np.int32).reshape(-1)
+            kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
+            c.sparse_used += 1
+            return c.call_kernel(kernel, "quantize_linear_sparse", [features, relax.const(w), relax.const(bias32)],
+                                 [shape[0], w.shape[1]], "int32")  # fmt: skip
+    return _integer_linear(c, _quantized(c, features, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)
+
+
+def _integer_linear(c: Converter, q_x: object, x_zero: object, w_t: object, w_sum: object, bias: object) -> relax.Expr:
     x = c.tensor(q_x)
     w, zero, sums = c.array(w_t), c.array(x_zero), c.array(w_sum)
     b = None if bias is None else c.array(bias)

@@ -15,6 +15,8 @@ symbolic (one build serves every graph size).
   of up to 1024 of them is an integer below 2**24, which float32 holds exactly whatever the order; each 1024-step
   K-chunk is converted to int32 and added there (wrap-around, as the reference). It runs at the FP32 kernel's speed.
 - :func:`dense_f32`: float32 ``x @ W^T + b`` with the row kept in registers (broadcast-FMA).
+- :func:`quantize_linear_sparse`: the input layer's quantize fused with its integer GEMM, multiplying only the
+  non-zero features (sparse bag-of-words / one-hot inputs), as the torch backend's ``mixq::quantize_linear``.
 - :func:`csr_rowptr` + :func:`csr_aggregate`: sum aggregation over edges sorted by target (sorted once, in the
   structure program): each output row sums its own contiguous edge range, so rows run in parallel with no
   atomics, and integer sums stay exact.
@@ -181,6 +183,43 @@ def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
                 for r in T.unroll(rows):
                     for v in T.vectorized(o):
                         C[T.min(i * rows + r, n - 1), v] = acc[r, v] - Corr[v]
+
+    return kernel
+
+
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
+def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int, qmax: int) -> tirx.PrimFunc:
+    """``C[n, :] = bias + Σ_{k: A[n, k] != 0} (q(A[n, k]) - zero) W^T[k, :]`` in int32 for float32 features A,
+    with ``q(a) = clamp(round(a / scale + zero), qmin, qmax)`` (the quantize instruction's two IEEE roundings):
+    the input layer's quantize and integer GEMM in one pass over A that multiplies only its non-zero features.
+
+    Exact when 0.0 quantizes to ``zero`` (the caller checks): then a zero feature adds nothing, and int32 sums
+    wrap around in any order. Sparse node features (Cora: 98.7 % zeros) cost about one read of A instead of a
+    quantize pass, a codes tensor and a dense GEMM over K = 1433.
+    """
+    z = int(zero)
+
+    @T.prim_func(s_tir=True)
+    def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle):
+        T.func_attr(_SCHEDULED)
+        n = T.int64()
+        A = T.match_buffer(a, (n, k), "float32")
+        W = T.match_buffer(w, (k, o), "int8")
+        B = T.match_buffer(bias, (o,), "int32")
+        C = T.match_buffer(c, (n, o), "int32")
+        with T.sblock("root"):
+            for i in T.parallel(n):
+                acc = T.decl_buffer((o,), "int32", scope="local")
+                for v in T.vectorized(o):
+                    acc[v] = B[v]
+                for s in range(k):
+                    if A[i, s] != T.float32(0):
+                        code = T.round(A[i, s] / T.float32(scale) + T.float32(zero))
+                        d = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
+                        for v in T.vectorized(o):
+                            acc[v] = acc[v] + d * T.Cast("int32", W[s, v])
+                for v in T.vectorized(o):
+                    C[i, v] = acc[v]
 
     return kernel
 

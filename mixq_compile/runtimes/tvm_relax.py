@@ -23,8 +23,10 @@ import torch
 from torch import Tensor
 
 from .. import cpu
+from ..integer.input_linear import SPARSE_DENSITY, density
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import find_aggregations, sorted_structure
+from ..passes.fuse_input_linear import fuse_input_linear
 from .base import Backend, BackendUnavailableError, Runner
 from .torch_pt2 import export_program, load_pt2
 
@@ -79,17 +81,19 @@ class TvmBackend(Backend):
 
         from . import tvm_convert, tvm_schedule
 
-        tvm_convert.check_supported(program.features)
+        features, _ = fuse_input_linear(program.features)
+        tvm_convert.check_supported(features)
         frontier = tuple(program.structure(*example_inputs))
-        aggregations = find_aggregations(program.features, len(example_inputs), frontier)
+        aggregations = find_aggregations(features, len(example_inputs), frontier)
         structure = export_program(sorted_structure(program.structure, aggregations), example_inputs)
         torch.export.save(structure, directory / STRUCTURE_FILE)
 
         target_json = host_target(self.mcpu)
         target = tvm.target.Target(target_json)
         use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
-        converter = tvm_convert.Converter(program.features, aggregations, use_vnni)
-        module = converter.build(_params(structure, program.features))
+        sparse = sparse_input_layers(features, example_inputs)
+        converter = tvm_convert.Converter(features, aggregations, use_vnni, sparse)
+        module = converter.build(_params(structure, features))
         executable = tvm.compile(module, target, relax_pipeline=tvm_schedule.pipeline(target))
         executable.export_library(str(directory / FEATURES_FILE))
         return {
@@ -98,11 +102,15 @@ class TvmBackend(Backend):
             "target": target_json,
             "vnni": bool(use_vnni),
             "csr_aggregations": converter.csr_used,
+            "sparse_input_linears": converter.sparse_used,
         }
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         dense = "int8 AVX-512 VNNI (vpdpbusd)" if entries.get("vnni") else "int8 exact float32-FMA"
-        return {"linear_int": dense, "target": str(entries.get("target", {}).get("mcpu"))}
+        paths = {"linear_int": dense, "target": str(entries.get("target", {}).get("mcpu"))}
+        if entries.get("sparse_input_linears"):
+            paths["input_layer"] = "quantize + GEMM over the non-zero features (sparse kernel)"
+        return paths
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
@@ -113,6 +121,20 @@ class TvmBackend(Backend):
             return tuple(aligned(t) for t in structure(*inputs))
 
         return aligned_structure, load_features(directory / entries["features"])
+
+
+def sparse_input_layers(features: torch.fx.GraphModule, example_inputs: tuple[Tensor, ...]) -> frozenset:
+    """The fused input layers whose features (a graph input) are sparse in the example, so that the zero-skipping
+    kernel beats quantize + dense GEMM: chosen at export, as TVM builds one kernel per layer (the torch backend
+    decides per call instead). Sparser or denser graphs later give the same integers, only at another speed."""
+    placeholders = [n for n in features.graph.nodes if n.op == "placeholder"][: len(example_inputs)]
+    values = dict(zip(placeholders, example_inputs))
+    fused = torch.ops.mixq.quantize_linear.default
+    return frozenset(
+        node
+        for node in features.graph.nodes
+        if node.target is fused and node.args[0] in values and density(values[node.args[0]]) <= SPARSE_DENSITY
+    )
 
 
 def _check_cpu(entries: dict) -> None:
