@@ -200,3 +200,18 @@ def test_a_model_that_ignores_the_topology_exports_on_every_backend(backend, tmp
         artifact = mq.load_artifact(mq.export(exported, args, tmp_path / name, backend=backend))
         with torch.no_grad():
             torch.testing.assert_close(artifact(*other), reference(*other), rtol=0, atol=1e-5)
+
+
+def test_peak_rss_sees_an_allocation_inside_and_nests():
+    """The high-water mark (or the sampler where /proc/self/clear_refs is not writable) catches a 200 MB
+    temporary freed before the block ends; a nested PeakRss does not reset the outer one's peak."""
+    from mixq_compile.profiling import PeakRss
+
+    with PeakRss() as outer:
+        big = torch.ones(50_000_000)  # 200 MB, touched
+        del big
+        with PeakRss() as inner:
+            small = torch.ones(1000)
+        del small
+    assert outer.peak - outer.baseline > 150 * 2**20
+    assert inner.peak >= inner.baseline

@@ -226,6 +226,40 @@ def test_quantize_linear_equals_quantize_then_linear_int(shape, density, bits, w
         assert torch.equal(native.quantize_linear(x, scale, zero, *bits, w_t, bias), expected)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    graph=adversarial_graphs(),
+    channels=st.sampled_from(CHANNELS),
+    per_channel=st.booleans(),
+    bits=st.sampled_from([(-128, 127), (0, 3), (-32768, 32767)]),
+    density=st.sampled_from([0.0, 0.02, 1.0]),
+    seed=st.integers(0, 99),
+)
+def test_requantize_epilogues_equal_requantize_after_the_op(graph, channels, per_channel, bits, density, seed):
+    """``csr_sum_requantize`` / ``quantize_linear_requantize`` against ``requantize`` of the plain op, bit for bit
+    (int16 codes take the unfused path; per-channel and per-tensor grids; exact ties)."""
+    x, edge_index = graph
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    shape = (channels,) if per_channel else ()
+    multiplier = torch.rand(shape, generator=gen) * 1e-3
+    multiplier.view(-1)[:1] = 0.5  # ties: odd sums land on .5
+    out_zero = torch.randint(bits[0], bits[1] + 1, shape, generator=gen, dtype=torch.int32)
+    table = torch.randint(-128, 128, (n, channels), dtype=torch.int8, generator=gen)
+    zero = torch.randint(-128, 128, (), generator=gen)
+    dst, src = _sorted(edge_index)
+    weight = torch.randint(-255, 256, (edge_index.shape[1],), dtype=torch.int32, generator=gen)
+    plain = torch.ops.mixq.requantize(csr_sum(dst, src, weight, table, zero, n), multiplier, out_zero, *bits)
+    fused = torch.ops.mixq.csr_sum_requantize(dst, src, weight, table, zero, n, multiplier, out_zero, *bits)
+    assert fused.dtype == plain.dtype and torch.equal(fused, plain)
+    features = torch.randn(n, 50, generator=gen) * (torch.rand(n, 50, generator=gen) < density)
+    w_t = torch.randint(-128, 128, (50, channels), dtype=torch.int8, generator=gen)
+    args = (features, torch.tensor(0.05), torch.tensor(-128.0), -128, 127, w_t, w_t.sum(0, dtype=torch.int32), None)
+    plain = torch.ops.mixq.requantize(torch.ops.mixq.quantize_linear(*args), multiplier, out_zero, *bits)
+    fused = torch.ops.mixq.quantize_linear_requantize(*args, multiplier, out_zero, *bits)
+    assert fused.dtype == plain.dtype and torch.equal(fused, plain)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("density", [0.01, 1.0])
 def test_quantize_linear_refuses_non_finite_features_on_every_path(kernels, bad, density):

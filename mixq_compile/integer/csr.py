@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import native
+from .kernels import container_dtype
 from .op_registry import operator
 
 _FLOAT32_EXACT = 2**24
@@ -62,3 +63,29 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
 def _(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int) -> Tensor:
     dtype = table.dtype if table.is_floating_point() else torch.int32
     return table.new_empty((rows, table.shape[1]), dtype=dtype)
+
+
+@operator("csr_sum_requantize")
+def csr_sum_requantize(
+    dst: Tensor,
+    src: Tensor,
+    weight: Tensor | None,
+    table: Tensor,
+    zero: Tensor | None,
+    rows: int,
+    multiplier: Tensor,
+    out_zero: Tensor,
+    qmin: int,
+    qmax: int,
+) -> Tensor:
+    """``requantize(csr_sum(...), multiplier, out_zero, qmin, qmax)``: with the native kernels each finished row is
+    requantized in place of being stored, so the ``[rows, C]`` int32 sums are never materialised."""
+    epilogue = native.Epilogue(multiplier, out_zero, qmin, qmax)
+    if native.supports_csr_sum(table, weight) and native.supports_epilogue(epilogue, table.shape[1]):
+        return native.csr_sum(dst, src, weight, table, zero, rows, epilogue)
+    return torch.ops.mixq.requantize(csr_sum(dst, src, weight, table, zero, rows), multiplier, out_zero, qmin, qmax)
+
+
+@csr_sum_requantize.register_fake
+def _(dst, src, weight, table, zero, rows, multiplier, out_zero, qmin, qmax) -> Tensor:
+    return table.new_empty((rows, table.shape[1]), dtype=container_dtype(qmin, qmax))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..signature import all_finite, non_finite_error
 from . import native
+from .kernels import container_dtype
 from .op_registry import operator
 
 SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
@@ -56,3 +57,36 @@ def quantize_linear(
 @quantize_linear.register_fake
 def _(x, scale, zero, qmin, qmax, w_t, w_sum, bias) -> Tensor:
     return x.new_empty((*x.shape[:-1], w_t.shape[1]), dtype=torch.int32)
+
+
+@operator("quantize_linear_requantize")
+def quantize_linear_requantize(
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    w_t: Tensor,
+    w_sum: Tensor,
+    bias: Tensor | None,
+    multiplier: Tensor,
+    out_zero: Tensor,
+    out_qmin: int,
+    out_qmax: int,
+) -> Tensor:
+    """``requantize(quantize_linear(...), multiplier, out_zero, out_qmin, out_qmax)``: the sparse kernel requantizes
+    each finished row instead of storing its int32 accumulators (NaN/Inf refused as by ``quantize_linear``)."""
+    epilogue = native.Epilogue(multiplier, out_zero, out_qmin, out_qmax)
+    if (
+        native.supports_quantize_linear(x, scale, zero, w_t)
+        and native.supports_epilogue(epilogue, w_t.shape[1])
+        and density(x) <= SPARSE_DENSITY
+    ):
+        return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue)
+    acc = quantize_linear(x, scale, zero, qmin, qmax, w_t, w_sum, bias)
+    return torch.ops.mixq.requantize(acc, multiplier, out_zero, out_qmin, out_qmax)
+
+
+@quantize_linear_requantize.register_fake
+def _(x, scale, zero, qmin, qmax, w_t, w_sum, bias, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w_t.shape[1]), dtype=container_dtype(out_qmin, out_qmax))

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from .. import cpu
 from ..signature import non_finite_error
+from .kernels import container_dtype
 
 #: how a NaN/Inf error from the fused input layer names what it read
 NODE_FEATURES = "the node features read by the quantized input layer"
@@ -111,7 +113,7 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
     for name in _CSR.values():
         function = getattr(lib, name)
         function.restype = i32
-        function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer]
+        function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer, pointer]
     for name in (*_QUANTIZE.values(), *_REQUANTIZE.values()):
         function = getattr(lib, name)
         function.restype = None
@@ -119,8 +121,44 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
     for name in _QUANTIZE_LINEAR.values():
         function = getattr(lib, name)
         function.restype = i32
-        function.argtypes = [pointer] + [f32] * 4 + [pointer] * 2 + [i64] * 3 + [i32, pointer]
+        function.argtypes = [pointer] + [f32] * 4 + [pointer] * 2 + [i64] * 3 + [i32, pointer, pointer]
     return lib, None
+
+
+class _Requant(ctypes.Structure):
+    """``requant_t`` of native_kernels.c."""
+
+    _fields_ = [("multiplier", ctypes.c_void_p), ("zero", ctypes.c_void_p), ("qmin", ctypes.c_float),
+                ("qmax", ctypes.c_float), ("codes", ctypes.c_void_p)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """A requantize instruction fused onto a kernel's int32 rows: ``multiplier`` (float32) and ``zero`` (integer),
+    per tensor or per channel, and the int8 code range (see :func:`supports_epilogue`)."""
+
+    multiplier: Tensor
+    zero: Tensor
+    qmin: int
+    qmax: int
+
+
+def supports_epilogue(epilogue: Epilogue, channels: int) -> bool:
+    """Whether the native kernels apply this requantize on their rows: int8 codes, parameters as
+    :func:`supports_requantize` takes them."""
+    acc = torch.empty((0, channels), dtype=torch.int32)
+    code = container_dtype(epilogue.qmin, epilogue.qmax)
+    return code == torch.int8 and supports_requantize(acc, epilogue.multiplier, epilogue.zero, code)
+
+
+def _requant(epilogue: Epilogue | None, rows: int, channels: int) -> tuple[Tensor, tuple, object]:
+    """(int32 output or int8 codes, tensors to keep alive, the ``requant_t`` pointer or None)."""
+    if epilogue is None:
+        return torch.empty((rows, channels), dtype=torch.int32), (), None
+    m, z = (t.reshape(-1).to(torch.float32).expand(channels).contiguous() for t in (epilogue.multiplier, epilogue.zero))
+    codes = torch.empty((rows, channels), dtype=torch.int8)
+    spec = _Requant(m.data_ptr(), z.data_ptr(), float(epilogue.qmin), float(epilogue.qmax), codes.data_ptr())
+    return codes, (m, z, spec), ctypes.byref(spec)
 
 
 def library() -> ctypes.CDLL | None:
@@ -213,10 +251,19 @@ def _elementwise(kernel: str, x: Tensor, scale: Tensor, zero: Tensor, qmin: int,
     return out
 
 
-def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int) -> Tensor:
-    """``mixq::csr_sum`` on integer codes in native code (call only where :func:`supports_csr_sum` holds)."""
+def csr_sum(
+    dst: Tensor,
+    src: Tensor,
+    weight: Tensor | None,
+    table: Tensor,
+    zero: Tensor | None,
+    rows: int,
+    epilogue: Epilogue | None = None,
+) -> Tensor:
+    """``mixq::csr_sum`` on integer codes in native code (call only where :func:`supports_csr_sum` holds), int32;
+    with an ``epilogue`` (where :func:`supports_epilogue` holds) its requantized int8 codes."""
     channels = table.shape[1]
-    out = torch.empty((rows, channels), dtype=torch.int32)
+    out, alive, requant = _requant(epilogue, rows, channels)
     dst, src, table = dst.contiguous().to(torch.int64), src.contiguous().to(torch.int64), table.contiguous()
     zeros = torch.zeros(1, dtype=torch.int32) if zero is None else zero.reshape(-1).to(torch.int32)
     zeros = zeros.expand(channels).contiguous()
@@ -233,7 +280,9 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
         channels,
         torch.get_num_threads(),
         out.data_ptr(),
+        requant,
     )
+    del alive
     if status:
         raise ValueError(f"mixq::csr_sum: {_ERRORS.get(status, f'native kernel error {status}')}")
     return out
@@ -254,14 +303,21 @@ def supports_quantize_linear(x: Tensor, scale: Tensor, zero: Tensor, w_t: Tensor
 
 
 def quantize_linear(
-    x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, w_t: Tensor, bias: Tensor | None
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    w_t: Tensor,
+    bias: Tensor | None,
+    epilogue: Epilogue | None = None,
 ) -> Tensor:
     """``linear_int(quantize(x), ...)`` in one native pass that skips zero features (call only where
-    :func:`supports_quantize_linear` holds); raises :class:`~mixq_compile.errors.InputValueError` if a feature is
-    NaN or infinite."""
+    :func:`supports_quantize_linear` holds), int32, or with an ``epilogue`` its requantized int8 codes; raises
+    :class:`~mixq_compile.errors.InputValueError` if a feature is NaN or infinite."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     w_t = w_t.contiguous()
-    out = torch.empty((rows.shape[0], w_t.shape[1]), dtype=torch.int32)
+    out, alive, requant = _requant(epilogue, rows.shape[0], w_t.shape[1])
     bias32 = None if bias is None else bias.to(torch.int32).expand(w_t.shape[1]).contiguous()
     status = getattr(library(), _QUANTIZE_LINEAR[w_t.dtype])(
         rows.data_ptr(),
@@ -276,7 +332,9 @@ def quantize_linear(
         w_t.shape[1],
         torch.get_num_threads(),
         out.data_ptr(),
+        requant,
     )
+    del alive
     if status == 4:
         raise non_finite_error(NODE_FEATURES)
     if status:

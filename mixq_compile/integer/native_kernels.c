@@ -21,6 +21,9 @@
  * among those quantized): the artifact then skips its own pass over x for that check.
  * Returns 0, 3 if the per-thread scratch cannot be allocated, or 4 if a feature is NaN or infinite.
  *
+ * csr_sum_* and quantize_linear_* take an optional requantize epilogue (requant_t, NULL for int32 output): the
+ * integer program's requantize instruction applied to each finished row, writing int8 codes instead of int32.
+ *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
  * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
  * the integer program's quantize instruction, so the codes are bit-identical; one pass over x, no temporaries.
@@ -143,6 +146,43 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
 ACCUMULATE_INT8(accumulate_int8_i32, int32_t)
 ACCUMULATE_INT8(accumulate_int8_i64, int64_t)
 
+#if defined(_OPENMP)
+#define THREAD_NUM(var) (var) = omp_get_thread_num()
+#else
+#define THREAD_NUM(var) (void)(var)
+#endif
+
+static inline float clampf(float v, float lo, float hi) {
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+/* quantize: x / scale + zero, rounded half to even (two IEEE roundings, as the instruction) */
+#define QUANTIZE_STEP(x, s, z) rintf((x) / (s) + (z))
+/* requantize: round(float(acc) * multiplier) + zero, as the instruction (int32 -> float32 rounds to nearest) */
+#define REQUANTIZE_STEP(a, m, z) (rintf((float)(a) * (m)) + (z))
+
+/* The requantize epilogue of csr_sum / quantize_linear: each finished int32 row (in per-thread scratch) goes
+ * straight to int8 codes of the next grid, codes[r, c] = clamp(REQUANTIZE_STEP(acc[c], m[c], z[c]), qmin, qmax),
+ * so the [rows, C] int32 tensor and a separate requantize pass over it are never made. */
+typedef struct {
+    const float *multiplier, *zero; /* [C] */
+    float qmin, qmax;
+    int8_t *codes; /* [rows, C] */
+} requant_t;
+
+static inline void requantize_row(const int32_t *restrict acc, int64_t channels, const requant_t *rq, int64_t r) {
+    /* fields copied out first: int8_t stores may alias anything, which would keep the loop scalar */
+    const float *restrict m = rq->multiplier, *restrict z = rq->zero;
+    const float qmin = rq->qmin, qmax = rq->qmax;
+    int8_t *restrict o = rq->codes + r * channels;
+    for (int64_t c = 0; c < channels; ++c) o[c] = (int8_t)clampf(REQUANTIZE_STEP(acc[c], m[c], z[c]), qmin, qmax);
+}
+
+/* int32 slots rounded up to whole 64-byte lines plus one line: per-thread scratch rows then never share a cache
+ * line (measured: sharing one line per row made a 2-thread csr_sum with epilogue 2.5x slower). */
+static inline size_t padded_slots(size_t n) { return (n + 15) / 16 * 16 + 16; }
+
 static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr) {
     int64_t e = 0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -163,18 +203,22 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
 #define CSR_SUM(NAME, CODE, ACCUMULATE)                                                                                \
     int NAME(const int64_t *dst, const int64_t *src, const int32_t *weight, const CODE *table,               \
              const int32_t *zero, int64_t edges, int64_t nodes, int64_t rows, int64_t channels, int threads,  \
-             int32_t *out) {                                                                                  \
+             int32_t *out, const requant_t *rq) {                                                             \
         int64_t *rowptr = (int64_t *)malloc((size_t)(rows + 1) * sizeof(int64_t));                          \
-        if (!rowptr) return 3;                                                                               \
-        int status = row_pointers(dst, edges, rows, rowptr);                                                  \
+        const size_t row_slots = padded_slots((size_t)channels);                                            \
+        int32_t *scratch = rq ? (int32_t *)aligned_alloc(64, (size_t)(threads > 0 ? threads : 1) * row_slots * 4) : NULL; \
+        int status = !rowptr || (rq && !scratch) ? 3 : row_pointers(dst, edges, rows, rowptr);              \
         if (!status) status = check_sources(src, edges, nodes);                                              \
         if (status) {                                                                                        \
             free(rowptr);                                                                                    \
+            free(scratch);                                                                                   \
             return status;                                                                                   \
         }                                                                                                    \
         _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 64)")                               \
         for (int64_t r = 0; r < rows; ++r) {                                                                 \
-            int32_t *acc = out + r * channels;                                                               \
+            int thread = 0;                                                                                  \
+            THREAD_NUM(thread);                                                                             \
+            int32_t *acc = rq ? scratch + (size_t)thread * row_slots : out + r * channels;                  \
             const int64_t first = rowptr[r], count = rowptr[r + 1] - first;                                  \
             uint32_t wsum = (uint32_t)count;                                                                 \
             if (weight) {                                                                                    \
@@ -183,8 +227,10 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
             }                                                                                                \
             ACCUMULATE(acc, zero, 0u - wsum, table, channels, channels, src + first,                         \
                        weight ? weight + first : NULL, count);                                               \
+            if (rq) requantize_row(acc, channels, rq, r);                                                    \
         }                                                                                                    \
         free(rowptr);                                                                                        \
+        free(scratch);                                                                                       \
         return 0;                                                                                            \
     }
 
@@ -192,16 +238,6 @@ CSR_SUM(csr_sum_int8, int8_t, accumulate_int8_i64)
 CSR_SUM(csr_sum_int16, int16_t, accumulate_int16_i64)
 CSR_SUM(csr_sum_int32, int32_t, accumulate_int32_i64)
 
-#if defined(_OPENMP)
-#define THREAD_NUM(var) (var) = omp_get_thread_num()
-#else
-#define THREAD_NUM(var) (void)(var)
-#endif
-
-static inline float clampf(float v, float lo, float hi) {
-    v = v < lo ? lo : v;
-    return v > hi ? hi : v;
-}
 
 /* One pass over rows x channels of IN, writing CODE = clamp(STEP(x, s, z), qmin, qmax) with per-tensor or
  * per-channel (last dim) s and z. */
@@ -222,10 +258,6 @@ static inline float clampf(float v, float lo, float hi) {
         }                                                                                                    \
     }
 
-/* quantize: x / scale + zero, rounded half to even (two IEEE roundings, as the instruction) */
-#define QUANTIZE_STEP(x, s, z) rintf((x) / (s) + (z))
-/* requantize: round(float(acc) * multiplier) + zero, as the instruction (int32 -> float32 rounds to nearest) */
-#define REQUANTIZE_STEP(a, m, z) (rintf((float)(a) * (m)) + (z))
 
 ELEMENTWISE(quantize_int8, float, int8_t, QUANTIZE_STEP)
 ELEMENTWISE(quantize_int16, float, int16_t, QUANTIZE_STEP)
@@ -298,23 +330,25 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
 
 #define QUANTIZE_LINEAR(NAME, WEIGHT, ACCUMULATE)                                                                      \
     int NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,               \
-             const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out) {  \
+             const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, int32_t *out,    \
+             const requant_t *rq) {                                                                           \
         const int skip_zeros = clampf(rintf(0.0f / scale + zero), qmin, qmax) == zero;                        \
         const size_t slots = (size_t)(in > 0 ? in : 1) + 64; /* + the vector stores' slack */              \
-        /* per thread: nonzero indices and their centered codes */                                          \
-        char *scratch = (char *)malloc((size_t)(threads > 0 ? threads : 1) * slots * 8);                      \
+        /* per thread: nonzero indices and their centered codes, and the int32 row of the epilogue */         \
+        const size_t stride = (2 * padded_slots(slots) + (rq ? padded_slots((size_t)out_features) : 0)) * 4;     \
+        char *scratch = (char *)aligned_alloc(64, (size_t)(threads > 0 ? threads : 1) * stride);              \
         if (!scratch) return 3;                                                                              \
         int nonfinite = 0;                                                                                   \
         _Pragma("omp parallel num_threads(threads)")                                                         \
         {                                                                                                    \
             int thread = 0;                                                                                  \
             THREAD_NUM(thread);                                                                             \
-            int32_t *idx = (int32_t *)(scratch + (size_t)thread * slots * 8);                                \
-            int32_t *d = idx + slots;                                                                        \
+            int32_t *idx = (int32_t *)(scratch + (size_t)thread * stride);                                   \
+            int32_t *d = idx + padded_slots(slots), *row = d + padded_slots(slots);                          \
             _Pragma("omp for schedule(static) reduction(|:nonfinite)")                                       \
             for (int64_t r = 0; r < rows; ++r) {                                                             \
                 const float *restrict xr = x + r * in;                                                       \
-                int32_t *restrict acc = out + r * out_features;                                              \
+                int32_t *restrict acc = rq ? row : out + r * out_features;                                   \
                 int64_t count = in;                                                                          \
                 if (skip_zeros)                                                                              \
                     count = nonzero_indices(xr, in, idx);                                                    \
@@ -328,6 +362,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
                 }                                                                                            \
                 nonfinite |= bad;                                                                            \
                 ACCUMULATE(acc, bias, 1u, w_t, out_features, out_features, idx, d, count);                   \
+                if (rq) requantize_row(acc, out_features, rq, r);                                            \
             }                                                                                                \
         }                                                                                                    \
         free(scratch);                                                                                       \

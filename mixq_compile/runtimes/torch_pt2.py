@@ -26,6 +26,7 @@ from ..integer import linear, native
 from ..integer.program import IntegerProgram
 from ..passes.aggregation import csr_features, find_aggregations, sorted_structure
 from ..passes.fuse_input_linear import fuse_input_linear
+from ..passes.fuse_requantize import fuse_requantize
 from .base import Backend, Runner
 
 STRUCTURE_FILE = "structure.pt2"
@@ -69,10 +70,12 @@ class TorchBackend(Backend):
         if self.sparse_input:
             features, fused = fuse_input_linear(features)
         features = dispatching_ops(features, op_by_op=not self.aot_inductor)
+        features, requantized = fuse_requantize(features)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
-        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused}
+        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused,
+                   "fused_requantizes": requantized}  # fmt: skip
         if self.aot_inductor:
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
@@ -122,11 +125,11 @@ def read_only_by_quantize_linear(features: torch.fx.GraphModule, inputs: int) ->
     error itself, so the artifact need not scan them first. (Only for programs run by Python: under AOTInductor the
     error would come back as a ``RuntimeError``.)"""
     placeholders = [n for n in features.graph.nodes if n.op == "placeholder"][:inputs]
-    fused = torch.ops.mixq.quantize_linear.default
+    fused = {torch.ops.mixq.quantize_linear.default, torch.ops.mixq.quantize_linear_requantize.default}
 
     def checked(node: torch.fx.Node) -> bool:
         readers = [u for u in node.users if u.target not in _SHAPE_ONLY]
-        fused_x = [u for u in readers if u.target is fused and u.args[0] is node and node not in u.args[1:]]
+        fused_x = [u for u in readers if u.target in fused and u.args[0] is node and node not in u.args[1:]]
         return bool(readers) and len(fused_x) == len(readers)
 
     return [i for i, node in enumerate(placeholders) if checked(node)]
