@@ -16,7 +16,7 @@ from .api import (
     sites,
     weight_parameters,
 )
-from .artifact import Artifact, ArtifactError, export, load_artifact
+from .artifact import Artifact, ArtifactError, BoundArtifact, export, load_artifact
 from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
@@ -33,6 +33,7 @@ __all__ = [
     "SITE_KINDS",
     "Artifact",
     "ArtifactError",
+    "BoundArtifact",
     "CaptureError",
     "DegreeQuant",
     "FakeQuantizer",

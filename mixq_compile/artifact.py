@@ -25,13 +25,13 @@ from .api import bitops, captured_fp32_bitops
 from .atomic import check_replaceable, write_directory
 from .capture import capture
 from .cost.bitops import BitOpsReport
-from .errors import MixQError
+from .errors import InputSignatureError, MixQError
 from .integer.program import IntegerProgram, lower
 from .model import QuantizedModel
 from .passes.structure import StructureCache
 from .runtimes import get_backend
 from .runtimes.base import Runner
-from .signature import InputSpec, Signature
+from .signature import InputSpec, Signature, all_finite, non_finite_error
 
 MANIFEST = "manifest.json"
 FORMAT = "mixq-artifact"
@@ -227,10 +227,62 @@ class Artifact:
 
     def __call__(self, *inputs: Tensor) -> object:
         self.check_inputs(inputs)
-        outputs = list(self._features(*inputs, *self.structure(*inputs)))
+        return self.outputs(self._features(*inputs, *self.structure(*inputs)))
+
+    def outputs(self, flat: Sequence[Tensor]) -> object:
+        """The feature program's flat outputs in the model's output structure."""
+        outputs = list(flat)
         if self.out_spec is None:
             return outputs[0] if len(outputs) == 1 else tuple(outputs)
         return pytree.tree_unflatten(outputs, self.out_spec)
+
+    def bind(self, *inputs: Tensor) -> BoundArtifact:
+        """Fix the graph for serving: ``served = artifact.bind(x, edge_index)`` checks the inputs and runs the
+        structure part once; ``served(x_new)`` then takes only the floating-point inputs (node features of the
+        same shape) and runs the feature program alone, with no per-call graph comparison or node-id check."""
+        return BoundArtifact(self, inputs)
+
+
+class BoundArtifact:
+    """An :class:`Artifact` with its graph inputs fixed (see :meth:`Artifact.bind`).
+
+    The graph tensors (every non-floating input: ``edge_index``, ``batch``) are copied at bind, so later writes to
+    the caller's tensors change nothing; each call takes the floating-point inputs in their order, checked for
+    dtype, for the bound shape (the structure part depends on it) and for NaN/Inf as the artifact checks them.
+    """
+
+    def __init__(self, artifact: Artifact, inputs: Sequence[Tensor]) -> None:
+        inputs = tuple(inputs)
+        artifact.check_inputs(inputs)
+        self.artifact = artifact
+        self.free = [i for i, t in enumerate(inputs) if t.is_floating_point()]
+        self._inputs = [None if i in self.free else t.detach().clone() for i, t in enumerate(inputs)]
+        self._shapes = [tuple(inputs[i].shape) for i in self.free]
+        self._frontier = tuple(t.detach() for t in artifact.structure(*inputs))
+        self.names = [artifact.signature.names[i] for i in self.free]
+
+    def __repr__(self) -> str:
+        return f"BoundArtifact({self.artifact!r}, takes {self.names})"
+
+    def __call__(self, *features: Tensor) -> object:
+        if len(features) != len(self.free):
+            raise InputSignatureError(
+                f"the bound artifact takes {len(self.free)} input(s) ({', '.join(self.names)}): the graph inputs "
+                f"were fixed by bind(); got {len(features)}"
+            )
+        args = list(self._inputs)
+        for position, name, shape, value in zip(self.free, self.names, self._shapes, features):
+            spec = self.artifact.signature.inputs[position]
+            if not isinstance(value, Tensor) or value.dtype != spec.dtype or tuple(value.shape) != shape:
+                got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+                raise InputSignatureError(
+                    f"input '{name}' must have the bound shape {shape} and dtype {spec.dtype} (got {got}); bind the "
+                    f"artifact again for another graph"
+                )
+            if name not in self.artifact.finite_checked_later and not all_finite(value):
+                raise non_finite_error(f"input '{name}'")
+            args[position] = value
+        return self.artifact.outputs(self.artifact._features(*args, *self._frontier))
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[Path, dict]:

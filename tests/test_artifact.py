@@ -215,3 +215,34 @@ def test_peak_rss_sees_an_allocation_inside_and_nests():
         del small
     assert outer.peak - outer.baseline > 150 * 2**20
     assert inner.peak >= inner.baseline
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_bound_artifact_serves_new_features_on_its_graph(frozen_gcn, backend, tmp_path):
+    """bind() fixes the graph once: new features of the bound shape give the artifact's own answers; the caller's
+    later writes to edge_index change nothing; a wrong shape, dtype, count or NaN is refused with the fix."""
+    usable, skipped = available_backends([backend])
+    if not usable:
+        pytest.skip(skipped[backend])
+    _, frozen, (x, edge_index) = frozen_gcn
+    artifact = mq.load_artifact(mq.export(frozen, (x, edge_index), tmp_path / "a", backend=backend))
+    graph = edge_index.clone()
+    served = artifact.bind(x, graph)
+    assert served.names == ["x"] and "takes ['x']" in repr(served)
+    other = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    for features in (x, other):
+        assert torch.equal(served(features), artifact(features, edge_index))
+    graph[0, :10] = 0  # the bound copy is not the caller's tensor
+    assert torch.equal(served(other), artifact(other, edge_index))
+    with pytest.raises(mq.InputSignatureError, match=r"bound shape .*bind the artifact again"):
+        served(torch.randn(x.shape[0] + 1, x.shape[1]))
+    with pytest.raises(mq.InputSignatureError, match=r"dtype"):
+        served(x.double())
+    with pytest.raises(mq.InputSignatureError, match=r"takes 1 input"):
+        served(x, edge_index)
+    dirty = other.clone()
+    dirty[3, 3] = float("nan")
+    with pytest.raises(mq.InputValueError, match=r"NaN or infinite"):
+        served(dirty)
+    with pytest.raises(mq.InputValueError, match="node id"):
+        artifact.bind(x, torch.full_like(edge_index, x.shape[0]))
