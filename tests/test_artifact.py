@@ -170,6 +170,7 @@ def test_dense_options_keep_scatter_aggregations_and_a_separate_input_gemm(froze
     assert torch.equal(artifact(*args), mq.lower(frozen)(*args))
 
 
+@pytest.mark.slow
 def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_path):
     _, frozen, args = frozen_gcn
     path = mq.export(frozen, args, tmp_path / "aoti", backend="torch", backend_options={"aot_inductor": True})

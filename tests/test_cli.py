@@ -52,6 +52,7 @@ def models(tmp_path, monkeypatch):
 SMOKE = ["--fp32-epochs", "3", "--epochs", "2", "--qat-epochs", "1"]
 
 
+@pytest.mark.slow
 def test_quantize_export_profile_inspect_a_node_classifier(models, capsys):
     root = str(data_root())
     assert main(["quantize", "user_models:Sage", "--dataset", "cora", "--data-root", root, "--out", "sage",

@@ -8,6 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end experiment runs
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 

@@ -23,10 +23,13 @@ from mixq_compile import cpu
 
 QEMU = shutil.which("qemu-x86_64")
 EMULATED_CPU = "EPYC-Milan"
-pytestmark = pytest.mark.skipif(
-    QEMU is None or cpu.native_level() == "portable",
-    reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host to emulate an AVX2-only CPU",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        QEMU is None or cpu.native_level() == "portable",
+        reason="needs qemu-x86_64 (Debian's qemu-user) on an x86-64 host to emulate an AVX2-only CPU",
+    ),
+]
 
 
 def _emulated(paths: list[Path]) -> dict:

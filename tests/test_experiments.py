@@ -16,6 +16,8 @@ from mixq_compile.experiments.runner import add_common_arguments
 from mixq_compile.experiments.sweep import config_key, read_records, run_sweep
 from tests.conftest import data_root
 
+pytestmark = pytest.mark.slow  # end-to-end experiment runs
+
 CALLS: list[dict] = []
 
 

@@ -143,6 +143,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_data_parallel_search_over_two_gloo_processes_keeps_ranks_identical(tmp_path):
     import socket
 
@@ -203,6 +204,7 @@ def test_chunked_whole_graph_inference_gives_the_full_graph_integers(conv, tmp_p
         assert not torch.allclose(too_small, whole, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_documented_torchrun_command_runs_two_ranks_that_agree(tmp_path):
     import json
     import subprocess

@@ -92,6 +92,7 @@ def _check_tie_breaking(qmodel, frozen, expected, inputs, off_grid: dict[str, in
     torch.testing.assert_close(mq.lower(moved)(*inputs), moved(*inputs), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", sorted(MODELS))
 def test_conv_lowers_exactly_and_deploys_on_onnx_and_tvm(conv, tmp_path):
     example, other = random_batch(4, 6, FEATURES), random_batch(7, 9, FEATURES, seed=1)

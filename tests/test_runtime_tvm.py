@@ -21,6 +21,8 @@ pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mix
 
 from mixq_compile.runtimes.tvm_convert import UnsupportedOpError
 
+pytestmark = pytest.mark.slow  # every test builds a TVM module
+
 FEATURES = 16
 
 
