@@ -46,12 +46,24 @@ def quantize_linear(
 
     Raises :class:`~mixq_compile.errors.InputValueError` if ``x`` holds NaN or infinite values, on every path (the
     native one finds them while it scans x), so that an artifact need not test x in a pass of its own."""
+    return _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, None)
+
+
+def _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue: native.Epilogue | None) -> Tensor:
+    """Both ops: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its rows where
+    the kernel takes it, else after it), otherwise the NaN/Inf test, quantize and the dense GEMM."""
     if native.supports_quantize_linear(x, scale, zero, w_t) and density(x) <= SPARSE_DENSITY:
-        return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
-    if not all_finite(x):
-        raise non_finite_error(native.NODE_FEATURES)
-    codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
-    return torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
+        if epilogue is None or native.supports_epilogue(epilogue, w_t.shape[1]):
+            return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue)
+        acc = native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
+    else:
+        if not all_finite(x):
+            raise non_finite_error(native.NODE_FEATURES)
+        codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
+        acc = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
+    if epilogue is None:
+        return acc
+    return torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax)
 
 
 @quantize_linear.register_fake
@@ -77,14 +89,7 @@ def quantize_linear_requantize(
     """``requantize(quantize_linear(...), multiplier, out_zero, out_qmin, out_qmax)``: the sparse kernel requantizes
     each finished row instead of storing its int32 accumulators (NaN/Inf refused as by ``quantize_linear``)."""
     epilogue = native.Epilogue(multiplier, out_zero, out_qmin, out_qmax)
-    if (
-        native.supports_quantize_linear(x, scale, zero, w_t)
-        and native.supports_epilogue(epilogue, w_t.shape[1])
-        and density(x) <= SPARSE_DENSITY
-    ):
-        return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue)
-    acc = quantize_linear(x, scale, zero, qmin, qmax, w_t, w_sum, bias)
-    return torch.ops.mixq.requantize(acc, multiplier, out_zero, out_qmin, out_qmax)
+    return _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue)
 
 
 @quantize_linear_requantize.register_fake

@@ -146,9 +146,9 @@ class Epilogue:
 def supports_epilogue(epilogue: Epilogue, channels: int) -> bool:
     """Whether the native kernels apply this requantize on their rows: int8 codes, parameters as
     :func:`supports_requantize` takes them."""
-    acc = torch.empty((0, channels), dtype=torch.int32)
-    code = container_dtype(epilogue.qmin, epilogue.qmax)
-    return code == torch.int8 and supports_requantize(acc, epilogue.multiplier, epilogue.zero, code)
+    return container_dtype(epilogue.qmin, epilogue.qmax) == torch.int8 and _requantize_parameters(
+        epilogue.multiplier, epilogue.zero, channels
+    )
 
 
 def _requant(epilogue: Epilogue | None, rows: int, channels: int) -> tuple[Tensor, tuple, object]:
@@ -185,9 +185,22 @@ def supports_csr_sum(table: Tensor, weight: Tensor | None) -> bool:
     return table.device.type == "cpu" and table.dtype in _CSR and integer_weight and library() is not None
 
 
-def _per_tensor_or_channel(x: Tensor, *params: Tensor) -> bool:
-    channels = x.shape[-1] if x.dim() else 1
+def _channels(x: Tensor) -> int:
+    return x.shape[-1] if x.dim() else 1
+
+
+def _per_tensor_or_channel(channels: int, *params: Tensor) -> bool:
     return all(t.numel() in (1, channels) and t.dim() <= 1 for t in params)
+
+
+def _requantize_parameters(multiplier: Tensor, zero: Tensor, channels: int) -> bool:
+    """A float32 multiplier (a float64 one would make the instruction compute in float64) and integer zero-points,
+    per tensor or per channel."""
+    return (
+        multiplier.dtype == torch.float32
+        and not zero.is_floating_point()
+        and _per_tensor_or_channel(channels, multiplier, zero)
+    )
 
 
 def supports_quantize(x: Tensor, scale: Tensor, zero: Tensor, code: torch.dtype) -> bool:
@@ -196,21 +209,19 @@ def supports_quantize(x: Tensor, scale: Tensor, zero: Tensor, code: torch.dtype)
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and code in _QUANTIZE
-        and _per_tensor_or_channel(x, scale, zero)
+        and _per_tensor_or_channel(_channels(x), scale, zero)
         and library() is not None
     )
 
 
 def supports_requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, code: torch.dtype) -> bool:
-    """Whether the native kernel requantizes this: int32 accumulators on the CPU, a float32 multiplier (a float64
-    one would make the instruction compute in float64) and integer zero-points, per tensor or per last dim."""
+    """Whether the native kernel requantizes this: int32 accumulators on the CPU, parameters as
+    :func:`_requantize_parameters` takes them."""
     return (
         acc.device.type == "cpu"
         and acc.dtype == torch.int32
-        and multiplier.dtype == torch.float32
-        and not zero.is_floating_point()
         and code in _REQUANTIZE
-        and _per_tensor_or_channel(acc, multiplier, zero)
+        and _requantize_parameters(multiplier, zero, _channels(acc))
         and library() is not None
     )
 

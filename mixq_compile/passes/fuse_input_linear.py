@@ -14,6 +14,7 @@ from torch import fx
 
 from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
+from .node_fusion import fuse_pair
 
 
 def _fusable(node: fx.Node) -> fx.Node | None:
@@ -37,14 +38,8 @@ def fuse_input_linear(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
             continue
         x, scale, zero, qmin, qmax = node.args
         _, _, w_t, w_sum, bias = linear.args
-        with gm.graph.inserting_before(linear):
-            call = gm.graph.call_function(
-                torch.ops.mixq.quantize_linear.default, (x, scale, zero, qmin, qmax, w_t, w_sum, bias)
-            )
-        call.meta = dict(linear.meta)
-        linear.replace_all_uses_with(call)
-        gm.graph.erase_node(linear)
-        gm.graph.erase_node(node)
+        args = (x, scale, zero, qmin, qmax, w_t, w_sum, bias)
+        fuse_pair(gm, node, linear, torch.ops.mixq.quantize_linear.default, args)
         fused += 1
     gm.graph.lint()
     gm.recompile()

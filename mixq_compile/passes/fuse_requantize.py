@@ -16,6 +16,7 @@ from torch import fx
 
 from ..graph_copy import quiet_deepcopy
 from ..integer import kernels as K
+from .node_fusion import fuse_pair
 
 mixq = torch.ops.mixq
 #: the producer ops that take a requantize epilogue, and their fused forms
@@ -36,12 +37,7 @@ def fuse_requantize(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         acc, multiplier, zero, qmin, qmax = node.args
         if not isinstance(acc, fx.Node) or acc.target not in FUSED or len(acc.users) != 1:
             continue
-        with gm.graph.inserting_before(node):
-            call = gm.graph.call_function(FUSED[acc.target], (*acc.args, multiplier, zero, qmin, qmax))
-        call.meta = dict(node.meta)
-        node.replace_all_uses_with(call)
-        gm.graph.erase_node(node)
-        gm.graph.erase_node(acc)
+        fuse_pair(gm, acc, node, FUSED[acc.target], (*acc.args, multiplier, zero, qmin, qmax))
         fused += 1
     gm.graph.lint()
     gm.recompile()
