@@ -283,3 +283,17 @@ def test_scale_smoke_writes_every_phase_with_time_memory_and_accuracy(tmp_path):
     inference = rows[-1]
     assert float(inference["eager_s"]) > 0 and float(inference["speedup_vs_eager"]) > 0
     assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_recorded_arguments_name_no_machine_folders(tmp_path, monkeypatch):
+    """invocations.jsonl / timing.jsonl are committed: paths in them are relative to the checkout, and an absolute
+    path outside it keeps only its last component."""
+    from pathlib import Path
+
+    from mixq_compile.experiments.runner import _portable
+
+    monkeypatch.chdir(tmp_path)
+    assert _portable(tmp_path / "results" / "scale") == "results/scale"
+    assert _portable("/somewhere/else/scale_full") == "<outside the checkout>/scale_full"
+    assert _portable(Path("results/x")) == "results/x"
+    assert _portable("Cora") == "Cora" and _portable(3) == 3 and _portable(None) is None

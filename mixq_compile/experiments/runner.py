@@ -81,7 +81,7 @@ def _sweep(module, args: argparse.Namespace, out: Path) -> None:
         module.prepare(configs)  # load data once in this process, so workers never race on the cache
     meta = {
         "experiment": module.NAME,
-        "argv": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "argv": {k: _portable(v) for k, v in vars(args).items() if k != "func"},
         "runs_total": len(configs),
         "git_commit": _git_commit(),
         "configs": configs,
@@ -104,6 +104,18 @@ def _sweep(module, args: argparse.Namespace, out: Path) -> None:
             json.dumps({"configs": len(configs), "workers": args.workers, "elapsed_s": elapsed, **meta["argv"]}) + "\n"
         )
     print(f"\n{module.NAME}: {len(records)} of {len(configs)} requested runs finished; sweep wall {elapsed:.1f} s")
+
+
+def _portable(value: object) -> object:
+    """An argument as recorded in results files: paths relative to the working directory (the checkout), and an
+    absolute path outside it by its last component only, so committed results name no machine's folders."""
+    if not isinstance(value, str | Path) or not os.path.isabs(value):
+        return str(value) if isinstance(value, Path) else value
+    path = Path(value)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return f"<outside the checkout>/{path.name}"
 
 
 def _latest(records: list[dict]) -> list[dict]:
