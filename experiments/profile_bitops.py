@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 import mixq_compile as mq
 from mixq_compile import cpu
+from mixq_compile.backends import available_backends
 from mixq_compile.experiments import plots
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.runtimes import available_backends
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "profile_bitops"
 KIND_GROUPS = {

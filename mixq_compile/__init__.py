@@ -4,7 +4,10 @@ Pipeline: ``quantize`` (capture with torch.export, find sites, insert MixQ mixed
 ``task_loss + λ * penalty(qmodel)`` -> ``freeze`` (argmax bit-widths) -> QAT -> ``bitops`` / deployment.
 """
 
-from . import cpu
+from . import (
+    cpu,
+    ops,  # noqa: F401  (registers torch.ops.mixq.*, which loading a .pt2 program needs)
+)
 from .api import (
     arch_parameters,
     bitops,
@@ -20,14 +23,14 @@ from .artifact import Artifact, ArtifactError, BoundArtifact, export, load_artif
 from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
-from .integer.program import IntegerProgram, lower
-from .io import SavedModelError, load, save
-from .model import QuantizedModel
+from .ir.program import IntegerProgram
+from .lowering.integer_program import lower
 from .profiling import ProfileReport, profile
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec
+from .quantized_model import QuantizedModel
+from .saved_model import SavedModelError, load, save
 from .sensitivity import SensitivityReport, sensitivity
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "SITE_KINDS",
@@ -49,6 +52,7 @@ __all__ = [
     "QuantizedModel",
     "SavedModelError",
     "SensitivityReport",
+    "__version__",
     "arch_parameters",
     "bitops",
     "calibrate",

@@ -15,10 +15,10 @@ from .cost.budget import fit_budget as fit_assignment
 from .cost.ops import record_shapes
 from .cost.penalty import compute_penalty
 from .graph_copy import quiet_deepcopy
-from .model import QuantizedModel
 from .passes.find_sites import find_sites
 from .passes.pipeline import run_pipeline, search_pipeline
-from .report import SiteTable, site_table
+from .quantized_model import QuantizedModel
+from .site_report import SiteTable, site_table
 
 
 def quantize(

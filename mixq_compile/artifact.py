@@ -23,15 +23,16 @@ from torch.utils import _pytree as pytree
 from . import cpu, selfcheck
 from .api import bitops, captured_fp32_bitops
 from .atomic import check_replaceable, write_directory
+from .backends import get_backend
+from .backends.base import Runner
 from .capture import capture
 from .cost.bitops import BitOpsReport
 from .errors import InputSignatureError, MixQError
-from .integer.program import IntegerProgram, lower
-from .model import QuantizedModel
-from .passes.structure import StructureCache
-from .runtimes import get_backend
-from .runtimes.base import Runner
-from .signature import InputSpec, Signature, all_finite, non_finite_error
+from .ir.program import IntegerProgram
+from .ir.signature import InputSpec, Signature, all_finite, non_finite_error
+from .ir.structure_cache import StructureCache
+from .lowering.integer_program import lower
+from .quantized_model import QuantizedModel
 
 MANIFEST = "manifest.json"
 FORMAT = "mixq-artifact"
@@ -97,7 +98,7 @@ def export(
     """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
 
     Writes the artifact directory ``path`` atomically and returns it. ``backend`` is one of
-    ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
+    ``mixq_compile.backends.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
     requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
     ``backend_options`` are passed to the backend (e.g. ``{"aot_inductor": True}`` for "torch").
     ``overwrite=True`` replaces an earlier artifact at ``path`` (only once the new one is complete and checked);
@@ -173,7 +174,7 @@ def _check_at_export(runtime, directory: Path, entries: dict, args: tuple, refer
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 
@@ -183,7 +184,7 @@ class Artifact:
 
     With ``cache_structure=True`` the structure part (self loops, normalisation, edge-weight codes) is computed once
     per graph and reused while the same topology tensors (same objects, unmodified) and input shapes come back — the
-    transductive setting of PyG's ``cached=True`` (:class:`~mixq_compile.passes.structure.StructureCache`).
+    transductive setting of PyG's ``cached=True`` (:class:`~mixq_compile.ir.structure_cache.StructureCache`).
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .capture import InputSpec
 from .errors import InputSignatureError
-from .model import QuantizedModel
+from .quantized_model import QuantizedModel
 
 
 def calibrate(

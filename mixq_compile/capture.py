@@ -25,7 +25,7 @@ from torch.export import Dim
 from torch.fx.experimental.symbolic_shapes import free_symbols
 
 from .errors import CaptureError
-from .signature import InputSpec, Signature, guards_from_export, index_rules
+from .ir.signature import InputSpec, Signature, guards_from_export, index_rules
 
 _FIXES = (
     "Usual fixes: (1) pass every graph-dependent size as a tensor shape instead of computing it from data "
@@ -167,7 +167,7 @@ def capture(
     pooling sizes (``int(batch.max()) + 1``). Raises :class:`CaptureError` naming the failing operation.
 
     Returns the graph module (plain ``fx.GraphModule``: dropout/batch norm not yet mode-aware) and the input
-    :class:`~mixq_compile.signature.Signature`: specs, the shape guards export assumed, node-id rules.
+    :class:`~mixq_compile.ir.signature.Signature`: specs, the shape guards export assumed, node-id rules.
     """
     args = _check_example_inputs(example_inputs)
     if not isinstance(model, nn.Module):

@@ -61,7 +61,7 @@ def _bit_width(text: str) -> int:
 
 
 def _backend(text: str) -> str:
-    from .runtimes import BACKENDS
+    from .backends import BACKENDS
 
     name, _, flag = text.partition(":")
     if name not in BACKENDS or flag not in ("", "aot_inductor"):
@@ -240,7 +240,7 @@ def _add_experiments(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = _Parser(prog="mixq-compile", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mixq-compile {__version__}")

@@ -94,7 +94,7 @@ class QuantConfig:
             depends only on ``edge_index``/``batch`` and sizes) once per graph instead of on every call, like PyG's
             ``cached=True`` (pass :func:`~mixq_compile.passes.structure.cache_structure`). Opt-in because the
             cache is keyed on the identity of the graph tensors (see
-            :class:`~mixq_compile.passes.structure.StructureCache`).
+            :class:`~mixq_compile.ir.structure_cache.StructureCache`).
         degree_quant: opt-in :class:`DegreeQuant` (percentile activation ranges and stochastic protection of
             high in-degree nodes during training); ``None`` (default) is plain MixQ.
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .api import freeze
-from .model import QuantizedModel
+from .quantized_model import QuantizedModel
 
 
 def raise_collapsed_sites(

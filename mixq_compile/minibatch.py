@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .api import penalty
-from .model import QuantizedModel
+from .quantized_model import QuantizedModel
 
 
 def node_inputs(batch) -> tuple[Tensor, Tensor]:

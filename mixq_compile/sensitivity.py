@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from .calibration import batch_arguments
 from .graph_copy import quiet_deepcopy
-from .model import QuantizedModel
-from .passes.insert_quantizers import QUANTIZER_ROOT
+from .ir.meta import QUANTIZER_ROOT
 from .quant.mixed import MixedQuantizer
+from .quantized_model import QuantizedModel
 
 
 @dataclass(frozen=True)

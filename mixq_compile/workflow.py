@@ -21,7 +21,7 @@ import mixq_compile as mq
 from .atomic import check_replaceable
 from .factory import build, record
 from .guard import raise_collapsed_sites
-from .io import META_FILE, SavedModelError, read_meta
+from .saved_model import META_FILE, SavedModelError, read_meta
 from .tasks import load_task
 
 #: a warning is printed when quantization costs more test accuracy than this (points)

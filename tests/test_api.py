@@ -22,8 +22,8 @@ from torch_geometric.nn import (
 )
 
 import mixq_compile as mq
+from mixq_compile.ir.modes import ModeBatchNorm, ModeDropout
 from mixq_compile.models import ArxivGCN, PlanetoidGCN
-from mixq_compile.passes.train_mode import ModeBatchNorm, ModeDropout
 
 
 def _quiet_quantize(*args, **kwargs):

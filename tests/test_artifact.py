@@ -10,8 +10,8 @@ import torch
 from conftest import MLP, random_graph
 
 import mixq_compile as mq
+from mixq_compile.backends import BackendUnavailableError, available_backends, get_backend
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.runtimes import BackendUnavailableError, available_backends, get_backend
 
 
 @pytest.fixture(scope="module")

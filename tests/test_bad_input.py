@@ -15,9 +15,9 @@ from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
+from mixq_compile.backends import available_backends
 from mixq_compile.cli import main
 from mixq_compile.factory import FactoryError, build
-from mixq_compile.runtimes import available_backends
 
 BACKENDS = [name for _, name, _ in available_backends(["torch", "onnx", "tvm"])[0]]
 

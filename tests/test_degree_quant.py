@@ -11,9 +11,9 @@ from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
-from mixq_compile.io import _config_from_dict, _config_to_dict
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.quant.degree_quant import protect, protection_probability
+from mixq_compile.saved_model import _config_from_dict, _config_to_dict
 
 
 def _quantize(model, inputs, **config):

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from test_zoo import ALL
 
 import mixq_compile as mq
-from mixq_compile.integer import kernels as K
+from mixq_compile.ir import instructions as K
+from mixq_compile.lowering.lower_integer import LoweringError
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.passes.lower_integer import LoweringError
 
 
 def _frozen(name: str, seed: int = 0):

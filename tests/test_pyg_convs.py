@@ -15,7 +15,7 @@ from conftest import random_batch
 from torch import nn
 
 import mixq_compile as mq
-from mixq_compile.runtimes import available_backends
+from mixq_compile.backends import available_backends
 
 FEATURES = 8
 CONVS = {

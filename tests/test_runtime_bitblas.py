@@ -18,10 +18,8 @@ from conftest import random_graph
 from safetensors.torch import load_file
 
 import mixq_compile as mq
-from mixq_compile.integer import kernels as K
-from mixq_compile.models import PlanetoidGCN
-from mixq_compile.runtimes import BackendUnavailableError
-from mixq_compile.runtimes.bitblas_cuda import (
+from mixq_compile.backends import BackendUnavailableError
+from mixq_compile.backends.bitblas.backend import (
     PLAN_FILE,
     bitblas_reason,
     build_glue,
@@ -30,9 +28,11 @@ from mixq_compile.runtimes.bitblas_cuda import (
     read_message,
     write_message,
 )
-from mixq_compile.runtimes.bitblas_layout import MatmulPlan, bitblas_linear, pack_weight, unpack_weight
-from mixq_compile.runtimes.bitblas_worker import serve
-from mixq_compile.runtimes.torch_pt2 import load_pt2
+from mixq_compile.backends.bitblas.layout import MatmulPlan, bitblas_linear, pack_weight, unpack_weight
+from mixq_compile.backends.bitblas.worker import serve
+from mixq_compile.backends.pt2 import load_pt2
+from mixq_compile.ir import instructions as K
+from mixq_compile.models import PlanetoidGCN
 
 IN, HIDDEN, OUT = 9, 16, 3  # odd K for the first layer: its packed rows need padding
 

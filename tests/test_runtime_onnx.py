@@ -14,13 +14,13 @@ from torch import fx, nn
 
 import mixq_compile as mq
 from mixq_compile.artifact import export, load_artifact, lower_for_export
-from mixq_compile.integer import kernels as K
-from mixq_compile.integer.program import IntegerProgram
+from mixq_compile.backends import BACKENDS
+from mixq_compile.backends.onnx.backend import convert_program
+from mixq_compile.backends.onnx.converters import CONVERTERS
+from mixq_compile.backends.onnx.graph import OnnxConversionError
+from mixq_compile.ir import instructions as K
+from mixq_compile.ir.program import IntegerProgram
 from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
-from mixq_compile.runtimes import BACKENDS
-from mixq_compile.runtimes.onnx_convert import CONVERTERS
-from mixq_compile.runtimes.onnx_graph import OnnxConversionError
-from mixq_compile.runtimes.onnx_ort import convert_program
 
 GCN_BITS = {
     "int8": {},
@@ -177,7 +177,7 @@ def test_fp32_gin_program_with_batch_norm_and_max_pool_matches_the_model():
 
 def test_every_instruction_has_a_converter_and_the_rare_ones_are_exact():
     assert "onnx" in BACKENDS
-    assert set(K.INSTRUCTIONS.values()) <= set(CONVERTERS)
+    assert set(K.INSTRUCTIONS.values()) <= set(CONVERTERS.functions)
 
     root, graph = nn.Module(), fx.Graph()
 

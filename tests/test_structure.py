@@ -12,8 +12,9 @@ from torch import nn
 
 import mixq_compile as mq
 from mixq_compile.capture import capture
+from mixq_compile.ir.structure_cache import StructureCache
 from mixq_compile.models import PlanetoidGCN
-from mixq_compile.passes.structure import StructureCache, cache_structure, structure_nodes
+from mixq_compile.passes.structure import cache_structure, structure_nodes
 
 
 @pytest.fixture(scope="module")

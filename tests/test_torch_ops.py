@@ -15,10 +15,10 @@ from test_lowering import _program
 
 from mixq_compile import cpu
 from mixq_compile.errors import InputValueError
-from mixq_compile.integer import csr, elementwise, native  # noqa: F401
-from mixq_compile.integer import kernels as K
-from mixq_compile.passes.aggregation import csr_features, find_aggregations, sorted_structure
-from mixq_compile.passes.fuse_input_linear import fuse_input_linear
+from mixq_compile.ir import instructions as K
+from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
+from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
+from mixq_compile.ops import csr, elementwise, native  # noqa: F401
 
 csr_sum = torch.ops.mixq.csr_sum
 

@@ -21,8 +21,8 @@ from typing import Literal
 
 from torch import fx, nn
 
+from ..ir.plan import OpRecord, SitePlan
 from ..passes.find_sites import feature_nodes
-from ..passes.plan import OpRecord, SitePlan
 from .ops import NodeShapes, dense_macs, node_ops, raw_edge_count, source_numel, source_shape
 
 Convention = Literal["wa", "paper"]

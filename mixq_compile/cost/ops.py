@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx
 
-from ..passes.rules import rule_for
+from ..ir.rules import rule_for
 
 aten = torch.ops.aten
 

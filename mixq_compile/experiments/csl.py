@@ -56,7 +56,7 @@ def prepare(configs: list[dict]) -> None:
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
-    from mixq_compile.models import CSLGCN
+    from ..models import CSLGCN
 
     seed_everything(config["seed"])
     loaded = load("CSL")

@@ -59,8 +59,8 @@ def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _searchable(dataset: str, seed: int, epochs: int):
     """The FP32 GCN trained once per (data set, seed, epochs) in this worker, quantized with all candidates:
     each assignment freezes a copy of it."""
-    from mixq_compile.models import PlanetoidGCN
-    from mixq_compile.training import train_node
+    from ..models import PlanetoidGCN
+    from ..training import train_node
 
     data = node_data(dataset)
     seed_everything(seed)
@@ -71,7 +71,8 @@ def _searchable(dataset: str, seed: int, epochs: int):
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
-    from mixq_compile.training import train_node
+
+    from ..training import train_node
 
     data = node_data(config["dataset"])
     qmodel = _searchable(config["dataset"], config["seed"], config["epochs"])

@@ -14,8 +14,8 @@ from torch import nn
 from torch_geometric.loader import DataLoader
 
 import mixq_compile as mq
-from mixq_compile.training import GraphTrainResult, train_graph
 
+from ..training import GraphTrainResult, train_graph
 from .common import quantize
 
 Loaders = tuple[DataLoader, DataLoader, DataLoader]

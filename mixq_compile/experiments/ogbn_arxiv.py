@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def unavailable(args: argparse.Namespace) -> str | None:
     if importlib.util.find_spec("ogb") is None:
         return "the `ogb` package is not installed (pip install ogb) and ogbn-arxiv is not in the data root"
-    from mixq_compile.data import DatasetNotFoundError
+    from ..data import DatasetNotFoundError
 
     try:
         load("ogbn-arxiv")
@@ -48,8 +48,9 @@ def configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
-    from mixq_compile.models import ArxivGCN
-    from mixq_compile.training import NodeData, train_node
+
+    from ..models import ArxivGCN
+    from ..training import NodeData, train_node
 
     seed_everything(config["seed"])
     loaded = load("ogbn-arxiv")

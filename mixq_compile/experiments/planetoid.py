@@ -43,8 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _available(datasets: list[str]) -> list[str]:
     """Data sets whose raw files exist (PubMed's are not in the shared data; it is skipped with a message)."""
-    from mixq_compile.data import DatasetNotFoundError
-
+    from ..data import DatasetNotFoundError
     from .common import load
 
     found = []

@@ -86,7 +86,7 @@ def _model(name: str, in_channels: int, out_channels: int, hidden: int) -> torch
 
 
 def _phase(fn):
-    from mixq_compile.profiling import PeakRss
+    from ..profiling import PeakRss
 
     with PeakRss() as rss:
         start = time.perf_counter()
@@ -98,10 +98,11 @@ def _phase(fn):
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
-    from mixq_compile.chunked_inference import predict_in_chunks
-    from mixq_compile.minibatch import evaluate_sampled, train_sampled
-    from mixq_compile.sampling import neighbor_loader
-    from mixq_compile.synthetic import planted_communities
+
+    from ..chunked_inference import predict_in_chunks
+    from ..minibatch import evaluate_sampled, train_sampled
+    from ..sampling import neighbor_loader
+    from ..synthetic import planted_communities
 
     seed_everything(config["seed"])
     data = planted_communities(config["nodes"], config["degree"], seed=config["seed"])

@@ -79,13 +79,13 @@ def prepare(configs: list[dict]) -> None:
 
 @functools.cache
 def _folds(name: str, cv_seed: int):
-    from mixq_compile.data import stratified_folds
+    from ..data import stratified_folds
 
     return stratified_folds([int(d.y) for d in load(name).dataset], 10, cv_seed)
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
-    from mixq_compile.models import TUGIN
+    from ..models import TUGIN
 
     seed_everything(config["seed"])
     loaded = load(config["dataset"])

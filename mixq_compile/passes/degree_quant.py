@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, fx
 
 from ..config import DegreeQuant
+from ..ir.meta import PLAN_KEY
+from ..ir.plan import OpRecord, Site, SitePlan
+from ..ir.rules import rule_for
 from ..quant.degree_quant import DegreeQuantMask, edge_mask, protect, protection_probability
-from .plan import PLAN_KEY, OpRecord, Site, SitePlan
-from .rules import rule_for
 
 aten = torch.ops.aten
 MASK_MODULE = "dq_mask"

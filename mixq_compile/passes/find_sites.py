@@ -26,9 +26,10 @@ from torch import fx
 
 from ..config import QuantConfig
 from ..errors import NoQuantizableOpError
-from ..quant.spec import QuantSpec
-from .plan import PLAN_KEY, OpRecord, Site, SitePlan
-from .rules import (
+from ..ir.meta import PLAN_KEY
+from ..ir.modes import ModeDropout
+from ..ir.plan import OpRecord, Site, SitePlan
+from ..ir.rules import (
     GATHER_INDEX_ARG,
     GATHER_OPS,
     GRID_PRESERVING_OPS,
@@ -41,7 +42,7 @@ from .rules import (
     SHAPE_ONLY_OPS,
     rule_for,
 )
-from .train_mode import ModeDropout
+from ..quant.spec import QuantSpec
 
 aten = torch.ops.aten
 _TRANSPOSING = frozenset({aten.t.default, aten.transpose.int})

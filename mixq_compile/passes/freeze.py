@@ -12,11 +12,11 @@ from collections.abc import Mapping
 
 from torch import fx
 
+from ..ir.meta import PLAN_KEY, QUANTIZER_ROOT
+from ..ir.plan import SitePlan
 from ..quant.mixed import MixedQuantizer
 from ..quant.quantizer import FakeQuantizer
 from ..quant.spec import QuantSpec, check_bits
-from .insert_quantizers import QUANTIZER_ROOT
-from .plan import PLAN_KEY, SitePlan
 
 
 def freeze_quantizers(gm: fx.GraphModule, bits: Mapping[str, int] | int | None = None) -> fx.GraphModule:

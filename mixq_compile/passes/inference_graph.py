@@ -15,9 +15,9 @@ from torch import fx
 
 from ..errors import MixQError
 from ..graph_copy import quiet_deepcopy
+from ..ir.structure_cache import StructureCache
 from ..quant.degree_quant import protect
 from .split_structure import remove_dead_code
-from .structure import StructureCache
 
 
 def _inline_structure_cache(gm: fx.GraphModule, node: fx.Node, cache: StructureCache) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from ..ir.meta import PLAN_KEY, QUANTIZER_ROOT
+from ..ir.plan import SitePlan
 from ..quant.mixed import MixedQuantizer
-from .plan import PLAN_KEY, SitePlan
-
-QUANTIZER_ROOT = "mixq"
 
 
 def site_nodes(gm: fx.GraphModule) -> dict[str, fx.Node]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..ir.meta import PLAN_KEY, QUANTIZER_ROOT
+from ..ir.plan import SitePlan
 from ..quant.functional import bias_fake_quantize
-from .insert_quantizers import QUANTIZER_ROOT
-from .plan import PLAN_KEY, SitePlan
 
 aten = torch.ops.aten
 

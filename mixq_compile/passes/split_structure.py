@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, fx
 
 from ..graph_copy import quiet_deepcopy
-from ..integer import kernels as K
+from ..ir import instructions as K
 from .structure import structure_nodes
 
 #: instructions whose output has their first operand's shape (so its sizes are that operand's sizes).

@@ -9,38 +9,11 @@ export as a constant. Post-condition: those nodes are ``call_module`` nodes of :
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
+
+from ..ir.modes import ModeBatchNorm, ModeDropout
 
 aten = torch.ops.aten
-
-
-class ModeDropout(nn.Module):
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.p, self.training)
-
-
-class ModeBatchNorm(nn.Module):
-    """Batch norm over tensors passed in as arguments (the graph owns weight, bias and running statistics)."""
-
-    def __init__(self, momentum: float, eps: float) -> None:
-        super().__init__()
-        self.momentum = momentum
-        self.eps = eps
-
-    def extra_repr(self) -> str:
-        return f"momentum={self.momentum}, eps={self.eps}"
-
-    def forward(self, x: Tensor, weight, bias, running_mean, running_var) -> Tensor:
-        use_batch_stats = self.training or running_mean is None
-        return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, self.momentum, self.eps)
 
 
 def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple) -> None:

@@ -1,0 +1,1 @@
+"""The ``bitblas`` backend: quantized linears as bitBLAS GPU matmuls (CUDA only)."""

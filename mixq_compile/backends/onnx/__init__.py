@@ -1,0 +1,1 @@
+"""The ``onnx`` backend: the integer program as ONNX graphs run with onnxruntime."""

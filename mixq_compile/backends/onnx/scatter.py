@@ -1,0 +1,102 @@
+"""Sums and selections of messages scattered into rows, as ONNX subgraphs: what the integer aggregations and the
+float scatter ops of the ``onnx`` backend share."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from onnx import numpy_helper
+from torch import Tensor, fx
+
+from .graph import OnnxGraph, Value
+
+aten = torch.ops.aten
+
+
+def row_index(g: OnnxGraph, index: fx.Node, src: fx.Node) -> Value | None:
+    """The 1-D target rows when ``index`` only repeats one row index across the columns of ``src`` (PyG's
+    ``index.view(-1, 1).expand_as(src)``), else ``None``: such scatters are row scatters."""
+    column = index
+    if index.op == "call_function" and index.target in (aten.expand_as.default, aten.expand.default):
+        column = index.args[0]
+    val = column.meta.get("val") if isinstance(column, fx.Node) else None
+    if not isinstance(val, Tensor) or val.dim() == 0 or any(s != 1 for s in val.shape[1:]):
+        return None
+    src_val = src.meta.get("val") if isinstance(src, fx.Node) else None
+    if isinstance(src_val, Tensor) and src_val.dim() < val.dim():
+        return None
+    return g.emit("Reshape", [g.value(column).name, g.const([-1], torch.int64)], torch.int64)
+
+
+def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> Value:
+    """``out[r] = Σ_{e: rows[e] = r} messages[e]`` by a sorted prefix sum (see module docstring).
+
+
+    Everything except the message gather, the prefix sum and the final differences depends only on ``rows`` and
+    ``num_rows``, so the hoisting pass moves it to the structure graph.
+    """
+    acc_dtype = torch.float64 if messages.dtype.is_floating_point else torch.int32
+    count = g.shape(rows)
+    order = g.emit("TopK", [rows.name, count.name], torch.int64, outputs=2, largest=0, sorted=1)
+    permutation = Value(f"{order.name}_1", torch.int64)
+    ones = g.emit("Expand", [g.const(1, torch.int64), count.name], torch.int64)
+    empty = zeros_of_size(g, num_rows, torch.int64)
+    per_row = g.emit("ScatterElements", [empty.name, rows.name, ones.name], torch.int64, axis=0, reduction="add")
+    ends = g.emit("CumSum", [per_row.name, g.const(0, torch.int64)], torch.int64)
+    starts = g.emit("Sub", [ends.name, per_row.name], torch.int64)
+    last = g.emit("Sub", [ends.name, g.const(1, torch.int64)], torch.int64)
+    before = g.emit("Sub", [starts.name, g.const(1, torch.int64)], torch.int64)
+    first_row = g.emit("Equal", [starts.name, g.const(0, torch.int64)], torch.bool)
+    sorted_messages = g.emit("Gather", [g.cast(messages, acc_dtype).name, permutation.name], acc_dtype, axis=0)
+    prefix = g.emit("CumSum", [sorted_messages.name, g.const(0, torch.int64)], acc_dtype)
+    upto_last = g.emit("Gather", [prefix.name, last.name], acc_dtype, axis=0)
+    upto_before = g.emit("Gather", [prefix.name, before.name], acc_dtype, axis=0)
+    mask = broadcast_column(g, first_row, upto_before)
+    before_sum = g.emit("Where", [mask.name, g.const(0, acc_dtype), upto_before.name], acc_dtype)
+    total = g.emit("Sub", [upto_last.name, before_sum.name], acc_dtype)
+    return g.cast(total, messages.dtype) if acc_dtype != messages.dtype else total
+
+
+def broadcast_column(g: OnnxGraph, column: Value, like: Value) -> Value:
+    """A 1-D per-row tensor reshaped to ``[R, 1, ..., 1]`` with the rank of ``like``."""
+    rank = g.emit("Size", [g.shape(like).name], torch.int64)
+    trailing = g.emit("Sub", [rank.name, g.const(1, torch.int64)], torch.int64)
+    ones = g.emit("Expand", [g.const([1], torch.int64), g.emit("Reshape", [trailing.name, g.const([1], torch.int64)],
+                  torch.int64).name], torch.int64)  # fmt: skip
+    shape = g.emit("Concat", [g.const([-1], torch.int64), ones.name], torch.int64, axis=0)
+    return g.emit("Reshape", [column.name, shape.name], column.dtype)
+
+
+def zeros_of_size(g: OnnxGraph, size, dtype: torch.dtype) -> Value:
+    """Zeros of a (possibly symbolic) size."""
+    value = numpy_helper.from_array(np.zeros(1, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    return g.emit("ConstantOfShape", [g.ints(size).name], dtype, value=value)
+
+
+def scatter_into_zeros(g: OnnxGraph, messages: Value, index: fx.Node, src: fx.Node, size, dim: int) -> Value:
+    """Sum-scatter ``messages`` into zeros of ``size``: a segment sum for row scatters, else ScatterElements."""
+    rows = row_index(g, index, src) if dim == 0 else None
+    if rows is not None:
+        num_rows = g.emit("Slice", [g.ints(size).name, g.const([0], torch.int64), g.const([1], torch.int64)],
+                          torch.int64)  # fmt: skip
+        return segment_sum(g, messages, rows, num_rows)
+    zeros = zeros_of_size(g, size, messages.dtype)
+    return g.emit("ScatterElements", [zeros.name, g.value(index).name, messages.name], messages.dtype, axis=dim,
+                  reduction="add")  # fmt: skip
+
+
+def scatter_select(g: OnnxGraph, base: Value, index: Value, src: Value, dim: int, reduce: str) -> Value:
+    """Max/min scatter where untouched rows keep 0 (``include_self=False`` on zeros): ONNX's reduction includes
+    the base, so the base starts at the identity of the reduction, which is replaced by 0 afterwards."""
+    kind = {"amax": "max", "amin": "min"}[reduce]
+    if base.dtype.is_floating_point:
+        identity = -math.inf if kind == "max" else math.inf
+    else:
+        info = torch.iinfo(base.dtype)
+        identity = info.min if kind == "max" else info.max
+    start = g.emit("Expand", [g.const(identity, base.dtype), g.shape(base).name], base.dtype)
+    out = g.emit("ScatterElements", [start.name, index.name, src.name], base.dtype, axis=dim, reduction=kind)
+    untouched = g.emit("Equal", [out.name, g.const(identity, base.dtype)], torch.bool)
+    return g.emit("Where", [untouched.name, g.const(0, base.dtype), out.name], base.dtype)

@@ -1,0 +1,38 @@
+"""The ``.pt2`` program files every backend writes its structure program to (and the torch backend its features).
+
+``torch.export`` with every dim dynamic (node, edge and graph counts vary between calls), and the loaded program as
+a no-grad callable returning a tuple.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.export import Dim
+
+from .base import Runner
+
+
+def _dynamic(inputs: tuple[Tensor, ...]) -> tuple[dict[int, object], ...]:
+    """Every dim may vary, except size-1 dims (broadcast columns such as ``[E, 1]`` edge weights)."""
+    return tuple({d: Dim.AUTO for d in range(t.dim()) if t.shape[d] != 1} for t in inputs)
+
+
+def export_program(module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> torch.export.ExportedProgram:
+    """``torch.export`` with every dim dynamic (sizes of nodes, edges and graphs vary between calls)."""
+    return torch.export.export(module, inputs, dynamic_shapes=_dynamic(inputs), strict=False)
+
+
+def load_pt2(path: Path) -> Runner:
+    """A ``.pt2`` program as a no-grad callable returning a tuple."""
+    return no_grad_tuple(torch.export.load(path).module())
+
+
+def no_grad_tuple(module) -> Runner:
+    @torch.no_grad()
+    def run(*inputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(module(*inputs))
+
+    return run

@@ -1,0 +1,111 @@
+"""The ``torch`` backend: the integer program as ``torch.export`` programs (``.pt2``).
+
+The integer kernels are ATen ops (round/clamp) and ``torch.ops.mixq.linear_int`` (the integer GEMM with a
+kernel picked at run time for the CPU, exact on every one: :mod:`mixq_compile.ops.linear`), plus, by
+default, ``torch.ops.mixq.csr_sum`` for sum aggregations (:mod:`mixq_compile.ops.csr`): the structure
+program also sorts each aggregation's edges by target, and the feature program sums over them as a CSR product
+instead of an ``[E, C]`` gather/scatter; and ``torch.ops.mixq.quantize_linear`` for the input layer (quantize +
+first GEMM in one pass that skips zero features, :mod:`mixq_compile.ops.input_linear`). Such files need
+``import mixq_compile`` before ``torch.export.load``; with ``sparse_aggregation=False`` the program keeps its
+integer scatter-adds. Without AOTInductor, ``quantize`` and ``requantize`` instructions become
+``torch.ops.mixq.quantize`` / ``requantize`` (the same arithmetic in one pass, :mod:`mixq_compile.ops.elementwise`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ... import cpu
+from ...ir.program import IntegerProgram
+from ...lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
+from ...lowering.fuse_input_linear import fuse_input_linear
+from ...lowering.fuse_requantize import fuse_requantize
+from ...ops import linear, native
+from ..base import Backend, Runner
+from ..pt2 import export_program, load_pt2, no_grad_tuple
+from .integer_ops import dispatching_ops
+
+STRUCTURE_FILE = "structure.pt2"
+FEATURES_FILE = "features.pt2"
+AOTI_FILE = "features_aoti.pt2"
+
+
+class TorchBackend(Backend):
+    """Options: ``aot_inductor=True`` compiles the feature program ahead of time with AOTInductor (fused C++
+    kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model);
+    ``sparse_aggregation=False`` keeps the scatter-add aggregations; ``sparse_input=False`` keeps the input layer's
+    quantize and dense GEMM apart (by default they are one ``mixq::quantize_linear``, which skips zero features)."""
+
+    name = "torch"
+
+    def __init__(self, aot_inductor: bool = False, sparse_aggregation: bool = True, sparse_input: bool = True) -> None:
+        self.aot_inductor = aot_inductor
+        self.sparse_aggregation = sparse_aggregation
+        self.sparse_input = sparse_input
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
+        structure, features, aggregations = program.structure, program.features, []
+        if self.sparse_aggregation:
+            frontier = tuple(structure(*example_inputs))
+            aggregations = find_aggregations(features, len(example_inputs), frontier)
+            structure, features = sorted_structure(structure, aggregations), csr_features(features, aggregations)
+        fused = 0
+        if self.sparse_input:
+            features, fused = fuse_input_linear(features)
+        features = dispatching_ops(features, op_by_op=not self.aot_inductor)
+        features, requantized = fuse_requantize(features)
+        frontier = tuple(structure(*example_inputs))
+        torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
+        exported = export_program(features, example_inputs + frontier)
+        entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused,
+                   "fused_requantizes": requantized}  # fmt: skip
+        if self.aot_inductor:
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
+            return entries | {"features": AOTI_FILE, "aot_inductor": True}
+        torch.export.save(exported, directory / FEATURES_FILE)
+        checked = read_only_by_quantize_linear(features, len(example_inputs))
+        return entries | {"features": FEATURES_FILE, "aot_inductor": False, "finite_checked_inputs": checked}
+
+    def finite_checked_inputs(self, entries: dict) -> tuple[int, ...]:
+        return tuple(entries.get("finite_checked_inputs", ()))
+
+    def kernel_paths(self, entries: dict) -> dict[str, str]:
+        reason = native.unavailable_reason()
+        described = {"int8_vnni": "torch._int_mm", "float_exact": "K-chunked FP32 GEMM, exact"}
+        gemm = linear.int8_path()
+        return {
+            "linear_int": f"{gemm} ({described[gemm]})",
+            "native_kernels": f"C, built for {cpu.level()}" if reason is None else f"ATen fallback ({reason})",
+            "features": "AOTInductor" if entries.get("aot_inductor") else "torch.export program",
+        }
+
+    def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
+        structure = load_pt2(directory / entries["structure"])
+        if entries.get("aot_inductor"):
+            return structure, no_grad_tuple(torch._inductor.aoti_load_package(str(directory / entries["features"])))
+        return structure, load_pt2(directory / entries["features"])
+
+
+def read_only_by_quantize_linear(features: torch.fx.GraphModule, inputs: int) -> list[int]:
+    """The positions of graph inputs that only ``mixq::quantize_linear`` reads: it raises the signature's NaN/Inf
+    error itself, so the artifact need not scan them first. (Only for programs run by Python: under AOTInductor the
+    error would come back as a ``RuntimeError``.)"""
+    placeholders = [n for n in features.graph.nodes if n.op == "placeholder"][:inputs]
+    fused = {torch.ops.mixq.quantize_linear.default, torch.ops.mixq.quantize_linear_requantize.default}
+
+    def checked(node: torch.fx.Node) -> bool:
+        readers = [u for u in node.users if u.target not in _SHAPE_ONLY]
+        fused_x = [u for u in readers if u.target in fused and u.args[0] is node and node not in u.args[1:]]
+        return bool(readers) and len(fused_x) == len(readers)
+
+    return [i for i, node in enumerate(placeholders) if checked(node)]
+
+
+#: ops that read only a tensor's shape (e.g. the number of nodes for an aggregation's output)
+_SHAPE_ONLY = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_size.default, torch.ops.aten.sym_numel.default}

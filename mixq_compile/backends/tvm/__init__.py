@@ -1,0 +1,1 @@
+"""The ``tvm`` backend: the feature program as a compiled Apache TVM Relax module (CPU, llvm)."""

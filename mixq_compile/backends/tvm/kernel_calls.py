@@ -1,0 +1,58 @@
+"""Converter-side calls of the hand-scheduled TIR kernels (:mod:`.kernels`) that the integer and float converters
+of the ``tvm`` backend share: row-blocked dense layers and the CSR aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import reduce
+
+import numpy as np
+from tvm import relax
+
+from ...lowering.csr_aggregation import Aggregation
+from . import kernels as TK
+from .schedule import static_extent as _static
+from .translator import Converter, dtype_of, shape_of
+
+
+def rows(c: Converter, x: relax.Expr, dense: Callable[[relax.Expr], relax.Expr]) -> relax.Expr:
+    """Apply a 2-D row kernel to ``x`` of any rank (leading dims flattened into rows, restored after)."""
+    shape = shape_of(x)
+    if len(shape) == 2:
+        return dense(x)
+    rows = reduce(lambda a, b: a * b, shape[:-1], 1)
+    out = dense(c.emit(relax.op.reshape(x, [rows, shape[-1]])))
+    return c.emit(relax.op.reshape(out, [*shape[:-1], shape_of(out)[-1]]))
+
+
+#: table dtype -> the aggregation's dtype, for the tables the CSR kernel takes.
+_CSR_TABLES = {"int8": "int32", "int16": "int32", "int32": "int32", "float32": "float32"}
+
+
+def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) -> relax.Expr | None:
+    """The CSR kernel for ``agg``: row pointers from the sorted targets, then one parallel row-sum. ``None`` when
+    the shapes or dtypes do not fit the kernel; the caller then emits the generic scatter."""
+    size = c.value(size)
+    table = c.tensor(agg.table)
+    shape = shape_of(table)
+    if len(size) != 2 or len(shape) != 2 or _CSR_TABLES.get(dtype_of(table)) != dtype:
+        return None
+    rows, channels = size[0], _static(size[1])
+    if channels is None or _static(shape[1]) != channels:
+        return None
+    c.csr_used += 1
+    start = agg.extras
+    dst, src = c.params[start], c.params[start + 1]
+    weight = c.params[start + 2] if agg.weight is not None else relax.const(np.zeros(1, dtype))
+    zero = np.zeros(channels, dtype)
+    if agg.zero is not None:
+        zero = np.broadcast_to(c.array(agg.zero).reshape(-1).astype(dtype), (channels,)).copy()
+    rowptr = c.call_kernel(TK.csr_rowptr, "csr_rowptr", [dst], [rows + 1], "int64")
+    kernel = TK.csr_aggregate(
+        channels,
+        dtype_of(table),
+        dtype_of(weight) if agg.weight is not None else None,
+        agg.zero is not None,
+    )
+    args = [rowptr, src, weight, table, relax.const(zero)]
+    return c.call_kernel(kernel, "csr_aggregate", args, [rows, channels], dtype)

@@ -1,0 +1,44 @@
+"""Pass: fold each ``requantize`` into the ``mixq::`` op that computes its accumulator (torch backend).
+
+Precondition: a feature program whose sum aggregations are ``mixq::csr_sum`` and whose input layers are
+``mixq::quantize_linear`` (:func:`~mixq_compile.lowering.csr_aggregation.csr_features`,
+:func:`~mixq_compile.lowering.fuse_input_linear.fuse_input_linear`). Postcondition: every ``requantize`` (the
+instruction or ``mixq::requantize``) that is the only reader of such an op's int32 result is gone, together with
+that op; a ``mixq::csr_sum_requantize`` / ``mixq::quantize_linear_requantize`` node computes the same codes, and
+its native kernel requantizes each finished row instead of writing an int32 ``[rows, C]`` tensor that the next op
+would read back (on Cora's GCN: three fewer ops and 1.4 MB temporaries per layer). Other nodes are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..graph_copy import quiet_deepcopy
+from ..ir import instructions as K
+from .node_fusion import fuse_pair
+
+mixq = torch.ops.mixq
+#: the producer ops that take a requantize epilogue, and their fused forms
+FUSED = {
+    mixq.csr_sum.default: mixq.csr_sum_requantize.default,
+    mixq.quantize_linear.default: mixq.quantize_linear_requantize.default,
+}
+REQUANTIZE = (K.requantize, mixq.requantize.default)
+
+
+def fuse_requantize(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+    """A copy of ``features`` with every foldable ``requantize`` folded, and how many were."""
+    gm = quiet_deepcopy(features)
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in REQUANTIZE:
+            continue
+        acc, multiplier, zero, qmin, qmax = node.args
+        if not isinstance(acc, fx.Node) or acc.target not in FUSED or len(acc.users) != 1:
+            continue
+        fuse_pair(gm, acc, node, FUSED[acc.target], (*acc.args, multiplier, zero, qmin, qmax))
+        fused += 1
+    gm.graph.lint()
+    gm.recompile()
+    return gm, fused

@@ -1,0 +1,79 @@
+"""``mixq::linear_int``: the integer linear instruction with a kernel chosen at run time for the CPU it runs on.
+
+:func:`mixq_compile.ir.instructions.linear_int` (the reference) multiplies int8 codes with ``torch._int_mm``. With
+VNNI that is oneDNN's exact ``vpdpbusd`` kernel and ~4× faster than an FP32 GEMM; without VNNI (AVX2, AVX-512
+without VNNI) ATen has no fast int8 kernel and ``_int_mm`` is ~35× *slower* than FP32 (Cora's 2708 × 1433 × 128:
+510 ms vs 14 ms on an AVX2-only Zen 3). So the torch backend's programs call this op instead, which picks:
+
+- ``"int8_vnni"`` (level "vnni", :mod:`mixq_compile.cpu`): ``torch._int_mm``;
+- ``"float_exact"`` elsewhere: the same sums by the FP32 GEMM, exact by construction. Every product of two int8
+  codes has magnitude ≤ 2^14, so any partial sum of ≤ 1024 of them is an integer of magnitude ≤ 2^24, which float32
+  represents exactly: whatever order or FMA the BLAS uses, each K-chunk of 1024 gives the exact integer, and the
+  chunks are added in int32 (wrap-around, as the reference). Wider codes (int16) use float64 chunks the same way.
+  If a reduced-precision FP32 matmul mode is switched on (``torch.set_float32_matmul_precision`` other than
+  "highest"), float64 is used instead.
+
+Whichever path runs, the result equals the reference bit for bit (tested on every path this CPU can run).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import cpu
+from ..ir import instructions as K
+from .op_registry import operator
+
+_EXACT_BITS = {torch.float32: 24, torch.float64: 53}
+
+
+def int8_path() -> str:
+    """The kernel :func:`linear_int` runs for int8 codes and weights on this CPU."""
+    return "int8_vnni" if cpu.at_least("vnni") else "float_exact"
+
+
+def path(q_x: Tensor, w_t: Tensor) -> str:
+    """The kernel :func:`linear_int` runs for these operands on this CPU (wider codes always take the float one)."""
+    return int8_path() if q_x.dtype == torch.int8 and w_t.dtype == torch.int8 else "float_exact"
+
+
+def _magnitude(dtype: torch.dtype) -> int:
+    info = torch.iinfo(dtype)
+    return max(-info.min, info.max)
+
+
+def float_exact_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for integer ``a`` ``[M, K]`` and ``b`` ``[K, N]`` in int32 (wrap-around), via float GEMMs over
+    K-chunks small enough that every partial sum is exact."""
+    bound = _magnitude(a.dtype) * _magnitude(b.dtype)
+    dtype = torch.float32
+    if bound > 1 << 14 or torch.get_float32_matmul_precision() != "highest":
+        dtype = torch.float64
+    chunk = max(1, (1 << _EXACT_BITS[dtype]) // bound)
+    k = a.shape[1]
+    out = torch.zeros((a.shape[0], b.shape[1]), dtype=torch.int32)
+    for start in range(0, k, chunk):
+        part = a[:, start : start + chunk].to(dtype) @ b[start : start + chunk].to(dtype)
+        if dtype == torch.float64:  # a float64 chunk may exceed int32: reduce modulo 2^32 like the int32 GEMM
+            out += part.to(torch.int64).to(torch.int32)
+        else:
+            out += part.to(torch.int32)
+    return out
+
+
+@operator("linear_int")
+def linear_int(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`~mixq_compile.ir.instructions.linear_int`, computed by the fastest exact kernel of this CPU."""
+    if q_x.device.type != "cpu" or path(q_x, w_t) == "int8_vnni":
+        return K.linear_int(q_x, x_zero, w_t, w_sum, bias)
+    flat = q_x.reshape(-1, q_x.shape[-1])
+    acc = float_exact_matmul(flat, w_t) - x_zero.to(torch.int32) * w_sum
+    if bias is not None:
+        acc = acc + bias
+    return acc.reshape(*q_x.shape[:-1], w_t.shape[1])
+
+
+@linear_int.register_fake
+def _(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | None) -> Tensor:
+    return q_x.new_empty((*q_x.shape[:-1], w_t.shape[1]), dtype=torch.int32)
