@@ -1,7 +1,7 @@
 """Benchmark: time per training step of the MixQ search model (3 candidates) vs the FP32 model on Cora, and the
 capture + pass time of each zoo model. The models take turns step by step in one run; results to CSV/JSON.
 
-    python experiments/bench_search_step.py [--data-root ROOT] [--steps 30] [--threads 2] [--out DIR]
+    python -m experiments.bench_search_step [--data-root ROOT] [--steps 30] [--threads 2] [--out DIR]
 
 Without a data root (``--data-root`` or ``MIXQ_DATA``) it uses a random graph with Cora's sizes.
 """

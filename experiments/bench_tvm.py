@@ -2,7 +2,7 @@
 side by side in one run, on Cora with a GCN (hidden 128). Artifacts are loaded with ``cache_structure=True``
 (topology preprocessing once per graph, as PyG's ``cached=True``).
 
-    python experiments/bench_tvm.py [--data-root ROOT] [--calls 30] [--rounds 3] [--bits 8]
+    python -m experiments.bench_tvm [--data-root ROOT] [--calls 30] [--rounds 3] [--bits 8]
 
 TVM's worker threads keep spinning for a while after each parallel call, which slows whatever runs next on the
 same cores. Each backend is therefore timed in its own block of calls, blocks are separated by a pause, and the

@@ -13,7 +13,7 @@ Not part of CI: it needs the hacks of TOOLCHAIN_NOTES.md §Q5. With ``BITBLAS_VE
     ln -sf libcuda.so.1 $STUB/libcuda.so
     NV=$(ls -d $BITBLAS_VENV/lib/python3.11/site-packages/nvidia/*/lib | tr '\\n' ':')
     LD_LIBRARY_PATH=$STUB:$NV LIBRARY_PATH=$STUB PATH=/usr/local/cuda/bin:$PATH \\
-        $BITBLAS_VENV/bin/python experiments/bitblas_codegen_cpu.py ARTIFACT [tl|tir]
+        $BITBLAS_VENV/bin/python -m experiments.bitblas_codegen_cpu ARTIFACT [tl|tir]
 
 It fakes an A100 for bitBLAS' device queries, builds each planned ``bitblas.Matmul`` (untuned), checks that
 bitBLAS' ``transform_weight`` reproduces the exported packed weights, and prints one JSON line per kernel.

@@ -1,10 +1,11 @@
 """Data-parallel MixQ search and QAT over NeighborLoader shards with torch.distributed (DDP).
 
-Run on one machine with two processes (gloo on CPU), or on a cluster with the same command per node::
+Run from the root of a checkout, on one machine with two processes (gloo on CPU), or on a cluster with the same
+command per node::
 
-    torchrun --standalone --nproc-per-node 2 experiments/ddp_search.py --nodes 100000 --out results/ddp_sage
+    torchrun --standalone --nproc-per-node 2 -m experiments.ddp_search --nodes 100000 --out results/ddp_sage
     torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
-        experiments/ddp_search.py --nodes 1000000 --backend gloo --out results/ddp_sage
+        -m experiments.ddp_search --nodes 1000000 --backend gloo --out results/ddp_sage
 
 Every rank builds the same planted-community graph (fixed seed), captures the model on the same batch, and trains
 on its own shard of the training seeds (``mixq_compile.minibatch.shard``); DDP averages the gradients of weights,
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each phase")
     parser.add_argument("--lam", type=float, default=0.5)
     parser.add_argument("--backend", default="gloo", help="torch.distributed backend (gloo on CPU)")
-    parser.add_argument("--out", type=Path, default=Path("results/ddp_search"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "ddp_search")
     parser.add_argument("--smoke", action="store_true", help="2,000 nodes, one epoch per phase")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:

@@ -6,7 +6,7 @@ the reference script does (its int8/int16 accumulators can overflow: it measures
 the exact integer path our integer program uses (int8 codes gathered, accumulated in int32). Speed-up =
 t_fp32 / t_dtype; the paper's AMD EPYC 9534 column is listed next to ours.
 
-    python experiments/mp_precision.py [--data-root DIR] [--repeats 10] [--smoke]
+    python -m experiments.mp_precision [--data-root DIR] [--repeats 10] [--smoke]
 
 Writes ``results/mp_precision/mp_precision.csv`` and ``mp_precision.png``.
 """
@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mixq_compile.experiments import paper, plots
+from experiments import RESULTS
+from experiments.harness import paper, plots
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "mp_precision"
+OUT = RESULTS / "mp_precision"
 DATASETS = ("Cora", "CiteSeer", "IMDB-BINARY", "IMDB-MULTI", "PROTEINS", "MUTAG")
 PATHS = ("fp32", "int32", "int16", "int8", "int8->int32 (exact)")
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the reference pinned one core)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--smoke", action="store_true", help="one synthetic graph, 2 repeats")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

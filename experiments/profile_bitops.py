@@ -6,7 +6,7 @@ artifact for every bit configuration (structure cached, the transductive setting
 uncached integer latency of the 8-bit model is measured too). Writes ``results/profile_bitops/latency.csv``,
 ``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
 
-    python experiments/profile_bitops.py [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
+    python -m experiments.profile_bitops [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
                                          [--isa avx2]
 
 Every row and the summary record the CPU (model, kernel level, instruction sets) and the kernels each artifact ran
@@ -39,12 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 import mixq_compile as mq
+from experiments import RESULTS
+from experiments.harness import plots
 from mixq_compile import cpu
 from mixq_compile.backends import available_backends
-from mixq_compile.experiments import plots
 from mixq_compile.models import PlanetoidGCN
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "profile_bitops"
+OUT = RESULTS / "profile_bitops"
 KIND_GROUPS = {
     "weights": {"weight"},
     "activations": {"activation", "linear_out"},
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
     parser.add_argument("--isa", choices=["native", *cpu.LEVELS], default=None,
                         help="force this kernel level (MIXQ_ISA) in the export child and the measurements")  # fmt: skip

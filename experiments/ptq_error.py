@@ -8,7 +8,7 @@ distribution: relative L2 error ``||y_q - y|| / ||y||``. ``--sites MODEL`` lists
 that site quantized (every other quantizer passes its input through), on A and on B: which sites, and which of them
 only on unseen graphs (a range that does not cover B), cost the error.
 
-    python experiments/ptq_error.py [--calibration-graphs 8] [--sites GCNConv] [MODEL ...]
+    python -m experiments.ptq_error [--calibration-graphs 8] [--sites GCNConv] [MODEL ...]
 """
 
 from __future__ import annotations

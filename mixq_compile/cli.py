@@ -217,18 +217,48 @@ def _write_json(path: Path | None, data: dict) -> None:
         print(f"wrote {path}")
 
 
-def _experiment(args: argparse.Namespace) -> int:
-    from .experiments import get
-    from .experiments.runner import run_experiment
+def _experiments_package():
+    """The checkout's ``experiments`` package, or None where this install has no checkout beside it.
 
-    return run_experiment(get(args.experiment), args)
+    The paper experiments are not part of the installed package: they live in the ``experiments/`` folder of a
+    checkout. An editable install finds it next to ``mixq_compile/``; otherwise the working directory is tried."""
+    import importlib
+
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "experiments" / "__init__.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            try:
+                return importlib.import_module("experiments")
+            except ImportError:
+                continue
+    return None
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from experiments.harness.runner import run_experiment
+
+    return run_experiment(args.experiment_module.get(args.experiment), args)
+
+
+def _no_experiments(args: argparse.Namespace) -> int:
+    raise ImportError(
+        "the paper experiments live in the experiments/ folder of a checkout of mixq_compile, not in the installed "
+        "package: run `mixq-compile experiment ...` from the root of a checkout"
+    )
 
 
 def _add_experiments(sub) -> None:
-    from .experiments import EXPERIMENTS, get
-    from .experiments.runner import add_common_arguments
+    package = _experiments_package()
+    p = sub.add_parser("experiment", help="run a paper experiment: results/<name>/, resumable sweeps (from a checkout)")
+    if package is None:
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_no_experiments)
+        return
+    from experiments import EXPERIMENTS, get
+    from experiments.harness.runner import add_common_arguments
 
-    p = sub.add_parser("experiment", help="run a paper experiment: results/<name>/, resumable sweeps")
+    p.set_defaults(experiment_module=package)
     names = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
     for name in EXPERIMENTS:
         module = get(name)

@@ -89,11 +89,9 @@ class SensitivityReport:
         return path
 
     def plot(self, path: str | Path, title: str = "quantization error per site") -> Path:
-        import matplotlib
+        from .plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         names = list(dict.fromkeys(r.site for r in self.sites))
         widths = sorted({r.bits for r in self.sites})
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 4.2))

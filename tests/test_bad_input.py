@@ -393,8 +393,8 @@ def test_cli_errors_are_one_line_without_a_traceback(tmp_path, capsys, monkeypat
 
 
 def test_experiment_help_gives_whole_sentences():
+    from experiments import EXPERIMENTS, get
     from mixq_compile.cli import _first_sentence
-    from mixq_compile.experiments import EXPERIMENTS, get
 
     for name in EXPERIMENTS:
         summary = _first_sentence(get(name).__doc__)

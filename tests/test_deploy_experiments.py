@@ -5,22 +5,15 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow  # end-to-end experiment runs
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module ``experiments/<name>.py`` of this checkout."""
+    return importlib.import_module(f"experiments.{name}")
 
 
 def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):

@@ -10,10 +10,11 @@ from unittest.mock import patch
 
 import pytest
 
+from experiments import ablation, explore_all
+from experiments.harness import report_sections
+from experiments.harness.runner import add_common_arguments
+from experiments.harness.sweep import config_key, read_records, run_sweep
 from mixq_compile.cli import build_parser, main
-from mixq_compile.experiments import ablation, explore_all, report_sections
-from mixq_compile.experiments.runner import add_common_arguments
-from mixq_compile.experiments.sweep import config_key, read_records, run_sweep
 from tests.conftest import data_root
 
 pytestmark = pytest.mark.slow  # end-to-end experiment runs
@@ -184,7 +185,7 @@ def test_tudataset_smoke_end_to_end(tmp_path, setting):
 
 
 def test_planetoid_summary_reports_the_costliest_run():
-    from mixq_compile.experiments import planetoid
+    from experiments import planetoid
 
     def record(seed, gbitops):
         config = {"dataset": "Cora", "setting": "budget_paper_fit", "lambda": 1.0, "budget": 1.676e9, "seed": seed}
@@ -196,7 +197,7 @@ def test_planetoid_summary_reports_the_costliest_run():
 
 
 def test_tudataset_summary_keeps_fine_tuning_with_min_max_ranges_apart():
-    from mixq_compile.experiments import tudataset
+    from experiments import tudataset
 
     def record(qat_range_init, acc):
         config = {"dataset": "IMDB-BINARY", "setting": "mixq_ft", "lambda": -1e-8, "epochs": 200}
@@ -212,7 +213,7 @@ def test_tudataset_summary_keeps_fine_tuning_with_min_max_ranges_apart():
 
 
 def test_planetoid_budget_paper_configs_search_under_the_published_cost():
-    from mixq_compile.experiments import planetoid
+    from experiments import planetoid
 
     parser = argparse.ArgumentParser()
     add_common_arguments(parser)
@@ -232,7 +233,7 @@ def test_planetoid_budget_paper_configs_search_under_the_published_cost():
 
 
 def test_planetoid_summary_and_plots_for_several_data_sets(tmp_path):
-    from mixq_compile.experiments import planetoid
+    from experiments import planetoid
 
     def record(dataset, lam, seed, acc):
         config = {"dataset": dataset, "setting": "mixq", "lambda": lam, "budget": None, "seed": seed}
@@ -290,7 +291,7 @@ def test_recorded_arguments_name_no_machine_folders(tmp_path, monkeypatch):
     path outside it keeps only its last component."""
     from pathlib import Path
 
-    from mixq_compile.experiments.runner import _portable
+    from experiments.harness.runner import _portable
 
     monkeypatch.chdir(tmp_path)
     assert _portable(tmp_path / "results" / "scale") == "results/scale"

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mixq_compile"
 
 #: bottom to top; a module belongs to the first layer with a prefix of its dotted name (relative to the package)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("errors", "atomic", "cpu", "graph_copy", "version", "factory")),
+    ("base", ("errors", "atomic", "cpu", "graph_copy", "version", "factory", "plotting")),
     ("intent and IR", ("quant", "config", "ir")),
     ("mixq:: operators", ("ops",)),
     ("capture and passes", ("capture", "passes", "cost")),
@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "applications",
         ("models", "data", "synthetic", "sampling", "training", "minibatch", "tasks", "guard", "demo", "workflow"),
     ),
-    ("command line", ("cli", "experiments")),
+    ("command line", ("cli",)),
 )
 
 

@@ -9,18 +9,12 @@ every model must stay below the regression bound. The 4-bit error is printed (no
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
 
-_SPEC = importlib.util.spec_from_file_location(
-    "ptq_error", Path(__file__).resolve().parents[1] / "experiments" / "ptq_error.py"
-)
-ptq_error = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(ptq_error)
+from experiments import ptq_error
 
 CALIBRATION_GRAPHS = 4
 TARGET = 0.02

@@ -13,9 +13,8 @@ import torch
 from torch import Tensor, nn
 
 import mixq_compile as mq
-
-from ..config import DegreeQuant, QuantConfig
-from ..quant import QuantSpec
+from mixq_compile.config import DegreeQuant, QuantConfig
+from mixq_compile.quant import QuantSpec
 
 
 def seed_everything(seed: int) -> None:
@@ -28,7 +27,7 @@ def seed_everything(seed: int) -> None:
 @functools.cache
 def load(name: str):
     """The data set, loaded once per worker process (root from ``$MIXQ_DATA``, set by the runner)."""
-    from ..data import load_dataset
+    from mixq_compile.data import load_dataset
 
     return load_dataset(name)
 

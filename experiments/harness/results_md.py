@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RESULTS = Path("results")
-TARGET = Path("experiments") / "RESULTS.md"
+from experiments import CHECKOUT, RESULTS
+
+TARGET = CHECKOUT / "experiments" / "RESULTS.md"
 
 
 def write_results_md(results: Path = RESULTS, target: Path = TARGET) -> Path:
-    from .report_sections import render
+    from experiments.harness.report_sections import render
 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(results))

@@ -14,9 +14,8 @@ from torch import nn
 from torch_geometric.loader import DataLoader
 
 import mixq_compile as mq
-
-from ..training import GraphTrainResult, train_graph
-from .common import quantize
+from experiments.harness.common import quantize
+from mixq_compile.training import GraphTrainResult, train_graph
 
 Loaders = tuple[DataLoader, DataLoader, DataLoader]
 

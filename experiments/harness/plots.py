@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from mixq_compile.plotting import pyplot
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def acc_vs_cost(
@@ -27,7 +24,7 @@ def acc_vs_cost(
     fp32: float | None = None,
 ) -> None:
     """Accuracy vs cost: ``ours`` = (label, x, acc, acc_std) with error bars, ``paper`` = (label, x, acc)."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6, 4.2))
     for label, x, acc, std in ours:
         ax.errorbar(x, acc, yerr=std, fmt="o", capsize=3, label=f"ours {label}")
     for label, x, acc in paper:
@@ -43,7 +40,7 @@ def acc_vs_cost(
 
 def lambda_curves(series: Mapping[str, Sequence[tuple[float, float, float, float]]], path: Path, *, title: str) -> None:
     """Accuracy and average bits vs λ: ``series[label]`` = [(λ, acc, acc_std, bits)] (ours and the paper's)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(6, 6), sharex=True)
     for label, points in series.items():
         pts = sorted(points)
         lams = [p[0] for p in pts]
@@ -68,7 +65,7 @@ def scatter_front(
     xlabel: str,
 ) -> None:
     """Every evaluated assignment, our Pareto front and the paper's Pareto front."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6, 4.2))
     if points:
         ax.scatter(*zip(*points), s=8, alpha=0.4, label="ours: assignments")
     if front:
@@ -84,7 +81,7 @@ def scatter_front(
 def latency_vs_bitops(rows: Sequence[Mapping], rho: Mapping[str, float], path: Path, *, title: str) -> None:
     """Median latency vs GBitOPs of each backend's integer artifacts (Spearman ρ in the legend), with each
     backend's FP32 artifact and PyG FP32 eager as horizontal baselines. ``rows`` as in profile_bitops' CSV."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.8))
     integer = [r for r in rows if r["precision"] == "integer" and r["cached"]]
     for i, backend in enumerate(sorted({r["backend"] for r in integer})):
         pts = [r for r in integer if r["backend"] == backend]
@@ -109,7 +106,7 @@ def latency_vs_bitops(rows: Sequence[Mapping], rho: Mapping[str, float], path: P
 
 def speedup_bars(speedups: Mapping[str, Mapping[str, float]], path: Path, *, title: str) -> None:
     """Grouped bars: ``speedups[path][group]`` (e.g. precision path -> data set -> t_fp32 / t)."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = pyplot().subplots(figsize=(8, 4.2))
     groups = list(dict.fromkeys(g for values in speedups.values() for g in values))
     width = 0.8 / max(len(speedups), 1)
     for i, (label, values) in enumerate(speedups.items()):
@@ -126,7 +123,7 @@ def scale_bars(rows: Sequence[Mapping], path: Path) -> None:
     peak RSS on a second panel; the CPU in the title."""
     groups = sorted({(r["nodes"], r["model"]) for r in rows})
     phases = ("fp32", "search", "qat", "inference")
-    fig, (time_ax, rss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (time_ax, rss_ax) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / (len(phases) + 1)
     for i, phase in enumerate(phases):
         found = {(r["nodes"], r["model"]): r for r in rows if r["phase"] == phase}

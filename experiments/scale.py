@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from . import plots
-from .common import seed_everything
+from experiments.harness import plots
+from experiments.harness.common import seed_everything
 
 NAME = "scale"
 CALIBRATION_BATCHES = 8  # ranges from several sampled subgraphs, not only the one the model was captured on
@@ -86,7 +86,7 @@ def _model(name: str, in_channels: int, out_channels: int, hidden: int) -> torch
 
 
 def _phase(fn):
-    from ..profiling import PeakRss
+    from mixq_compile.profiling import PeakRss
 
     with PeakRss() as rss:
         start = time.perf_counter()
@@ -98,11 +98,10 @@ def _phase(fn):
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
-
-    from ..chunked_inference import predict_in_chunks
-    from ..minibatch import evaluate_sampled, train_sampled
-    from ..sampling import neighbor_loader
-    from ..synthetic import planted_communities
+    from mixq_compile.chunked_inference import predict_in_chunks
+    from mixq_compile.minibatch import evaluate_sampled, train_sampled
+    from mixq_compile.sampling import neighbor_loader
+    from mixq_compile.synthetic import planted_communities
 
     seed_everything(config["seed"])
     data = planted_communities(config["nodes"], config["degree"], seed=config["seed"])
@@ -174,3 +173,9 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def plot(rows: list[dict], records: list[dict], out_dir) -> None:
     plots.scale_bars(rows, out_dir / "scale.png")
+
+
+if __name__ == "__main__":
+    from experiments.harness.runner import script_main
+
+    script_main(NAME)

@@ -12,10 +12,9 @@ import time
 from typing import Any
 
 import mixq_compile as mq
-
-from ..models import PlanetoidGCN
-from ..training import NodeData, train_node
-from .common import bits_summary, costs, load, quantize, seed_everything
+from experiments.harness.common import bits_summary, costs, load, quantize, seed_everything
+from mixq_compile.models import PlanetoidGCN
+from mixq_compile.training import NodeData, train_node
 
 
 def node_data(name: str) -> NodeData:

@@ -1,6 +1,6 @@
 """Runs one experiment: build its configs, sweep them resumably, summarise, plot, print, write results.
 
-Every experiment module (see :mod:`mixq_compile.experiments`) provides ``add_arguments(parser)``,
+Every experiment module (see :mod:`experiments`) provides ``add_arguments(parser)``,
 ``configs(args)``, ``run(config)`` (module-level, so worker processes can import it), ``summarize(records)`` and
 ``plot(rows, records, out_dir)``; optionally ``unavailable(args)`` returning a reason to skip.
 """
@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from . import stats
-from .sweep import EXECUTORS, read_records, run_sweep
-
-RESULTS = Path("results")
+from experiments import CHECKOUT, RESULTS
+from experiments.harness import stats
+from experiments.harness.sweep import EXECUTORS, read_records, run_sweep
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=EXECUTORS, default="local")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/<experiment>)")
+    parser.add_argument("--out", type=Path, default=None, help=f"results folder (default: {RESULTS}/<experiment>)")
     parser.add_argument(
         "--summarize-only", action="store_true", help="run nothing: summarise and plot the runs finished so far"
     )
@@ -68,7 +68,7 @@ def run_experiment(module, args: argparse.Namespace) -> int:
     print(stats.format_table(rows, getattr(module, "TABLE_COLUMNS", None)))
     print(f"results in {out}")
     if not args.smoke and args.out is None:
-        from .results_md import write_results_md
+        from experiments.harness.results_md import write_results_md
 
         write_results_md()
     return 0
@@ -107,13 +107,13 @@ def _sweep(module, args: argparse.Namespace, out: Path) -> None:
 
 
 def _portable(value: object) -> object:
-    """An argument as recorded in results files: paths relative to the working directory (the checkout), and an
+    """An argument as recorded in results files: paths relative to the checkout, and an
     absolute path outside it by its last component only, so committed results name no machine's folders."""
     if not isinstance(value, str | Path) or not os.path.isabs(value):
         return str(value) if isinstance(value, Path) else value
     path = Path(value)
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.relative_to(CHECKOUT))
     except ValueError:
         return f"<outside the checkout>/{path.name}"
 
@@ -122,3 +122,10 @@ def _latest(records: list[dict]) -> list[dict]:
     """One record per key (the latest), so a config finished twice counts once."""
     by_key = {r["key"]: r for r in records}
     return list(by_key.values())
+
+
+def script_main(name: str) -> None:
+    """``python -m experiments.NAME [options]``: the same as ``mixq-compile experiment NAME [options]``."""
+    from mixq_compile.cli import main
+
+    sys.exit(main(["experiment", name, *sys.argv[1:]]))
