@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 SITE = glob.glob(os.path.join(os.environ.get("BITBLAS_VENV", ".venv-bitblas"), "lib/python3*/site-packages"))[0]
-LAYOUT = Path(__file__).resolve().parents[1] / "mixq_compile" / "runtimes" / "bitblas_layout.py"
+LAYOUT = Path(__file__).resolve().parents[1] / "mixq_compile" / "runtimes" / "bitblas" / "layout.py"
 #: TVM device attribute id -> A100 value (kExist, kMaxThreadsPerBlock, kWarpSize, ..., kTotalGlobalMemory).
 A100 = {
     0: 1, 1: 1024, 2: 32, 3: 49152, 4: "8.0", 5: "NVIDIA A100-SXM4-40GB", 6: 1410000, 7: 108,

@@ -39,11 +39,11 @@ import torch
 from tqdm.auto import tqdm
 
 import mixq_compile as mq
-from experiments import RESULTS
+from experiments import CHECKOUT, RESULTS
 from experiments.harness import plots
 from mixq_compile import cpu
-from mixq_compile.backends import available_backends
 from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes import available_backends
 
 OUT = RESULTS / "profile_bitops"
 KIND_GROUPS = {
@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
 
     try:
-        child = [sys.executable, str(Path(__file__).resolve()), "--export-to", str(work), "--hidden", str(args.hidden)]
-        child += ["--backends", *args.backends] + (["--data-root", args.data_root] if args.data_root else [])
-        subprocess.run(child + (["--smoke"] if args.smoke else []), check=True)
+        child = [sys.executable, "-m", "experiments.profile_bitops", "--export-to", str(work)]
+        child += ["--hidden", str(args.hidden), "--backends", *args.backends, *(["--smoke"] if args.smoke else [])]
+        child += ["--data-root", args.data_root] if args.data_root else []
+        subprocess.run(child, check=True, cwd=CHECKOUT)
         targets = json.loads((work / "targets.json").read_text())
         print("measure phase", flush=True)
         with tqdm(total=4 + len(targets), desc="measure") as bar:

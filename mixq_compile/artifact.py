@@ -23,8 +23,6 @@ from torch.utils import _pytree as pytree
 from . import cpu, selfcheck
 from .api import bitops, captured_fp32_bitops
 from .atomic import check_replaceable, write_directory
-from .backends import get_backend
-from .backends.base import Runner
 from .capture import capture
 from .cost.bitops import BitOpsReport
 from .errors import InputSignatureError, MixQError
@@ -33,6 +31,8 @@ from .ir.signature import InputSpec, Signature, all_finite, non_finite_error
 from .ir.structure_cache import StructureCache
 from .lowering.integer_program import lower
 from .quantized_model import QuantizedModel
+from .runtimes import get_backend
+from .runtimes.base import Runner
 
 MANIFEST = "manifest.json"
 FORMAT = "mixq-artifact"
@@ -98,7 +98,7 @@ def export(
     """Export ``model`` (frozen: as an integer program; a plain FP32 model: as a float baseline) to ``backend``.
 
     Writes the artifact directory ``path`` atomically and returns it. ``backend`` is one of
-    ``mixq_compile.backends.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
+    ``mixq_compile.runtimes.BACKENDS`` ("torch", "onnx", "tvm", "bitblas" where installed). ``fixed_point=True``
     requantizes with integer mantissa/shift pairs instead of float multipliers (for integer-only targets).
     ``backend_options`` are passed to the backend (e.g. ``{"aot_inductor": True}`` for "torch").
     ``overwrite=True`` replaces an earlier artifact at ``path`` (only once the new one is complete and checked);

@@ -61,7 +61,7 @@ def _bit_width(text: str) -> int:
 
 
 def _backend(text: str) -> str:
-    from .backends import BACKENDS
+    from .runtimes import BACKENDS
 
     name, _, flag = text.partition(":")
     if name not in BACKENDS or flag not in ("", "aot_inductor"):
@@ -236,9 +236,10 @@ def _experiments_package():
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    from experiments import get
     from experiments.harness.runner import run_experiment
 
-    return run_experiment(args.experiment_module.get(args.experiment), args)
+    return run_experiment(get(args.experiment), args)
 
 
 def _no_experiments(args: argparse.Namespace) -> int:
@@ -249,16 +250,14 @@ def _no_experiments(args: argparse.Namespace) -> int:
 
 
 def _add_experiments(sub) -> None:
-    package = _experiments_package()
     p = sub.add_parser("experiment", help="run a paper experiment: results/<name>/, resumable sweeps (from a checkout)")
-    if package is None:
+    if _experiments_package() is None:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_no_experiments)
         return
     from experiments import EXPERIMENTS, get
     from experiments.harness.runner import add_common_arguments
 
-    p.set_defaults(experiment_module=package)
     names = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
     for name in EXPERIMENTS:
         module = get(name)

@@ -18,8 +18,8 @@ from torch import nn
 
 import mixq_compile as mq
 
-from .backends import BACKENDS, available_backends
 from .guard import raise_collapsed_sites
+from .runtimes import BACKENDS, available_backends
 from .tasks import Task, graph_task, load_task
 from .workflow import accuracy_gap_warning
 

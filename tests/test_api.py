@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_batch, random_graph
 from torch import nn
 from torch_geometric.nn import (
     AttentionalAggregation,
@@ -24,6 +23,8 @@ from torch_geometric.nn import (
 import mixq_compile as mq
 from mixq_compile.ir.modes import ModeBatchNorm, ModeDropout
 from mixq_compile.models import ArxivGCN, PlanetoidGCN
+
+from helpers import random_batch, random_graph
 
 
 def _quiet_quantize(*args, **kwargs):

@@ -7,11 +7,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import MLP, random_graph
 
 import mixq_compile as mq
-from mixq_compile.backends import BackendUnavailableError, available_backends, get_backend
 from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes import BackendUnavailableError, available_backends, get_backend
+
+from helpers import MLP, random_graph
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
-from mixq_compile.backends import available_backends
 from mixq_compile.cli import main
 from mixq_compile.factory import FactoryError, build
+from mixq_compile.runtimes import available_backends
+
+from helpers import random_graph
 
 BACKENDS = [name for _, name, _ in available_backends(["torch", "onnx", "tvm"])[0]]
 

@@ -6,12 +6,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 
 import mixq_compile as mq
 from mixq_compile.cost.bitops import assignment_bitops, quantized_bitops
 from mixq_compile.cost.penalty import expected_bitops, site_expected_bits
 from mixq_compile.models import PlanetoidGCN
+
+from helpers import random_graph
 
 CORA = {"nodes": 2708, "edges": 10556, "features": 1433, "classes": 7}
 
@@ -150,9 +151,9 @@ def test_budget_in_the_paper_convention_is_a_hinge_at_that_count():
 
 
 def test_paper_numbers_on_the_real_cora_graph(tmp_path):
-    from conftest import data_root
-
     from mixq_compile.data import DatasetNotFoundError, load_dataset
+
+    from helpers import data_root
 
     root = data_root()
     try:

@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
@@ -15,6 +14,8 @@ from torch_geometric.nn import GCNConv, global_add_pool
 import mixq_compile as mq
 from mixq_compile.quant import QuantSpec
 from mixq_compile.quant.observer import RangeObserver, observe_range
+
+from helpers import covered_range, random_graph
 
 
 class GraphGCN(nn.Module):
@@ -32,12 +33,6 @@ def _quantized(model: nn.Module, example, config: mq.QuantConfig | None = None) 
         return mq.quantize(model.eval(), example, config=config)
 
 
-def _covered(qmodel: mq.QuantizedModel, site: str, bits: int = 8) -> tuple[float, float]:
-    q = qmodel.quantizer(site).candidate(bits)
-    zero_point = q.zero_point.detach().round()
-    return float((q.spec.qmin - zero_point) * q.scale.detach()), float((q.spec.qmax - zero_point) * q.scale.detach())
-
-
 def _graphs(scales: tuple[float, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x * s, ei) for s, (x, ei) in zip(scales, (random_graph(30, 90, 8, seed=i) for i in range(len(scales))))]
 
@@ -47,10 +42,10 @@ def test_ranges_cover_every_calibration_graph_not_only_the_example(rule):
     specs = {"input": QuantSpec(range_init=rule)}
     graphs = _graphs((1.0, 4.0, 0.5))
     qmodel = _quantized(_NodeLinear(nn.Linear(8, 8)), graphs[0], mq.QuantConfig(specs=specs))
-    low, high = _covered(qmodel, "inner.input")
+    low, high = covered_range(qmodel, "inner.input")
     assert high < float(graphs[1][0].max()) / 2  # the example alone does not cover the 4x graph ...
     mq.calibrate(qmodel, graphs, progress=False)
-    low, high = _covered(qmodel, "inner.input")
+    low, high = covered_range(qmodel, "inner.input")
     step = (high - low) / 255
     slack = step if rule == "minmax" else 0.1 * (high - low)  # MSE at 8 bits clips the extremes by a few percent
     for x, _ in graphs:  # ... after calibration every graph lies inside the 8-bit range
@@ -74,7 +69,7 @@ def test_downstream_sites_observe_fp32_values():
     with torch.no_grad():
         hidden = model.inner[0](x)
     # The 2-bit candidate of the first layer's output would distort a range taken from the mixed output.
-    low, high = _covered(qmodel, "inner.0.output")
+    low, high = covered_range(qmodel, "inner.0.output")
     step = (high - low) / 255
     assert low <= float(hidden.min()) + step and float(hidden.max()) - step <= high
     assert high - low <= float(hidden.max() - hidden.min()) + 2 * step
@@ -86,7 +81,7 @@ def test_pyg_data_and_batch_loaders_calibrate_by_argument_names():
     example = Batch.from_data_list(datas[:2])
     qmodel = _quantized(GraphGCN(), (example.x, example.edge_index, example.batch))
     mq.calibrate(qmodel, DataLoader(datas, batch_size=2), progress=False)
-    high = _covered(qmodel, "conv.lin.input")[1]
+    high = covered_range(qmodel, "conv.lin.input")[1]
     assert high >= 0.98 * max(float(d.x.max()) for d in datas)
     mq.calibrate(qmodel, datas, progress=False)  # single Data objects: their batch vector is all zeros
     assert qmodel(example.x, example.edge_index, example.batch).shape == (2, 2)
@@ -96,26 +91,26 @@ def test_mappings_by_input_name():
     x, ei = random_graph(20, 60, 8)
     qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
     mq.calibrate(qmodel, [{"x": x * 3, "edge_index": ei}], progress=False)
-    assert _covered(qmodel, "inner.input")[1] >= 0.98 * float((x * 3).max())
+    assert covered_range(qmodel, "inner.input")[1] >= 0.98 * float((x * 3).max())
 
 
 def test_empty_iterable_is_a_clear_error_and_keeps_the_ranges():
     x, ei = random_graph(20, 60, 8)
     qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
-    before = _covered(qmodel, "inner.input")
+    before = covered_range(qmodel, "inner.input")
     with pytest.raises(ValueError, match="no batches"):
         mq.calibrate(qmodel, [], progress=False)
-    assert _covered(qmodel, "inner.input") == before
+    assert covered_range(qmodel, "inner.input") == before
     assert torch.isfinite(qmodel(x, ei)).all()  # quantizing again, not observing
 
 
 def test_wrong_arity_and_missing_attribute_name_the_batch():
     x, ei = random_graph(20, 60, 8)
     qmodel = _quantized(_NodeLinear(nn.Linear(8, 4)), (x, ei))
-    before = _covered(qmodel, "inner.input")
+    before = covered_range(qmodel, "inner.input")
     with pytest.raises(mq.InputSignatureError, match=r"calibration batch 1: .*takes 2 inputs \(x, edge_index\), got 3"):
         mq.calibrate(qmodel, [(x * 5, ei), (x, ei, ei)], progress=False)
-    assert _covered(qmodel, "inner.input") == before  # the failed run changed nothing
+    assert covered_range(qmodel, "inner.input") == before  # the failed run changed nothing
     with pytest.raises(mq.InputSignatureError, match="no tensor attribute 'edge_index'"):
         mq.calibrate(qmodel, [Data(x=x)], progress=False)
     with pytest.raises(TypeError, match="calibration batch 0 is a str"):

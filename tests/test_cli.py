@@ -6,11 +6,12 @@ import json
 import textwrap
 
 import pytest
-from conftest import data_root
 
 import mixq_compile as mq
 from mixq_compile import workflow
 from mixq_compile.cli import main
+
+from helpers import data_root
 
 MODELS = textwrap.dedent(
     """

@@ -11,16 +11,16 @@ import importlib.util
 import pytest
 import torch
 
-from mixq_compile.backends.torch.integer_ops import INTEGER_OPS, OP_BY_OP_OPS
 from mixq_compile.ir import instructions as K
 from mixq_compile.ir.modes import ModeBatchNorm, ModeDropout
+from mixq_compile.runtimes.torch.integer_ops import INTEGER_OPS, OP_BY_OP_OPS
 
 #: the fused operators lowering emits for a backend (beyond the instruction set)
 FUSED_FOR_TVM = {torch.ops.mixq.quantize_linear.default}
 
 
 def test_the_onnx_backend_converts_every_instruction_and_mode_module():
-    from mixq_compile.backends.onnx.converters import CONVERTERS
+    from mixq_compile.runtimes.onnx.converters import CONVERTERS
 
     missing = {name for name, f in K.INSTRUCTIONS.items() if f not in CONVERTERS.functions}
     assert not missing, f"onnx has no converter for {sorted(missing)}"
@@ -29,7 +29,7 @@ def test_the_onnx_backend_converts_every_instruction_and_mode_module():
 
 @pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="Apache TVM is not installed (extra [tvm])")
 def test_the_tvm_backend_converts_every_instruction_and_the_fused_ops_lowering_gives_it():
-    from mixq_compile.backends.tvm.converters import CONVERTERS
+    from mixq_compile.runtimes.tvm.converters import CONVERTERS
 
     missing = {name for name, f in K.INSTRUCTIONS.items() if f not in CONVERTERS.functions}
     assert not missing, f"tvm has no converter for {sorted(missing)}"
@@ -50,7 +50,7 @@ def test_the_torch_backend_retargets_only_instructions_to_registered_mixq_ops():
 def test_the_converter_lookup_reports_a_missing_op():
     from torch import fx, nn
 
-    from mixq_compile.backends.converter_table import Converters
+    from mixq_compile.runtimes.converter_table import Converters
 
     graph = fx.Graph()
     x = graph.placeholder("x")

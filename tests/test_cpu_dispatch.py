@@ -9,14 +9,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import MLP, random_graph
 
 import mixq_compile as mq
 from mixq_compile import cpu
-from mixq_compile.backends import available_backends
-from mixq_compile.backends.onnx import matmul as onnx_matmul
 from mixq_compile.ir import instructions as K
 from mixq_compile.ops import linear
+from mixq_compile.runtimes import available_backends
+from mixq_compile.runtimes.onnx import matmul as onnx_matmul
+
+from helpers import MLP, random_graph
 
 RUNNABLE = [level for level in cpu.LEVELS if cpu.LEVELS.index(level) <= cpu.LEVELS.index(cpu.native_level())]
 
@@ -103,7 +104,7 @@ def test_u8u8_rewrite_changes_no_result(mlp, tmp_path):
     assert onnx_matmul.signed_weight_matmuls(model) and not onnx_matmul.signed_weight_matmuls(rewritten)
     types = {t.data_type for t in rewritten.graph.initializer}
     assert onnx.TensorProto.UINT8 in types and onnx.TensorProto.INT4 in types, "4-bit weights stay packed"
-    from mixq_compile.backends.onnx.backend import load_onnx
+    from mixq_compile.runtimes.onnx.backend import load_onnx
 
     artifact = mq.load_artifact(path)
     structure = artifact.structure(*other)
@@ -140,7 +141,7 @@ def test_every_backend_is_exact_on_every_path(mlp, level, backend, tmp_path):
 
 def test_a_wrong_artifact_is_refused_at_export_and_nothing_is_written(mlp, tmp_path, monkeypatch):
     frozen, args, _ = mlp
-    from mixq_compile.backends.torch.backend import TorchBackend
+    from mixq_compile.runtimes.torch.backend import TorchBackend
 
     real_load = TorchBackend.load
 
@@ -157,7 +158,7 @@ def test_a_wrong_artifact_is_refused_at_export_and_nothing_is_written(mlp, tmp_p
 def test_a_wrong_artifact_is_refused_at_load(mlp, tmp_path, monkeypatch):
     frozen, args, other = mlp
     path = mq.export(frozen, args, tmp_path / "a", backend="onnx")
-    from mixq_compile.backends.onnx import backend as onnx_ort
+    from mixq_compile.runtimes.onnx import backend as onnx_ort
 
     real = onnx_ort.load_onnx
 

@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import data_root
 
 from mixq_compile.data import DatasetNotFoundError, load_dataset, stratified_folds
+
+from helpers import data_root
 
 ROOT = data_root()
 

@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
@@ -14,6 +13,8 @@ import mixq_compile as mq
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.quant.degree_quant import protect, protection_probability
 from mixq_compile.saved_model import _config_from_dict, _config_to_dict
+
+from helpers import random_graph
 
 
 def _quantize(model, inputs, **config):
@@ -128,9 +129,9 @@ def test_gradients_flow_with_degree_quant():
 
 
 def test_graph_level_sites_are_always_quantized_and_node_level_sites_of_a_batch_are_protected():
-    from conftest import random_batch
-
     from mixq_compile.models import TUGIN
+
+    from helpers import random_batch
 
     x, ei, batch = random_batch(4, 10, 8)
     with warnings.catch_warnings(record=True) as caught:

@@ -4,9 +4,10 @@ they were exported from."""
 from __future__ import annotations
 
 import pytest
-from conftest import data_root
 
 from mixq_compile.demo import run_demo
+
+from helpers import data_root
 
 
 @pytest.mark.skipif(data_root() is None, reason="Cora not found: set MIXQ_DATA to a folder with Planetoid/Cora/raw")

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MLP, random_graph
 
 import mixq_compile as mq
 from mixq_compile import cpu
+
+from helpers import MLP, random_graph
 
 QEMU = shutil.which("qemu-x86_64")
 EMULATED_CPU = "EPYC-Milan"

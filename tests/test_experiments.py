@@ -15,7 +15,8 @@ from experiments.harness import report_sections
 from experiments.harness.runner import add_common_arguments
 from experiments.harness.sweep import config_key, read_records, run_sweep
 from mixq_compile.cli import build_parser, main
-from tests.conftest import data_root
+
+from helpers import data_root
 
 pytestmark = pytest.mark.slow  # end-to-end experiment runs
 
@@ -291,10 +292,12 @@ def test_recorded_arguments_name_no_machine_folders(tmp_path, monkeypatch):
     path outside it keeps only its last component."""
     from pathlib import Path
 
+    from experiments import CHECKOUT
     from experiments.harness.runner import _portable
 
-    monkeypatch.chdir(tmp_path)
-    assert _portable(tmp_path / "results" / "scale") == "results/scale"
+    monkeypatch.chdir(tmp_path)  # relative to the checkout, wherever the command runs
+    assert _portable(CHECKOUT / "results" / "scale") == "results/scale"
+    assert _portable(tmp_path / "results" / "scale") == "<outside the checkout>/scale"
     assert _portable("/somewhere/else/scale_full") == "<outside the checkout>/scale_full"
     assert _portable(Path("results/x")) == "results/x"
     assert _portable("Cora") == "Cora" and _portable(3) == 3 and _portable(None) is None

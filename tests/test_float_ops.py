@@ -9,12 +9,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
-from mixq_compile.backends import available_backends
+from mixq_compile.runtimes import available_backends
+
+from helpers import random_graph
 
 
 def _put_rows_under_mask(h: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def test_a_broadcast_tvm_cannot_match_is_a_clear_error(tmp_path):
     """``h[:1] + h``: Relax sees ``min(1, N)`` against ``N`` (and used to crash the process)."""
     if not available_backends(["tvm"])[0]:
         pytest.skip("TVM is not installed")
-    from mixq_compile.backends.tvm.translator import UnsupportedOpError
+    from mixq_compile.runtimes.tvm.translator import UnsupportedOpError
 
     with pytest.raises(UnsupportedOpError, match=r"broadcast between run-time sizes.*backend='torch'"):
         mq.export(_AfterConv(lambda h: h[:1] + h).eval(), random_graph(20, 60, 8), tmp_path / "a", backend="tvm")

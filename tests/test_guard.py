@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from conftest import random_graph
 
 import mixq_compile as mq
 from mixq_compile.guard import raise_collapsed_sites
 from mixq_compile.models import PlanetoidGCN
+
+from helpers import random_graph
 
 
 def test_a_collapsed_assignment_is_raised_until_validation_is_back_within_the_drop():

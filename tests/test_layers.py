@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("capture and passes", ("capture", "passes", "cost")),
     ("lowering", ("lowering",)),
     ("quantized model and API", ("quantized_model", "api", "calibration", "sensitivity", "site_report", "saved_model")),
-    ("backends", ("backends",)),
+    ("backends", ("runtimes",)),
     ("artifacts and profiling", ("artifact", "selfcheck", "profiling", "chunked_inference")),
     ("public API facade", ("",)),
     (

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import random
 import warnings
 
 import pytest
 import torch
-from conftest import adversarial_graphs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_zoo import ALL
 
 import mixq_compile as mq
 from mixq_compile.ir import instructions as K
 from mixq_compile.lowering.lower_integer import LoweringError
 from mixq_compile.models import PlanetoidGCN
 
-
-def _frozen(name: str, seed: int = 0):
-    factory, inputs = ALL[name]
-    torch.manual_seed(seed)
-    model = factory().eval()
-    args = inputs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        qmodel = mq.quantize(model, args, (2, 4, 8))
-    rng = random.Random(seed)
-    bits = {site: rng.choice((2, 4, 8)) for site in qmodel.chosen_bits()}
-    return mq.freeze(qmodel, bits).eval(), args, inputs
+from helpers import adversarial_graphs
+from zoo import ALL, frozen_at_random_bits, lowered
 
 
 def _output_step(frozen) -> float:
@@ -39,7 +26,7 @@ def _output_step(frozen) -> float:
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_integer_program_matches_fake_quant_on_two_graph_sizes(name):
-    frozen, args, inputs = _frozen(name)
+    frozen, args, inputs = frozen_at_random_bits(name)
     program = mq.lower(frozen)
     with torch.no_grad():
         for graph in (args, inputs(seed=1)):
@@ -49,7 +36,7 @@ def test_integer_program_matches_fake_quant_on_two_graph_sizes(name):
 
 
 def test_integer_program_uses_integer_kernels_and_integer_dtypes():
-    frozen, args, _ = _frozen("paper_gcn")
+    frozen, args, _ = frozen_at_random_bits("paper_gcn")
     program = mq.lower(frozen)
     targets = {n.target for n in program.features.graph.nodes if n.op == "call_function"}
     assert {K.linear_int, K.scatter_sum_int, K.mul_int, K.requantize} <= targets
@@ -62,7 +49,7 @@ def test_integer_program_uses_integer_kernels_and_integer_dtypes():
 
 def test_edge_weight_product_uses_both_zero_points():
     """An affine edge-weight grid (z_e != 0) must still be exact: the product is (q_e - z_e)(q_x - z_x)."""
-    frozen, args, _ = _frozen("paper_gcn")
+    frozen, args, _ = frozen_at_random_bits("paper_gcn")
     quantizer = frozen.quantizer("conv1.edge_weight")
     with torch.no_grad():
         quantizer.zero_point.fill_(3.0)  # shift the grid: real zero is code 3
@@ -92,20 +79,10 @@ def test_kernels_requantize_fixed_point_matches_float_multiplier():
     assert (fixed - floating).abs().max() <= 1
 
 
-_PROGRAMS: dict[str, tuple] = {}
-
-
-def _program(name: str):
-    if name not in _PROGRAMS:
-        frozen, _, _ = _frozen(name)
-        _PROGRAMS[name] = (frozen, mq.lower(frozen))
-    return _PROGRAMS[name]
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graph=adversarial_graphs(), name=st.sampled_from(["paper_gcn", "sage_sum", "graphconv", "gat"]))
 def test_integer_program_matches_on_adversarial_graphs(graph, name):
-    frozen, program = _program(name)
+    frozen, program = lowered(name)
     x, edge_index = graph
     with torch.no_grad():
         expected, got = frozen(x, edge_index), program(x, edge_index)
@@ -114,7 +91,7 @@ def test_integer_program_matches_on_adversarial_graphs(graph, name):
 
 
 def test_fixed_point_requantization_stays_within_one_step_per_layer():
-    frozen, args, inputs = _frozen("paper_gcn")
+    frozen, args, inputs = frozen_at_random_bits("paper_gcn")
     program = mq.lower(frozen, fixed_point=True)
     targets = {n.target for n in program.features.graph.nodes if n.op == "call_function"}
     assert K.requantize_fixed_point in targets and K.requantize not in targets
@@ -148,8 +125,9 @@ def test_structure_cache_and_degree_quant_models_lower_to_the_same_exact_program
 def test_a_mean_aggregation_counts_rows_without_dequantizing_the_gathered_messages():
     """PyG's mean scatters ``x_j.new_ones(E)`` to count rows: the integer program must not dequantize the [E, C]
     gathered codes to read their dtype (at 10M edges × 128 channels that was 5 GB of float32 per layer)."""
-    from conftest import random_graph
     from torch_geometric.nn import SAGEConv
+
+    from helpers import random_graph
 
     class Sage(torch.nn.Module):
         def __init__(self) -> None:

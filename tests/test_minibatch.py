@@ -171,10 +171,11 @@ def test_modes_the_torch_sampler_lacks_name_pyg_lib(mode):
 
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
 def test_chunked_whole_graph_inference_gives_the_full_graph_integers(conv, tmp_path):
-    from conftest import random_graph
     from torch_geometric.nn import GATConv, GCNConv
 
     from mixq_compile.chunked_inference import predict_in_chunks
+
+    from helpers import random_graph
 
     layer = {"gcn": GCNConv, "sage": SAGEConv, "gat": lambda i, o: GATConv(i, o, heads=2, concat=False)}[conv]
 
@@ -222,15 +223,15 @@ def test_the_documented_torchrun_command_runs_two_ranks_that_agree(tmp_path):
 
 
 def test_ranges_calibrated_over_several_sampled_batches_cover_all_of_them():
-    from test_calibration import _covered
+    from helpers import covered_range
 
     qmodel = _quantized(_loaders(planted())[0])  # captured on a batch of the usual features
     data = planted()
     data.x[data.num_nodes // 2 :] *= 4.0  # half of the nodes have 4x larger features
-    before = _covered(qmodel, "conv1.message")
+    before = covered_range(qmodel, "conv1.message")
     batches = list(neighbor_loader(data, [5, 5], input_nodes=torch.arange(0, data.num_nodes, 7), batch_size=32))
     mq.calibrate(qmodel, batches, progress=False)
-    low, high = _covered(qmodel, "conv1.message")
+    low, high = covered_range(qmodel, "conv1.message")
     slack = 0.1 * (high - low)  # MSE clipping at 8 bits trims the extremes by a few percent
     for batch in batches:
         assert low - slack <= float(batch.x.min()) and float(batch.x.max()) <= high + slack

@@ -11,11 +11,12 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch_geometric.nn as pyg
-from conftest import random_batch
 from torch import nn
 
 import mixq_compile as mq
-from mixq_compile.backends import available_backends
+from mixq_compile.runtimes import available_backends
+
+from helpers import random_batch
 
 FEATURES = 8
 CONVS = {

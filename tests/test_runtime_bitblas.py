@@ -14,12 +14,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 from safetensors.torch import load_file
 
 import mixq_compile as mq
-from mixq_compile.backends import BackendUnavailableError
-from mixq_compile.backends.bitblas.backend import (
+from mixq_compile.ir import instructions as K
+from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes import BackendUnavailableError
+from mixq_compile.runtimes.bitblas.backend import (
     PLAN_FILE,
     bitblas_reason,
     build_glue,
@@ -28,11 +29,11 @@ from mixq_compile.backends.bitblas.backend import (
     read_message,
     write_message,
 )
-from mixq_compile.backends.bitblas.layout import MatmulPlan, bitblas_linear, pack_weight, unpack_weight
-from mixq_compile.backends.bitblas.worker import serve
-from mixq_compile.backends.pt2 import load_pt2
-from mixq_compile.ir import instructions as K
-from mixq_compile.models import PlanetoidGCN
+from mixq_compile.runtimes.bitblas.layout import MatmulPlan, bitblas_linear, pack_weight, unpack_weight
+from mixq_compile.runtimes.bitblas.worker import serve
+from mixq_compile.runtimes.pt2 import load_pt2
+
+from helpers import random_graph
 
 IN, HIDDEN, OUT = 9, 16, 3  # odd K for the first layer: its packed rows need padding
 

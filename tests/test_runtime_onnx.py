@@ -9,18 +9,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import GraphNormGIN, random_batch, random_graph
 from torch import fx, nn
 
 import mixq_compile as mq
 from mixq_compile.artifact import export, load_artifact, lower_for_export
-from mixq_compile.backends import BACKENDS
-from mixq_compile.backends.onnx.backend import convert_program
-from mixq_compile.backends.onnx.converters import CONVERTERS
-from mixq_compile.backends.onnx.graph import OnnxConversionError
 from mixq_compile.ir import instructions as K
 from mixq_compile.ir.program import IntegerProgram
 from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
+from mixq_compile.runtimes import BACKENDS
+from mixq_compile.runtimes.onnx.backend import convert_program
+from mixq_compile.runtimes.onnx.converters import CONVERTERS
+from mixq_compile.runtimes.onnx.graph import OnnxConversionError
+
+from helpers import GraphNormGIN, random_batch, random_graph
 
 GCN_BITS = {
     "int8": {},

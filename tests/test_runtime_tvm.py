@@ -9,17 +9,18 @@ import warnings
 
 import pytest
 import torch
-from conftest import GraphNormGIN, random_batch, random_graph
 from torch import nn
 from torch_geometric.nn import GCNConv
 
 import mixq_compile as mq
-from mixq_compile.backends import BackendUnavailableError, get_backend
 from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
+from mixq_compile.runtimes import BackendUnavailableError, get_backend
+
+from helpers import GraphNormGIN, random_batch, random_graph
 
 pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mixq_compile[tvm]'")
 
-from mixq_compile.backends.tvm.translator import UnsupportedOpError
+from mixq_compile.runtimes.tvm.translator import UnsupportedOpError
 
 pytestmark = pytest.mark.slow  # every test builds a TVM module
 
@@ -81,7 +82,7 @@ def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
     on Relax's own matmul and scatter_elements, and must be just as exact."""
     import tvm
 
-    from mixq_compile.backends.tvm import backend as tvm_relax
+    from mixq_compile.runtimes.tvm import backend as tvm_relax
 
     monkeypatch.setattr(tvm_relax, "find_aggregations", lambda *args: [])
     monkeypatch.setattr(tvm.target.codegen, "target_has_features", lambda *args: False)
@@ -206,7 +207,7 @@ def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
     import numpy as np
     import tvm
 
-    from mixq_compile.backends.tvm import kernels as TK
+    from mixq_compile.runtimes.tvm import kernels as TK
 
     module = tvm.IRModule({"main": TK.dense_int_f32(k, o).with_attr("global_symbol", "main")})
     lib = tvm.compile(module, target={"kind": "llvm", "mcpu": "haswell"})
@@ -230,8 +231,8 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
     import numpy as np
     import tvm
 
-    from mixq_compile.backends.tvm import kernels as TK
     from mixq_compile.ir import instructions as K
+    from mixq_compile.runtimes.tvm import kernels as TK
 
     if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
         pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")

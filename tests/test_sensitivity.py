@@ -6,10 +6,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 
 import mixq_compile as mq
 from mixq_compile.models import PlanetoidGCN
+
+from helpers import random_graph
 
 
 @pytest.fixture(scope="module")

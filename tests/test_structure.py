@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_graph
 from torch import nn
 
 import mixq_compile as mq
@@ -15,6 +14,8 @@ from mixq_compile.capture import capture
 from mixq_compile.ir.structure_cache import StructureCache
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.passes.structure import cache_structure, structure_nodes
+
+from helpers import random_graph
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import adversarial_graphs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_lowering import _program
 
 from mixq_compile import cpu
 from mixq_compile.errors import InputValueError
@@ -19,6 +17,9 @@ from mixq_compile.ir import instructions as K
 from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.ops import csr, elementwise, native  # noqa: F401
+
+from helpers import adversarial_graphs
+from zoo import lowered
 
 csr_sum = torch.ops.mixq.csr_sum
 
@@ -104,7 +105,7 @@ def test_float_tables_sum_in_their_dtype():
 @settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(graph=adversarial_graphs(), name=st.sampled_from(["paper_gcn", "sage_sum"]))
 def test_csr_rewritten_program_equals_the_integer_program(graph, name):
-    _, program = _program(name)
+    _, program = lowered(name)
     frontier = tuple(program.structure(*graph))
     aggregations = find_aggregations(program.features, len(graph), frontier)
     assert len(aggregations) == 2, "both layers' aggregations are found"
@@ -295,7 +296,7 @@ def test_quantize_linear_takes_the_sparse_kernel_only_for_sparse_features(kernel
 @settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(graph=adversarial_graphs(), density=st.sampled_from([0.02, 1.0]))
 def test_input_linear_fusion_keeps_the_program_exact(graph, density):
-    _, program = _program("paper_gcn")
+    _, program = lowered("paper_gcn")
     x, edge_index = graph
     x = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < density)
     fused, count = fuse_input_linear(program.features)
@@ -307,6 +308,6 @@ def test_input_linear_fusion_keeps_the_program_exact(graph, density):
 
 
 def test_input_codes_read_by_more_than_the_linear_are_not_fused():
-    _, program = _program("sage_sum")  # SAGE's input codes feed the aggregation and the root linear
+    _, program = lowered("sage_sum")  # SAGE's input codes feed the aggregation and the root linear
     _, count = fuse_input_linear(program.features)
     assert count == 0

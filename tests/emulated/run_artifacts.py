@@ -26,7 +26,7 @@ for arg in sys.argv[1:]:
     except mq.ArtifactError as error:
         entry["error"] = str(error)
     if artifact.backend == "onnx":
-        from mixq_compile.backends.onnx.backend import load_onnx
+        from mixq_compile.runtimes.onnx.backend import load_onnx
 
         structure = artifact.structure(*inputs)
         raw = load_onnx(path / "features.onnx")(*inputs, *structure)

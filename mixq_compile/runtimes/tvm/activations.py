@@ -1,6 +1,6 @@
 """Converters of the TVM backend for activations, normalizations and arg-reductions that PyG models end with or put
 between layers (ELU in GAT, ``log_softmax`` heads, GELU/SiLU MLPs, LayerNorm, ``F.normalize``); they run in float
-on dequantized values. Merged into :data:`mixq_compile.backends.tvm.converters.CONVERTERS`."""
+on dequantized values. Merged into :data:`mixq_compile.runtimes.tvm.converters.CONVERTERS`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The ``onnx`` backend: the integer program as two ONNX graphs, run with onnxruntime (CPU).
 
-The fx programs are translated node by node (:mod:`mixq_compile.backends.onnx.graph`), one converter per instruction
+The fx programs are translated node by node (:mod:`mixq_compile.runtimes.onnx.graph`), one converter per instruction
 of :mod:`mixq_compile.ir.instructions` and per ATen op of structure and feature programs
-(:mod:`mixq_compile.backends.onnx.converters`). The graphs use ONNX's own integer ops,
+(:mod:`mixq_compile.runtimes.onnx.converters`). The graphs use ONNX's own integer ops,
 chosen for what is exact *and* fast on onnxruntime's CPU kernels (TOOLCHAIN_NOTES.md §Q3, §Q7):
 
 - codes of ≤ 8-bit grids travel as ``uint8`` holding ``code + 128``: ``QuantizeLinear``/``DequantizeLinear`` read and

@@ -5,7 +5,7 @@ programs contain (the table of :mod:`.converters`, passed in). Node and edge cou
 one build serves every graph. The hot spots do not go through Relax's generic ops: ``linear_int`` on int8 codes
 becomes the VNNI kernel, FP32 ``linear`` with a constant weight the register-blocked FP32 kernel, and every sum
 aggregation of gathered messages (:class:`Aggregation`) a CSR kernel over edges that the structure program sorts by
-target (:mod:`mixq_compile.backends.tvm.kernels`). Everything else is legalized by Relax, fused, and given a generic
+target (:mod:`mixq_compile.runtimes.tvm.kernels`). Everything else is legalized by Relax, fused, and given a generic
 parallel/vectorized schedule (:class:`CpuSpatial`).
 """
 
@@ -36,7 +36,7 @@ def unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
     op = getattr(node.target, "__name__", str(node.target))
     return UnsupportedOpError(
         f"the TVM backend cannot translate {node.name} ({op}): {why}. Export with backend='torch' (or 'onnx'), or "
-        f"add a converter for it to mixq_compile.backends.tvm.converters.CONVERTERS"
+        f"add a converter for it to mixq_compile.runtimes.tvm.converters.CONVERTERS"
     )
 
 
@@ -154,7 +154,7 @@ def check_supported(gm: fx.GraphModule, converters: Converters) -> None:
                            for op, names in missing.items())  # fmt: skip
         raise UnsupportedOpError(
             f"the TVM backend has no converter for {len(missing)} op(s) of this feature program: {listed}. Export "
-            f"with backend='torch' (or 'onnx'), or add converters to mixq_compile.backends.tvm.converters.CONVERTERS"
+            f"with backend='torch' (or 'onnx'), or add converters to mixq_compile.runtimes.tvm.converters.CONVERTERS"
         )
 
 

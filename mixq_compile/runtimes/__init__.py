@@ -1,4 +1,4 @@
-"""Deployment backends, one module each, behind :class:`~mixq_compile.backends.base.Backend`."""
+"""Deployment backends, one module each, behind :class:`~mixq_compile.runtimes.base.Backend`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from .base import Backend, BackendUnavailableError
 
 #: backend name -> "module:class"; modules are imported on first use so optional dependencies stay optional.
 BACKENDS = {
-    "torch": "mixq_compile.backends.torch.backend:TorchBackend",
-    "onnx": "mixq_compile.backends.onnx.backend:OnnxBackend",
-    "bitblas": "mixq_compile.backends.bitblas.backend:BitblasBackend",
-    "tvm": "mixq_compile.backends.tvm.backend:TvmBackend",
+    "torch": "mixq_compile.runtimes.torch.backend:TorchBackend",
+    "onnx": "mixq_compile.runtimes.onnx.backend:OnnxBackend",
+    "bitblas": "mixq_compile.runtimes.bitblas.backend:BitblasBackend",
+    "tvm": "mixq_compile.runtimes.tvm.backend:TvmBackend",
 }
 
 

@@ -1,6 +1,6 @@
 """Converters of the ``onnx`` backend for the integer instructions (:mod:`mixq_compile.ir.instructions`):
 :data:`INTEGER_CONVERTERS`, chosen for what is exact *and* fast on onnxruntime's CPU kernels (see
-:mod:`mixq_compile.backends.onnx.backend` for the choices)."""
+:mod:`mixq_compile.runtimes.onnx.backend` for the choices)."""
 
 from __future__ import annotations
 

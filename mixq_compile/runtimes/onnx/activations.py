@@ -1,6 +1,6 @@
 """Converters of the ``onnx`` backend for activations, normalizations and arg-reductions that PyG models end with or
 put between layers (ELU in GAT, ``log_softmax`` heads, GELU/SiLU MLPs, LayerNorm, ``F.normalize``); they run in
-float on dequantized values. Merged into :data:`mixq_compile.backends.onnx.converters.CONVERTERS`."""
+float on dequantized values. Merged into :data:`mixq_compile.runtimes.onnx.converters.CONVERTERS`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Converters of the TVM backend for float ATen ops beyond the core (comparisons, unary math, reductions,
 softmax, matmul, indexing with masks, concatenation, splits, GRU cells, ...): the float islands of PyG convs.
-Merged into :data:`mixq_compile.backends.tvm.converters.CONVERTERS`."""
+Merged into :data:`mixq_compile.runtimes.tvm.converters.CONVERTERS`."""
 
 from __future__ import annotations
 

@@ -224,7 +224,7 @@ class WorkerRunner:
     """The feature program, run by a ``bitblas_worker serve`` process that holds the built kernels."""
 
     def __init__(self, directory: Path, python: str, emulate: bool = False) -> None:
-        command = [python, "-m", "mixq_compile.backends.bitblas.worker", "serve", str(directory)]
+        command = [python, "-m", "mixq_compile.runtimes.bitblas.worker", "serve", str(directory)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_repo_root(), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             command + (["--emulate"] if emulate else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env

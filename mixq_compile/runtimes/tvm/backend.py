@@ -1,9 +1,9 @@
 """The ``tvm`` backend: the feature program as a compiled Apache TVM Relax module (``features.so``).
 
-- **Features** are translated node by node into Relax (:mod:`mixq_compile.backends.tvm.translator`), with symbolic
+- **Features** are translated node by node into Relax (:mod:`mixq_compile.runtimes.tvm.translator`), with symbolic
   node/edge counts, built for the host CPU (``{"kind": "llvm", "mcpu": <host>, "num-cores": <threads>}``),
   written with ``export_library`` and reloaded with ``tvm.runtime.load_module``. Dense layers and aggregations run
-  hand-scheduled kernels (:mod:`mixq_compile.backends.tvm.kernels`), so no tuning is needed at export time.
+  hand-scheduled kernels (:mod:`mixq_compile.runtimes.tvm.kernels`), so no tuning is needed at export time.
 - **Structure** (self loops, normalisation, edge-weight codes) stays a ``torch.export`` program (``structure.pt2``,
   as in the ``torch`` backend): it uses boolean-mask indexing, whose data-dependent shapes TVM cannot compile
   (TOOLCHAIN_NOTES.md §Q4). It also sorts each aggregation's edges by target for the CSR kernels. Loading a TVM

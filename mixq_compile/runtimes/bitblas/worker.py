@@ -1,6 +1,6 @@
 """The bitBLAS worker: builds the planned kernels and runs the glue program, in its own process and environment.
 
-Run as ``python -m mixq_compile.backends.bitblas.worker {build,serve} ARTIFACT`` with an interpreter that has
+Run as ``python -m mixq_compile.runtimes.bitblas.worker {build,serve} ARTIFACT`` with an interpreter that has
 bitblas (and a CUDA torch). The exporting process never imports this module: bitBLAS bundles a TVM fork that
 conflicts with apache-tvm, and its import needs CUDA.
 
@@ -136,7 +136,7 @@ def _protocol_channel() -> BinaryIO:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mixq_compile.backends.bitblas.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mixq_compile.runtimes.bitblas.worker", description=__doc__)
     parser.add_argument("command", choices=("build", "serve"))
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--target", default=None, help="TVM target (default: bitBLAS detects the GPU)")

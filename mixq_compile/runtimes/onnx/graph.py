@@ -1,8 +1,8 @@
 """The ONNX graph builder of the ``onnx`` backend: values, nodes, initializers, and the node-by-node walk of an fx
-program that hands each node to its converter (:mod:`mixq_compile.backends.onnx.converters`).
+program that hands each node to its converter (:mod:`mixq_compile.runtimes.onnx.converters`).
 
 Codes of ≤ 8-bit grids travel through the graph as ``uint8`` holding ``code + 128`` (:data:`CODE_OFFSET`, see
-:mod:`mixq_compile.backends.onnx.backend`); :class:`Value` records which tensors carry them.
+:mod:`mixq_compile.runtimes.onnx.backend`); :class:`Value` records which tensors carry them.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def unsupported(node: fx.Node, why: str = "") -> OnnxConversionError:
     detail = f" ({why})" if why else ""
     return OnnxConversionError(
         f"the onnx backend cannot translate {name!r} at node {node.name!r}{detail}; add a converter to "
-        "mixq_compile.backends.onnx.converters.CONVERTERS, or export with backend='torch'"
+        "mixq_compile.runtimes.onnx.converters.CONVERTERS, or export with backend='torch'"
     )
 
 
