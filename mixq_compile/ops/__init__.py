@@ -6,4 +6,4 @@ Lowering's backend rewrites (:mod:`mixq_compile.lowering`) emit them, the torch 
 backend translates them. They are registered on import, so ``import mixq_compile`` is all a process needs before it
 loads a ``.pt2`` program that calls them."""
 
-from . import csr, elementwise, input_linear, linear  # noqa: F401  (register torch.ops.mixq.*)
+from . import csr, elementwise, input_linear, linear, packed  # noqa: F401  (register torch.ops.mixq.*)

@@ -17,6 +17,7 @@ from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
 from .op_registry import operator
+from .packed import unpack
 
 SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
 _SAMPLE_ROWS = 16
@@ -49,14 +50,21 @@ def quantize_linear(
     return _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, None)
 
 
-def _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue: native.Epilogue | None) -> Tensor:
-    """Both ops: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its rows where
-    the kernel takes it, else after it), otherwise the NaN/Inf test, quantize and the dense GEMM."""
-    if native.supports_quantize_linear(x, scale, zero, w_t) and density(x) <= SPARSE_DENSITY:
-        if epilogue is None or native.supports_epilogue(epilogue, w_t.shape[1]):
-            return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue)
-        acc = native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias)
+def _input_layer(
+    x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue: native.Epilogue | None,
+    packed: native.PackedCodes | None = None,
+) -> Tensor:  # fmt: skip
+    """Every form of the op: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its
+    rows where the kernel takes it, else after it; on ``packed`` weights where they are), otherwise the NaN/Inf
+    test, quantize and the dense GEMM (on the unpacked weights)."""
+    if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_DENSITY:
+        outputs = w_t.shape[1] if packed is None else packed.channels
+        if epilogue is None or native.supports_epilogue(epilogue, outputs):
+            return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue, packed)
+        acc = native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, packed=packed)
     else:
+        if packed is not None:
+            w_t = unpack(w_t, packed.qmin, packed.bits, packed.channels)
         if not all_finite(x):
             raise non_finite_error(native.NODE_FEATURES)
         codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
@@ -95,3 +103,58 @@ def quantize_linear_requantize(
 @quantize_linear_requantize.register_fake
 def _(x, scale, zero, qmin, qmax, w_t, w_sum, bias, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
     return x.new_empty((*x.shape[:-1], w_t.shape[1]), dtype=container_dtype(out_qmin, out_qmax))
+
+
+@operator("quantize_linear_packed")
+def quantize_linear_packed(
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    w_t: Tensor,
+    w_qmin: int,
+    w_bits: int,
+    out_features: int,
+    w_sum: Tensor,
+    bias: Tensor | None,
+) -> Tensor:
+    """``mixq::quantize_linear`` on packed weights (``w_bits`` a code, offset ``w_qmin``, ``out_features`` codes a
+    row of ``w_t``; :mod:`.packed`)."""
+    packed = native.PackedCodes(w_bits, w_qmin, out_features)
+    return _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, None, packed)
+
+
+@quantize_linear_packed.register_fake
+def _(x, scale, zero, qmin, qmax, w_t, w_qmin, w_bits, out_features, w_sum, bias) -> Tensor:
+    return x.new_empty((*x.shape[:-1], out_features), dtype=torch.int32)
+
+
+@operator("quantize_linear_packed_requantize")
+def quantize_linear_packed_requantize(
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    w_t: Tensor,
+    w_qmin: int,
+    w_bits: int,
+    out_features: int,
+    w_sum: Tensor,
+    bias: Tensor | None,
+    multiplier: Tensor,
+    out_zero: Tensor,
+    out_qmin: int,
+    out_qmax: int,
+) -> Tensor:
+    """``mixq::quantize_linear_requantize`` on packed weights."""
+    packed = native.PackedCodes(w_bits, w_qmin, out_features)
+    epilogue = native.Epilogue(multiplier, out_zero, out_qmin, out_qmax)
+    return _input_layer(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue, packed)
+
+
+@quantize_linear_packed_requantize.register_fake
+def _(x, scale, zero, qmin, qmax, w_t, w_qmin, w_bits, out_features, w_sum, bias, multiplier, out_zero, out_qmin,
+      out_qmax) -> Tensor:  # fmt: skip
+    return x.new_empty((*x.shape[:-1], out_features), dtype=container_dtype(out_qmin, out_qmax))

@@ -53,6 +53,9 @@ _CSR = {torch.int8: "csr_sum_int8", torch.int16: "csr_sum_int16", torch.int32: "
 _QUANTIZE = {torch.int8: "quantize_int8", torch.int16: "quantize_int16"}
 _REQUANTIZE = {torch.int8: "requantize_int8", torch.int16: "requantize_int16"}
 _QUANTIZE_LINEAR = {torch.int8: "quantize_linear_int8", torch.int16: "quantize_linear_int16"}
+#: kernels over packed sub-byte codes (uint8 tables, see :mod:`.packed`), by bits
+_CSR_PACKED = {2: "csr_sum_packed2", 4: "csr_sum_packed4"}
+_QUANTIZE_LINEAR_PACKED = {2: "quantize_linear_packed2", 4: "quantize_linear_packed4"}
 
 
 def _cache_dir() -> Path:
@@ -110,7 +113,7 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
     except (OSError, RuntimeError) as error:
         return None, f"building the native kernels failed: {error}"
     pointer, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    for name in _CSR.values():
+    for name in (*_CSR.values(), *_CSR_PACKED.values()):
         function = getattr(lib, name)
         function.restype = i32
         function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer, pointer]
@@ -118,10 +121,12 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function = getattr(lib, name)
         function.restype = None
         function.argtypes = [pointer] * 3 + [i64] * 2 + [i32, f32, f32, i32, pointer]
-    for name in _QUANTIZE_LINEAR.values():
+    for name in (*_QUANTIZE_LINEAR.values(), *_QUANTIZE_LINEAR_PACKED.values()):
         function = getattr(lib, name)
         function.restype = i32
-        function.argtypes = [pointer] + [f32] * 4 + [pointer] * 2 + [i64] * 3 + [i32, pointer, pointer]
+        function.argtypes = [pointer] + [f32] * 4 + [pointer, i32, pointer] + [i64] * 3 + [i32, pointer, pointer]
+    lib.pack_codes.restype = None
+    lib.pack_codes.argtypes = [pointer, i64, i64, i32, i32, i32, pointer]
     return lib, None
 
 
@@ -270,21 +275,25 @@ def csr_sum(
     zero: Tensor | None,
     rows: int,
     epilogue: Epilogue | None = None,
+    packed: PackedCodes | None = None,
 ) -> Tensor:
     """``mixq::csr_sum`` on integer codes in native code (call only where :func:`supports_csr_sum` holds), int32;
-    with an ``epilogue`` (where :func:`supports_epilogue` holds) its requantized int8 codes."""
-    channels = table.shape[1]
+    with an ``epilogue`` (where :func:`supports_epilogue` holds) its requantized int8 codes. With ``packed``,
+    ``table`` is a packed uint8 table of ``packed.channels`` codes a row (see :mod:`.packed`)."""
+    channels = table.shape[1] if packed is None else packed.channels
     out, alive, requant = _requant(epilogue, rows, channels)
     dst, src, table = dst.contiguous().to(torch.int64), src.contiguous().to(torch.int64), table.contiguous()
     zeros = torch.zeros(1, dtype=torch.int32) if zero is None else zero.reshape(-1).to(torch.int32)
-    zeros = zeros.expand(channels).contiguous()
+    base = zeros.expand(channels) - (0 if packed is None else packed.qmin)  # see native_kernels.c, packed codes
+    base = base.to(torch.int32).contiguous()
     weights = None if weight is None else weight.reshape(-1).to(torch.int32).contiguous()
-    status = getattr(library(), _CSR[table.dtype])(
+    kernel = _CSR[table.dtype] if packed is None else _CSR_PACKED[packed.bits]
+    status = getattr(library(), kernel)(
         dst.data_ptr(),
         src.data_ptr(),
         None if weights is None else weights.data_ptr(),
         table.data_ptr(),
-        zeros.data_ptr(),
+        base.data_ptr(),
         src.shape[0],
         table.shape[0],
         rows,
@@ -299,16 +308,18 @@ def csr_sum(
     return out
 
 
-def supports_quantize_linear(x: Tensor, scale: Tensor, zero: Tensor, w_t: Tensor) -> bool:
+def supports_quantize_linear(
+    x: Tensor, scale: Tensor, zero: Tensor, w_t: Tensor, packed: PackedCodes | None = None
+) -> bool:
     """Whether the native fused kernel applies: float32 features on the CPU, per-tensor input grid, int8/int16
-    weights."""
+    weights or packed ones."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.dim() >= 1
         and scale.numel() == 1
         and zero.numel() == 1
-        and w_t.dtype in _QUANTIZE_LINEAR
+        and (w_t.dtype in _QUANTIZE_LINEAR if packed is None else w_t.dtype == torch.uint8)
         and library() is not None
     )
 
@@ -322,25 +333,30 @@ def quantize_linear(
     w_t: Tensor,
     bias: Tensor | None,
     epilogue: Epilogue | None = None,
+    packed: PackedCodes | None = None,
 ) -> Tensor:
     """``linear_int(quantize(x), ...)`` in one native pass that skips zero features (call only where
     :func:`supports_quantize_linear` holds), int32, or with an ``epilogue`` its requantized int8 codes; raises
-    :class:`~mixq_compile.errors.InputValueError` if a feature is NaN or infinite."""
+    :class:`~mixq_compile.errors.InputValueError` if a feature is NaN or infinite. With ``packed``, ``w_t`` is a
+    packed uint8 table of ``packed.channels`` output features a row."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     w_t = w_t.contiguous()
-    out, alive, requant = _requant(epilogue, rows.shape[0], w_t.shape[1])
-    bias32 = None if bias is None else bias.to(torch.int32).expand(w_t.shape[1]).contiguous()
-    status = getattr(library(), _QUANTIZE_LINEAR[w_t.dtype])(
+    outputs = w_t.shape[1] if packed is None else packed.channels
+    out, alive, requant = _requant(epilogue, rows.shape[0], outputs)
+    bias32 = None if bias is None else bias.to(torch.int32).expand(outputs).contiguous()
+    kernel = _QUANTIZE_LINEAR[w_t.dtype] if packed is None else _QUANTIZE_LINEAR_PACKED[packed.bits]
+    status = getattr(library(), kernel)(
         rows.data_ptr(),
         float(scale),
         float(zero),
         float(qmin),
         float(qmax),
         w_t.data_ptr(),
+        0 if packed is None else packed.qmin,
         None if bias32 is None else bias32.data_ptr(),
         rows.shape[0],
         rows.shape[1],
-        w_t.shape[1],
+        outputs,
         torch.get_num_threads(),
         out.data_ptr(),
         requant,
@@ -350,4 +366,25 @@ def quantize_linear(
         raise non_finite_error(NODE_FEATURES)
     if status:
         raise MemoryError(f"mixq::quantize_linear: {_ERRORS[status]}")
-    return out.reshape(*x.shape[:-1], w_t.shape[1])
+    return out.reshape(*x.shape[:-1], outputs)
+
+
+@dataclass(frozen=True)
+class PackedCodes:
+    """How a uint8 table holds packed codes: ``bits`` (2 or 4) a code, stored as ``code - qmin``, ``channels``
+    codes a row (:mod:`.packed` has the layout)."""
+
+    bits: int
+    qmin: int
+    channels: int
+
+
+def pack_codes(codes: Tensor, qmin: int, bits: int, stride: int) -> Tensor:
+    """Packed uint8 ``[rows, stride]`` of int8 ``codes`` in ``[qmin, qmin + 2**bits)`` (native code; call only
+    where :func:`library` is not None)."""
+    rows = codes.reshape(-1, codes.shape[-1]).contiguous()
+    out = torch.empty((rows.shape[0], stride), dtype=torch.uint8)
+    library().pack_codes(
+        rows.data_ptr(), rows.shape[0], rows.shape[1], bits, qmin, torch.get_num_threads(), out.data_ptr()
+    )
+    return out
