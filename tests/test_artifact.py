@@ -248,3 +248,21 @@ def test_a_bound_artifact_serves_new_features_on_its_graph(frozen_gcn, backend, 
         served(dirty)
     with pytest.raises(mq.InputValueError, match="node id"):
         artifact.bind(x, torch.full_like(edge_index, x.shape[0]))
+
+
+def test_two_bit_artifact_stores_its_input_layer_weights_packed(tmp_path):
+    x, edge_index = random_graph(120, 500, 300)
+    x = x * (torch.rand(x.shape) < 0.02)
+    qmodel = mq.quantize(PlanetoidGCN(300, 5, hidden=64).eval(), (x, edge_index))
+    stored = {}
+    for bits in (8, 2):
+        mq.export(mq.freeze(qmodel, bits).eval(), (x, edge_index), tmp_path / str(bits), backend="torch")
+        artifact = mq.load_artifact(tmp_path / str(bits))
+        entries = json.loads((tmp_path / str(bits) / "manifest.json").read_text())["backend_entries"]
+        assert (entries["packed_ops"] > 0) == (bits == 2)
+        assert torch.equal(artifact(x, edge_index), mq.lower(mq.freeze(qmodel, bits).eval())(x, edge_index))
+        program = torch.export.load(tmp_path / str(bits) / "features.pt2")
+        stored[bits] = sum(t.numel() * t.element_size() for t in program.constants.values()) + sum(
+            t.numel() * t.element_size() for t in program.state_dict.values()
+        )
+    assert stored[2] < 0.35 * stored[8], stored  # 300 x 64 weights: 19.2 kB int8 -> 4.8 kB packed

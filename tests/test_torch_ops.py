@@ -11,7 +11,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixq_compile import cpu
 from mixq_compile.errors import InputValueError
 from mixq_compile.ir import instructions as K
 from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
@@ -24,18 +23,7 @@ from zoo import lowered
 csr_sum = torch.ops.mixq.csr_sum
 
 
-@pytest.fixture(autouse=True, params=[*cpu.LEVELS, "aten"])
-def kernels(request, monkeypatch):
-    """Runs each test with the native kernels of every level this CPU runs, then with them switched off (ATen)."""
-    if request.param == "aten":
-        monkeypatch.setattr(native, "library", lambda: None)
-        return "aten"
-    if cpu.LEVELS.index(request.param) > cpu.LEVELS.index(cpu.native_level()):
-        pytest.skip(f"this CPU ({cpu.model()}) cannot run the {request.param} kernels ({cpu.native_level()})")
-    monkeypatch.setenv(cpu.ENV, request.param)
-    if native.unavailable_reason() is not None:
-        pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
-    return "native"
+pytestmark = pytest.mark.usefixtures("kernels")  # every test on every kernel level (conftest.py)
 
 
 def _reference(dst, src, weight, table, zero, rows):

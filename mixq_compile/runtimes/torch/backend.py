@@ -23,6 +23,7 @@ from ...ir.program import IntegerProgram
 from ...lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from ...lowering.fuse_input_linear import fuse_input_linear
 from ...lowering.fuse_requantize import fuse_requantize
+from ...lowering.pack_codes import pack_narrow_codes
 from ...ops import linear, native
 from ..base import Backend, Runner
 from ..pt2 import export_program, load_pt2, no_grad_tuple
@@ -37,14 +38,19 @@ class TorchBackend(Backend):
     """Options: ``aot_inductor=True`` compiles the feature program ahead of time with AOTInductor (fused C++
     kernels for the element-wise quantize/requantize chains; needs a C++ compiler at export, ~30 s per model);
     ``sparse_aggregation=False`` keeps the scatter-add aggregations; ``sparse_input=False`` keeps the input layer's
-    quantize and dense GEMM apart (by default they are one ``mixq::quantize_linear``, which skips zero features)."""
+    quantize and dense GEMM apart (by default they are one ``mixq::quantize_linear``, which skips zero features);
+    ``packed=False`` keeps 2- and 4-bit codes in int8 containers (by default aggregations and input layers read them
+    packed, :mod:`mixq_compile.lowering.pack_codes`)."""
 
     name = "torch"
 
-    def __init__(self, aot_inductor: bool = False, sparse_aggregation: bool = True, sparse_input: bool = True) -> None:
+    def __init__(
+        self, aot_inductor: bool = False, sparse_aggregation: bool = True, sparse_input: bool = True, packed: bool = True
+    ) -> None:
         self.aot_inductor = aot_inductor
         self.sparse_aggregation = sparse_aggregation
         self.sparse_input = sparse_input
+        self.packed = packed
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -60,11 +66,14 @@ class TorchBackend(Backend):
             features, fused = fuse_input_linear(features)
         features = dispatching_ops(features, op_by_op=not self.aot_inductor)
         features, requantized = fuse_requantize(features)
+        packed = 0
+        if self.packed:
+            features, packed = pack_narrow_codes(features)
         frontier = tuple(structure(*example_inputs))
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
         entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused,
-                   "fused_requantizes": requantized}  # fmt: skip
+                   "fused_requantizes": requantized, "packed_ops": packed}  # fmt: skip
         if self.aot_inductor:
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
