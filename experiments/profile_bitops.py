@@ -1,4 +1,6 @@
-"""Latency vs BitOPs: ≥ 8 bit configurations of the Cora GCN (hidden 128), exported to every available backend.
+"""Latency vs BitOPs: ≥ 8 bit configurations of a GCN, exported to every available backend, on Cora (hidden 128)
+or on a large planted-community graph (``--graph large``: 1M nodes, 10M edges, power-law degrees, 128 features,
+hidden 256, generated in memory with a fixed seed) where aggregation is memory-bound.
 
 One process run measures, side by side: PyG FP32 eager (as written, and with GCNConv ``cached=True``; timed first
 and last, the faster counts), each backend's FP32 artifact, and each backend's integer
@@ -7,14 +9,19 @@ uncached integer latency of the 8-bit model is measured too). Writes ``results/p
 ``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
 
     python -m experiments.profile_bitops [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
-                                         [--isa avx2]
+                                         [--isa avx2] [--graph large [--nodes 1000000]]
 
 Every row and the summary record the CPU (model, kernel level, instruction sets) and the kernels each artifact ran
 (``Artifact.kernel_paths``); ``--isa`` forces a lower kernel level (``MIXQ_ISA``) to measure, on a VNNI machine,
 the paths an AVX2 or baseline CPU takes (libraries' own dispatch, e.g. onnxruntime's, still sees the real CPU).
 
 Latency depends on shapes and bit-widths only, so the model is randomly initialised (seed 0) and calibrated on the
-graph (no training). The artifacts are exported by a child process (the same script with ``--export-to``): compiler
+graph (no training). The large graph's artifacts are exported on a 4,000-node graph of the same kind (artifacts
+take any graph size; their self-check then stores that small graph) and timed on the large one; its summary adds
+kernel-level timings of the aggregation alone (``mixq::csr_sum`` on int8 codes vs packed 4- and 2-bit codes over
+the graph's edges at the hidden width) beside the end-to-end ones.
+
+The artifacts are exported by a child process (the same script with ``--export-to``): compiler
 worker pools and runtime thread pools started while exporting would otherwise still run during the timings, which
 inflated the first ones by up to 2x. bitBLAS needs a CUDA GPU: where none is present it is skipped with its reason.
 """
@@ -46,6 +53,8 @@ from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import available_backends
 
 OUT = RESULTS / "profile_bitops"
+#: the large graph's export stand-in: same features and classes, small enough that self-checks stay small
+EXPORT_NODES = 4000
 KIND_GROUPS = {
     "weights": {"weight"},
     "activations": {"activation", "linear_out"},
@@ -79,16 +88,56 @@ def bit_configs(sites: dict[str, str], seeds: int = 2) -> dict[str, dict[str, in
     return configs
 
 
-def load_graph(data_root: str | None, smoke: bool) -> tuple[str, tuple[torch.Tensor, torch.Tensor], int]:
-    if smoke:
+def load_graph(args: argparse.Namespace) -> tuple[str, tuple[torch.Tensor, torch.Tensor], tuple, int]:
+    """(name, the inputs timed, the inputs exported and calibrated on, classes)."""
+    if args.graph == "large":
+        from mixq_compile.synthetic import planted_communities
+
+        nodes = 3000 if args.smoke else args.nodes
+        big = planted_communities(nodes, avg_degree=args.avg_degree, features=128, seed=0)
+        small = planted_communities(EXPORT_NODES, avg_degree=args.avg_degree, features=128, seed=1)
+        name = f"planted {nodes // 1000}k nodes / {big.edge_index.shape[1] // 1000}k edges"
+        return name, (big.x, big.edge_index), (small.x, small.edge_index), int(big.y.max()) + 1
+    if args.smoke:
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(300, 64, generator=gen)
         edge_index = torch.randint(0, 300, (2, 1200), generator=gen)
-        return "synthetic", (x, edge_index), 4
+        return "synthetic", (x, edge_index), (x, edge_index), 4
     from mixq_compile.data import load_dataset
 
-    data = load_dataset("Cora", data_root).dataset[0]
-    return "Cora", (data.x, data.edge_index), int(data.y.max()) + 1
+    data = load_dataset("Cora", args.data_root).dataset[0]
+    return "Cora", (data.x, data.edge_index), (data.x, data.edge_index), int(data.y.max()) + 1
+
+
+def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int) -> list[dict]:
+    """The aggregation alone: ``mixq::csr_sum`` over the graph's edges (sorted by target, unweighted) on int8 codes
+    and on packed 4- and 2-bit codes of ``channels`` channels, taking turns; the median of ``repeats``."""
+    nodes = int(edge_index.max()) + 1
+    order = torch.argsort(edge_index[1])
+    dst, src = edge_index[1][order].contiguous(), edge_index[0][order].contiguous()
+    zero, gen = torch.tensor(0, dtype=torch.int32), torch.Generator().manual_seed(0)
+    calls = {}
+    for bits in (8, 4, 2):
+        qmin = -(2 ** (bits - 1))
+        codes = torch.randint(qmin, -qmin, (nodes, channels), dtype=torch.int8, generator=gen)
+        if bits == 8:
+            calls[bits] = (lambda c: lambda: torch.ops.mixq.csr_sum(dst, src, None, c, zero, nodes))(codes)
+        else:
+            packed = torch.ops.mixq.pack(codes, qmin, bits)
+            calls[bits] = (
+                lambda p, q, b: lambda: torch.ops.mixq.csr_sum_packed(dst, src, None, p, zero, nodes, q, b, channels)
+            )(packed, qmin, bits)
+    times: dict[int, list[float]] = {bits: [] for bits in calls}
+    for _ in range(repeats + 1):  # the first round warms up
+        for bits, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[bits].append((time.perf_counter() - start) * 1e3)
+    medians = {bits: sorted(t[1:])[len(t[1:]) // 2] for bits, t in times.items()}
+    return [{"cpu": cpu.summary(), "op": "csr_sum" if bits == 8 else f"csr_sum_packed (2^{bits} levels)",
+             "bits": bits, "nodes": nodes, "edges": int(edge_index.shape[1]), "channels": channels,
+             "median_ms": ms, "speedup_over_int8": medians[8] / ms, "table_bytes_per_row": channels * bits // 8}
+            for bits, ms in medians.items()]  # fmt: skip
 
 
 def cached_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -110,7 +159,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def export_all(args: argparse.Namespace, folder: Path) -> None:
     """Export the FP32 model and every bit configuration to every available backend; list them in targets.json."""
-    model, qmodel, inputs, _ = build(args)
+    model, qmodel, _, inputs, _ = build(args)
     backends, _ = available_backends(args.backends)
     targets: list[tuple[str, str, str, str, bool, str]] = []  # (name, backend, precision, config, cached, path)
     configs = bit_configs_for(qmodel, args.smoke)
@@ -131,19 +180,20 @@ def export_all(args: argparse.Namespace, folder: Path) -> None:
 
 
 def build(args: argparse.Namespace):
-    """The FP32 GCN (seed 0, so parent and export child build the same weights), its mixed model and the graph."""
+    """The FP32 GCN (seed 0, so parent and export child build the same weights), its mixed model, the inputs timed
+    and those exported on, and the graph's name."""
+    dataset, inputs, export_inputs, classes = load_graph(args)
     torch.manual_seed(0)
-    dataset, inputs, classes = load_graph(args.data_root, args.smoke)
     model = PlanetoidGCN(inputs[0].shape[1], classes, hidden=args.hidden).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(model, inputs, (2, 4, 8))
-    return model, qmodel, inputs, dataset
+        qmodel = mq.quantize(model, export_inputs, (2, 4, 8))
+    return model, qmodel, inputs, export_inputs, dataset
 
 
 def bit_configs_for(qmodel, smoke: bool) -> dict[str, dict[str, int]]:
     configs = bit_configs({row.name: row.kind for row in mq.sites(qmodel)})
-    return {k: configs[k] for k in ("all8", "w2_mp4")} if smoke else configs
+    return {k: configs[k] for k in ("all8", "w2_mp4", "all2")} if smoke else configs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,15 +205,23 @@ def main(argv: list[str] | None = None) -> int:
         default=["torch", "torch:aot_inductor", "onnx", "tvm", "bitblas"],
         help="TVM last: its spinning thread pool slows whatever runs after it in the same process",
     )
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--graph", choices=["cora", "large"], default="cora")
+    parser.add_argument("--nodes", type=int, default=1_000_000, help="nodes of the large graph")
+    parser.add_argument("--avg-degree", type=float, default=10.0, help="edges per node of the large graph")
+    parser.add_argument("--hidden", type=int, default=None, help="default: 128 (Cora), 256 (large)")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 5 (Cora), 1 (large)")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 30 (Cora), 5 (large)")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/profile_bitops[_large]")
     parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
     parser.add_argument("--isa", choices=["native", *cpu.LEVELS], default=None,
                         help="force this kernel level (MIXQ_ISA) in the export child and the measurements")  # fmt: skip
     parser.add_argument("--export-to", type=Path, default=None, help=argparse.SUPPRESS)  # the export child
     args = parser.parse_args(argv)
+    large = args.graph == "large"
+    args.hidden = args.hidden or (256 if large else 128)
+    args.warmup = args.warmup if args.warmup is not None else (1 if large else 5)
+    args.repeats = args.repeats or (5 if large else 30)
+    args.out = args.out or (RESULTS / "profile_bitops_large" if large else OUT)
     if args.isa is not None:
         os.environ[cpu.ENV] = args.isa
         cpu.level()  # a level this CPU cannot run fails here, with the reason
@@ -173,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.warmup, args.repeats = 1, 3
 
-    model, qmodel, inputs, dataset = build(args)
+    model, qmodel, inputs, _, dataset = build(args)
     configs = bit_configs_for(qmodel, args.smoke)
     backends, skipped = available_backends(args.backends)
     for name, reason in skipped.items():
@@ -198,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         child = [sys.executable, "-m", "experiments.profile_bitops", "--export-to", str(work)]
         child += ["--hidden", str(args.hidden), "--backends", *args.backends, *(["--smoke"] if args.smoke else [])]
+        child += ["--graph", args.graph, "--nodes", str(args.nodes), "--avg-degree", str(args.avg_degree)]
         child += ["--data-root", args.data_root] if args.data_root else []
         subprocess.run(child, check=True, cwd=CHECKOUT)
         targets = json.loads((work / "targets.json").read_text())
@@ -237,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             "own_fp32_over_best_integer": fp32_ms / best["median_ms"],
         }
     args.out.mkdir(parents=True, exist_ok=True)
+    kernels = kernel_rows(inputs[1], args.hidden, args.repeats) if large else []
+    if kernels:
+        with (args.out / "kernels.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(kernels[0]))
+            writer.writeheader()
+            writer.writerows(kernels)
     with (args.out / "latency.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -254,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_backends": skipped,
         "spearman_rho_latency_vs_bitops": rho,
         "ratios": ratios,
+        "all8_over_all2": {b: _config_ratio(rows, b, "all8", "all2") for b, _, _ in backends},
+        "kernels": kernels,
         "wall_s": time.perf_counter() - started,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -268,9 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     for backend, ratio in ratios.items():
         print(f"{backend}: ρ={rho[backend]:.2f}; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                                                for k, v in ratio.items()))  # fmt: skip
+    for k in kernels:
+        print(f"kernel {k['op']}: {k['median_ms']:.1f} ms ({k['speedup_over_int8']:.2f}x int8)")
     print(f"CPU: {cpu.summary()}")
     print(f"results in {args.out}")
     return 0
+
+
+def _config_ratio(rows: list[dict], backend: str, slow: str, fast: str) -> float | None:
+    """Latency of config ``slow`` over config ``fast`` on ``backend`` (None where either was not measured)."""
+    ms = {
+        r["config"]: r["median_ms"]
+        for r in rows
+        if r["backend"] == backend and r["cached"] and r["precision"] == "integer"
+    }
+    return ms[slow] / ms[fast] if slow in ms and fast in ms else None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
     rows = list(csv.DictReader((tmp_path / "latency.csv").open()))
     assert {r["backend"] for r in rows} == {"eager", "torch"}
     integer = [r for r in rows if r["precision"] == "integer"]
-    assert {r["config"] for r in integer} == {"all8", "w2_mp4"}
+    assert {r["config"] for r in integer} == {"all8", "w2_mp4", "all2"}
     assert all(float(r["median_ms"]) > 0 for r in rows)
     all8 = next(r for r in integer if r["config"] == "all8")
     mixed = next(r for r in integer if r["config"] == "w2_mp4")
@@ -38,6 +38,22 @@ def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
     fastest = min(float(r["median_ms"]) for r in rows if r["backend"] == "eager" and r["cached"] == "False")
     assert summary["eager_ms"] == fastest
     assert (tmp_path / "latency_vs_bitops.png").stat().st_size > 1000
+
+
+def test_profile_bitops_large_graph_smoke_adds_kernel_timings(tmp_path):
+    assert (
+        _script("profile_bitops").main(["--smoke", "--graph", "large", "--backends", "torch", "--out", str(tmp_path)])
+        == 0
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dataset"].startswith("planted 3k nodes") and summary["hidden"] == 256
+    assert [k["bits"] for k in summary["kernels"]] == [8, 4, 2] and all(k["median_ms"] > 0 for k in summary["kernels"])
+    assert summary["all8_over_all2"]["torch"] > 0
+    kernels = list(csv.DictReader((tmp_path / "kernels.csv").open()))
+    assert [int(r["table_bytes_per_row"]) for r in kernels] == [256, 128, 64]
+    from mixq_compile import cpu
+
+    assert kernels[0]["cpu"] == cpu.summary(), "the CPU the figures came from"
 
 
 def test_bit_configs_cover_at_least_eight_distinct_assignments():
