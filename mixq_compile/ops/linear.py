@@ -68,9 +68,9 @@ def linear_int(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Te
     if q_x.device.type != "cpu" or path(q_x, w_t) == "int8_vnni":
         return K.linear_int(q_x, x_zero, w_t, w_sum, bias)
     flat = q_x.reshape(-1, q_x.shape[-1])
-    acc = float_exact_matmul(flat, w_t) - x_zero.to(torch.int32) * w_sum
+    acc = float_exact_matmul(flat, w_t).sub_(x_zero.to(torch.int32) * w_sum)  # in place, as the reference
     if bias is not None:
-        acc = acc + bias
+        acc.add_(bias)
     return acc.reshape(*q_x.shape[:-1], w_t.shape[1])
 
 
