@@ -45,7 +45,11 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, aot_inductor: bool = False, sparse_aggregation: bool = True, sparse_input: bool = True, packed: bool = True
+        self,
+        aot_inductor: bool = False,
+        sparse_aggregation: bool = True,
+        sparse_input: bool = True,
+        packed: bool = True,
     ) -> None:
         self.aot_inductor = aot_inductor
         self.sparse_aggregation = sparse_aggregation
