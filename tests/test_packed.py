@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mixq_compile as mq
-from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations
+from mixq_compile.ir import instructions as K
+from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
+from mixq_compile.lowering.fold_relu import fold_relu
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.lowering.fuse_requantize import fuse_requantize
 from mixq_compile.lowering.pack_codes import code_range, pack_narrow_codes
@@ -120,13 +122,11 @@ def test_packed_input_layer_equals_the_unpacked_one(rows, features, out, bits, s
 def _torch_features(program, x, edge_index):
     """The torch backend's feature program before packing, and its inputs."""
     frontier = tuple(program.structure(x, edge_index))
-    features = csr_features(program.features, find_aggregations(program.features, 2, frontier))
-    from mixq_compile.lowering.csr_aggregation import sorted_structure
-
-    structure = sorted_structure(program.structure, find_aggregations(program.features, 2, frontier))
+    aggregations = find_aggregations(program.features, 2, frontier)
+    features = csr_features(program.features, aggregations)
     features, _ = fuse_input_linear(features)
     features, _ = fuse_requantize(dispatching_ops(features, op_by_op=True))
-    return features, structure
+    return features, sorted_structure(program.structure, aggregations)
 
 
 @pytest.mark.parametrize("name", ["paper_gcn", "sage_sum", "gat", "graphconv", "pyg_basic_gin"])
@@ -142,6 +142,18 @@ def test_packing_pass_keeps_zoo_programs_exact_at_random_bits(name, seed):
     for graph_x, graph_ei in ((x, edge_index), random_graph(x.shape[0] + 11, 4 * x.shape[0], x.shape[1], seed=9)):
         frontier = tuple(structure(graph_x, graph_ei))
         assert torch.equal(packed(graph_x, graph_ei, *frontier)[0], features(graph_x, graph_ei, *frontier)[0])
+
+
+@pytest.mark.parametrize("name", ["paper_gcn", "sage_sum", "arxiv_gcn_bn", "pyg_basic_gin"])
+def test_folding_relu_into_the_requantize_keeps_programs_exact(name):
+    frozen, (x, edge_index), _ = frozen_at_random_bits(name, 3)
+    features, structure = _torch_features(mq.lower(frozen), x, edge_index)
+    folded, count = fold_relu(features)
+    relus = sum(1 for n in features.graph.nodes if n.op == "call_function" and n.target is K.relu_codes)
+    assert count <= relus and (name != "paper_gcn" or count == 1), "the GCN's hidden ReLU follows a requantize"
+    for graph_x, graph_ei in ((x, edge_index), random_graph(x.shape[0] + 5, 3 * x.shape[0], x.shape[1], seed=4)):
+        frontier = tuple(structure(graph_x, graph_ei))
+        assert torch.equal(folded(graph_x, graph_ei, *frontier)[0], features(graph_x, graph_ei, *frontier)[0])
 
 
 def test_code_ranges_come_from_the_clamping_producer():

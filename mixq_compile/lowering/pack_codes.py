@@ -28,7 +28,7 @@ mixq = torch.ops.mixq
 aten = torch.ops.aten
 
 #: ops whose output codes are clamped to [args[i], args[i + 1]]: index of qmin
-_CLAMPED_AT = {
+CLAMPED_AT = {
     K.quantize: 3,
     K.requantize: 3,
     mixq.quantize.default: 3,
@@ -56,7 +56,7 @@ def code_range(node: object) -> tuple[int, int] | None:
         return None
     if node.target is K.relu_codes:  # max(q, zero): still inside q's range
         return code_range(node.args[0])
-    at = _CLAMPED_AT.get(node.target)
+    at = CLAMPED_AT.get(node.target)
     if at is None:
         return None
     qmin, qmax = node.args[at], node.args[at + 1]

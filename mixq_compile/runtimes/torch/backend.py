@@ -21,6 +21,7 @@ from torch import Tensor
 from ... import cpu
 from ...ir.program import IntegerProgram
 from ...lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
+from ...lowering.fold_relu import fold_relu
 from ...lowering.fuse_input_linear import fuse_input_linear
 from ...lowering.fuse_requantize import fuse_requantize
 from ...lowering.pack_codes import pack_narrow_codes
@@ -70,6 +71,7 @@ class TorchBackend(Backend):
             features, fused = fuse_input_linear(features)
         features = dispatching_ops(features, op_by_op=not self.aot_inductor)
         features, requantized = fuse_requantize(features)
+        features, relus = fold_relu(features)
         packed = 0
         if self.packed:
             features, packed = pack_narrow_codes(features)
@@ -77,7 +79,7 @@ class TorchBackend(Backend):
         torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
         entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused,
-                   "fused_requantizes": requantized, "packed_ops": packed}  # fmt: skip
+                   "fused_requantizes": requantized, "folded_relus": relus, "packed_ops": packed}  # fmt: skip
         if self.aot_inductor:
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
@@ -110,7 +112,9 @@ def read_only_by_quantize_linear(features: torch.fx.GraphModule, inputs: int) ->
     error itself, so the artifact need not scan them first. (Only for programs run by Python: under AOTInductor the
     error would come back as a ``RuntimeError``.)"""
     placeholders = [n for n in features.graph.nodes if n.op == "placeholder"][:inputs]
-    fused = {torch.ops.mixq.quantize_linear.default, torch.ops.mixq.quantize_linear_requantize.default}
+    mixq = torch.ops.mixq
+    fused = {mixq.quantize_linear.default, mixq.quantize_linear_requantize.default,
+             mixq.quantize_linear_packed.default, mixq.quantize_linear_packed_requantize.default}  # fmt: skip
 
     def checked(node: torch.fx.Node) -> bool:
         readers = [u for u in node.users if u.target not in _SHAPE_ONLY]
