@@ -1,4 +1,4 @@
-"""Atomic directory writes: a half-written save or export never replaces a good one."""
+"""Atomic writes of directories and files: a half-written save, export or cache never replaces a good one."""
 
 from __future__ import annotations
 
@@ -45,4 +45,20 @@ def write_directory(target: str | os.PathLike, fill: Callable[[Path], None]) -> 
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(staging, target)
+    return target
+
+
+def write_file(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``target`` through a uniquely named temporary file beside it and a rename, so a reader (or a
+    crash mid-write) sees the old file or the new one, never half of one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
     return target
