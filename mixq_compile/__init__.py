@@ -25,7 +25,7 @@ from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .cost.latency import LatencyTable, LatencyTableError
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
 from .ir.program import IntegerProgram
-from .latency_table import latency_table
+from .latency_measure import latency_table
 from .lowering.integer_program import lower
 from .profiling import ProfileReport, profile
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec

@@ -16,7 +16,7 @@ so it lies in (0, ~1] and a λ means what it means for the default penalty; slig
 lower width measure slower. With ``budget_ms`` it is the hinge ``relu(E[T] / budget_ms - 1)``.
 
 This module holds only the table and the arithmetic (the "capture and passes" layer); measuring needs exported
-artifacts and lives in :mod:`mixq_compile.latency_table`.
+artifacts and lives in :mod:`mixq_compile.latency_measure`.
 """
 
 from __future__ import annotations
