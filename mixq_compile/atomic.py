@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,15 +51,16 @@ def write_directory(target: str | os.PathLike, fill: Callable[[Path], None]) -> 
 
 def write_file(target: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``target`` through a uniquely named temporary file beside it and a rename, so a reader (or a
-    crash mid-write) sees the old file or the new one, never half of one."""
+    crash mid-write) sees the old file or the new one, never half of one. The file gets the usual permissions (the
+    umask's), not the owner-only ones of ``tempfile.mkstemp``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(handle, "w") as f:
+        with open(staging, "x") as f:
             f.write(text)
         os.replace(staging, target)
     except BaseException:
-        Path(staging).unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
         raise
     return target

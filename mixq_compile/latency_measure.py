@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -83,7 +84,8 @@ def time_interleaved(
 ) -> PairedTimings:
     """Time ``others`` against ``reference``, each between two reference timings (see the module docstring).
 
-    Each timing is one :func:`~mixq_compile.profile` call (``warmup`` untimed calls, the median of ``repeats``).
+    Each timing is one :func:`~mixq_compile.profile` call (``warmup`` untimed calls, the median of ``repeats``);
+    every model is called once before the first round, so one-time work (the structure cache) is never timed.
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
@@ -98,6 +100,9 @@ def time_interleaved(
         bar.update()
         return result
 
+    with torch.no_grad():  # first calls (structure caches, lazy initialisation) belong to no timing
+        for model in (reference, *others):
+            model(*args)
     with tqdm(total=rounds * (2 * len(others) + 1), desc=desc, disable=not progress, leave=False) as bar:
         for _ in range(rounds):
             order = list(range(len(others)))
