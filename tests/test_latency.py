@@ -116,6 +116,7 @@ def test_json_round_trip(measured):
         (lambda key: key.update(plan="0123456789abcdef"), "plan"),
         (lambda key: key.update(backend="onnx"), "backend"),
         (lambda key: key.update(torch="1.0"), "torch"),
+        (lambda key: key.update(threads=99), "threads"),
         (lambda key: key.update(input_shapes=[[[99, 8], "torch.float32"]]), "input_shapes"),
     ],
 )
