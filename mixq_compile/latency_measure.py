@@ -66,9 +66,6 @@ class PairedTimings:
     def median_delta(self, index: int) -> float:
         return statistics.median(self.delta_ms[index])
 
-    def median_own(self, index: int) -> float:
-        return statistics.median(self.own_ms[index])
-
 
 def time_interleaved(
     reference: Callable[..., object],
