@@ -22,8 +22,10 @@ from .api import (
 from .artifact import Artifact, ArtifactError, BoundArtifact, export, load_artifact
 from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
+from .cost.latency import LatencyTable, LatencyTableError
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
 from .ir.program import IntegerProgram
+from .latency_measure import latency_table
 from .lowering.integer_program import lower
 from .profiling import ProfileReport, profile
 from .quant import FakeQuantizer, MixedQuantizer, QuantSpec
@@ -43,6 +45,8 @@ __all__ = [
     "InputSignatureError",
     "InputValueError",
     "IntegerProgram",
+    "LatencyTable",
+    "LatencyTableError",
     "MixQError",
     "MixedQuantizer",
     "NoQuantizableOpError",
@@ -60,6 +64,7 @@ __all__ = [
     "export",
     "fit_budget",
     "freeze",
+    "latency_table",
     "load",
     "load_artifact",
     "lower",

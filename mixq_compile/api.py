@@ -12,6 +12,7 @@ from .capture import capture
 from .config import QuantConfig
 from .cost.bitops import BitOpsReport, as_report, check_convention, fp32_bitops, model_bytes, quantized_bitops
 from .cost.budget import fit_budget as fit_assignment
+from .cost.latency import LatencyTable, latency_penalty
 from .cost.ops import record_shapes
 from .cost.penalty import compute_penalty
 from .graph_copy import quiet_deepcopy
@@ -70,13 +71,38 @@ def quantize(
 
 
 def penalty(
-    qmodel: QuantizedModel, *, scaling: str = "relative", budget: float | None = None, budget_convention: str = "wa"
+    qmodel: QuantizedModel,
+    *,
+    scaling: str = "relative",
+    budget: float | None = None,
+    budget_convention: str = "wa",
+    cost: str = "bitops",
+    latency: LatencyTable | None = None,
+    budget_ms: float | None = None,
 ) -> Tensor:
     """Differentiable expected cost for the search loss ``task_loss + λ * penalty(qmodel)``.
 
-    See :mod:`mixq_compile.cost.penalty` for the ``"relative"`` (default, in (0, 1]), ``"paper"`` and budget forms.
+    ``cost="bitops"`` (default): see :mod:`mixq_compile.cost.penalty` for the ``"relative"`` (in (0, 1]),
+    ``"paper"`` and ``budget`` forms. ``cost="latency"``: the expected *measured* latency of the deployed model
+    from ``latency=mq.latency_table(qmodel, example_inputs)``, over the all-highest latency (so λ means what it
+    means for the relative BitOPs penalty), or with ``budget_ms`` the hinge ``relu(E[latency] / budget_ms - 1)``
+    (see :mod:`mixq_compile.cost.latency`).
     """
     _require_quantized(qmodel, "penalty")
+    if cost == "latency":
+        if latency is None:
+            raise ValueError(
+                "cost='latency' needs a measured table: latency=mixq_compile.latency_table(qmodel, example_inputs)"
+            )
+        if budget is not None or scaling != "relative":
+            raise ValueError(
+                "budget= and scaling= belong to cost='bitops'; with cost='latency' give budget_ms= (milliseconds)"
+            )
+        return latency_penalty(qmodel, latency, budget_ms)
+    if cost != "bitops":
+        raise ValueError(f"unknown penalty cost {cost!r}; use 'bitops' (default) or 'latency'")
+    if latency is not None or budget_ms is not None:
+        raise ValueError("latency= and budget_ms= need cost='latency' (the default cost is expected BitOPs)")
     return compute_penalty(qmodel, scaling=scaling, budget=budget, budget_convention=budget_convention)
 
 

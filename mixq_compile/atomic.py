@@ -1,10 +1,11 @@
-"""Atomic directory writes: a half-written save or export never replaces a good one."""
+"""Atomic writes of directories and files: a half-written save, export or cache never replaces a good one."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,4 +46,21 @@ def write_directory(target: str | os.PathLike, fill: Callable[[Path], None]) -> 
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(staging, target)
+    return target
+
+
+def write_file(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``target`` through a uniquely named temporary file beside it and a rename, so a reader (or a
+    crash mid-write) sees the old file or the new one, never half of one. The file gets the usual permissions (the
+    umask's), not the owner-only ones of ``tempfile.mkstemp``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(staging, "x") as f:
+            f.write(text)
+        os.replace(staging, target)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
     return target

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .api import penalty
+from .cost.latency import LatencyTable
 from .quantized_model import QuantizedModel
 
 
@@ -64,17 +65,27 @@ def train_node(
     penalty_scaling: str = "relative",
     budget: float | None = None,
     budget_convention: str = "wa",
+    latency: LatencyTable | None = None,
+    budget_ms: float | None = None,
     desc: str = "train",
     progress: bool = True,
     track_best: bool = True,
 ) -> TrainResult:
     """Adam on cross-entropy over the train mask (+ ``lam * penalty`` for a mixed model); keeps the best-val state.
 
+    The penalty is the expected BitOPs (``penalty_scaling``, ``budget``), or with ``latency`` (a table from
+    :func:`mixq_compile.latency_table`) the expected measured latency (``budget_ms``: its hinge form).
+
     The test accuracy reported is the one at the first epoch with the best validation accuracy. With
     ``track_best=False`` nothing is evaluated and the last state is returned (the MixQ search only needs the final
     bit-widths, and evaluating the three-candidate model every epoch costs about a third of the search).
     """
-    searching = isinstance(model, QuantizedModel) and model.is_mixed and (lam != 0.0 or budget is not None)
+    limited = budget is not None or budget_ms is not None
+    searching = isinstance(model, QuantizedModel) and model.is_mixed and (lam != 0.0 or limited)
+    if latency is not None:
+        options = {"cost": "latency", "latency": latency, "budget_ms": budget_ms}
+    else:
+        options = {"scaling": penalty_scaling, "budget": budget, "budget_convention": budget_convention}
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     best = TrainResult(-1.0, 0.0, -1, copy.deepcopy(model.state_dict()))
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
@@ -84,9 +95,7 @@ def train_node(
         out = model(*data.inputs)
         loss = F.cross_entropy(out[data.train_mask], data.y[data.train_mask])
         if searching:
-            loss = loss + lam * penalty(
-                model, scaling=penalty_scaling, budget=budget, budget_convention=budget_convention
-            )
+            loss = loss + lam * penalty(model, **options)
         loss.backward()
         optimizer.step()
         if not track_best:

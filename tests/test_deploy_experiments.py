@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # end-to-end experiment runs
 
@@ -69,3 +70,22 @@ def test_mp_precision_smoke_writes_speedups(tmp_path):
     assert [r["path"] for r in rows] == ["fp32", "int32", "int16", "int8", "int8->int32 (exact)"]
     assert float(rows[0]["speedup"]) == 1.0 and all(float(r["mean_ms"]) > 0 for r in rows)
     assert (tmp_path / "mp_precision.png").exists()
+
+
+def test_latency_search_smoke_writes_both_penalties_with_measured_latency(tmp_path):
+    from mixq_compile import cpu
+
+    threads = torch.get_num_threads()
+    assert _script("latency_search").main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads  # the experiment's thread settings do not leak
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [r["penalty"] for r in rows] == ["none", "bitops", "latency"]
+    assert all(float(r["latency_ms"]) > 0 and float(r["predicted_ms"]) > 0 for r in rows)
+    assert all(r["cpu"] == cpu.summary() and 0 <= float(r["acc"]) <= 100 for r in rows)
+    assert rows[0]["bits"].split() == ["8"] * len(rows[0]["bits"].split())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["cpu"]["model"] == cpu.model() and len(summary["runs"]) == 3
+    ((name, table),) = summary["tables"].items()
+    assert table["base_ms"] > 0 and len(table["delta_ms"]) == len(rows[0]["bits"].split())
+    assert (tmp_path / f"table_{name.replace(' ', '_')}.json").is_file()  # the cache a rerun reuses
+    assert (tmp_path / "acc_vs_latency.png").stat().st_size > 1000

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lowering", ("lowering",)),
     ("quantized model and API", ("quantized_model", "api", "calibration", "sensitivity", "site_report", "saved_model")),
     ("backends", ("runtimes",)),
-    ("artifacts and profiling", ("artifact", "selfcheck", "profiling", "chunked_inference")),
+    ("artifacts and profiling", ("artifact", "selfcheck", "profiling", "latency_measure", "chunked_inference")),
     ("public API facade", ("",)),
     (
         "applications",

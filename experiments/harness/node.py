@@ -13,6 +13,7 @@ from typing import Any
 
 import mixq_compile as mq
 from experiments.harness.common import bits_summary, costs, load, quantize, seed_everything
+from mixq_compile.graph_copy import quiet_deepcopy
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.training import NodeData, train_node
 
@@ -25,11 +26,21 @@ def _options(config: dict[str, Any]) -> tuple[bool, str]:
     return config.get("degree_quant", False), config.get("input_granularity", "tensor")
 
 
-def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
+def search(
+    data: NodeData,
+    config: dict[str, Any],
+    latency: mq.LatencyTable | None = None,
+    start: mq.QuantizedModel | None = None,
+) -> dict[str, int]:
     """Phase A: the MixQ search; returns the argmax bit-width of every site after the last epoch (lowered to fit
-    the budget with ``fit_budget``)."""
-    model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1, hidden=config["hidden"])
-    qmodel = quantize(model, data.inputs, config["bit_widths"], *_options(config))
+    the budget with ``fit_budget``). With ``latency`` (a measured table of this model) the penalty is the expected
+    measured latency instead of the expected BitOPs. ``start``: a mixed model to search a copy of (several searches
+    from one calibration, which takes ~35 s on a 50k-node graph); default: a fresh GCN, quantized here."""
+    if start is None:
+        model = PlanetoidGCN(data.x.shape[1], int(data.y.max()) + 1, hidden=config["hidden"])
+        qmodel = quantize(model, data.inputs, config["bit_widths"], *_options(config))
+    else:
+        qmodel = quiet_deepcopy(start)
     convention = config.get("budget_convention", "wa")
     train_node(
         qmodel,
@@ -39,6 +50,7 @@ def search(data: NodeData, config: dict[str, Any]) -> dict[str, int]:
         penalty_scaling=config["scaling"],
         budget=config.get("budget"),
         budget_convention=convention,
+        latency=latency,
         desc="search",
         progress=False,
         track_best=False,
@@ -56,9 +68,12 @@ def train_fp32(data: NodeData, config: dict[str, Any]):
     return model, result
 
 
-def qat(fp_model, data: NodeData, bits: dict[str, int], config: dict[str, Any]):
-    """Phase C: quantize the trained FP32 model, fix its bits, fine-tune; returns the frozen model and result."""
-    qmodel = quantize(fp_model, data.inputs, config["bit_widths"], *_options(config))
+def qat(fp_model, data: NodeData, bits: dict[str, int], config: dict[str, Any], quantized=None):
+    """Phase C: quantize the trained FP32 model, fix its bits, fine-tune; returns the frozen model and result.
+    ``quantized``: ``fp_model`` already quantized (freezing copies it, so one calibration serves several runs)."""
+    qmodel = (
+        quantize(fp_model, data.inputs, config["bit_widths"], *_options(config)) if quantized is None else quantized
+    )
     frozen = mq.freeze(qmodel, bits=bits)
     result = train_node(
         frozen, data, epochs=config["qat_epochs"], lr=config["qat_lr"], weight_decay=0.0, desc="QAT", progress=False

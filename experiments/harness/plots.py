@@ -144,3 +144,34 @@ def scale_bars(rows: Sequence[Mapping], path: Path) -> None:
     cpu = next((r.get("cpu") for r in rows if r.get("cpu")), "CPU not recorded")
     fig.suptitle(f"scale benchmark on {cpu}", fontsize=8)
     _save(fig, path)
+
+
+def acc_vs_latency(rows: Sequence[Mapping], fp32: Mapping[str, float], path: Path, *, title: str) -> None:
+    """Test accuracy vs measured latency of each exported artifact, one panel per data set, the search penalty as
+    marker (λ beside each point; the error bar is the spread of that artifact's timings over rounds), FP32
+    accuracy as a dashed line. ``rows`` as in latency_search's CSV."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = pyplot().subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.4), squeeze=False)
+    styles = {"none": ("*", "k", "all 8 bits"), "bitops": ("o", "C0", "BitOPs penalty"),
+              "latency": ("^", "C3", "latency penalty")}  # fmt: skip
+    for ax, dataset in zip(axes[0], datasets):
+        for penalty, (marker, color, label) in styles.items():
+            pts = [r for r in rows if r["dataset"] == dataset and r["penalty"] == penalty]
+            if not pts:
+                continue
+            ax.errorbar([r["latency_ms"] for r in pts], [r["acc"] for r in pts],
+                        xerr=[r["latency_spread_ms"] for r in pts], fmt=marker, color=color, ms=8, capsize=3,
+                        label=label)  # fmt: skip
+            for r in pts:
+                if penalty != "none":
+                    note = f"λ={r['lam']:g}, {r['avg_bits']:.1f} b"
+                    ax.annotate(
+                        note, (r["latency_ms"], r["acc"]), textcoords="offset points", xytext=(5, 3), fontsize=7
+                    )
+        if dataset in fp32:
+            ax.axhline(fp32[dataset], color="grey", ls="--", lw=1, label="FP32 (PyG)")
+        ax.set(xlabel="measured latency of the exported artifact (ms)", ylabel="test accuracy (%)", title=dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
