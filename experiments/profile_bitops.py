@@ -96,7 +96,7 @@ def load_graph(args: argparse.Namespace) -> tuple[str, tuple[torch.Tensor, torch
         nodes = 3000 if args.smoke else args.nodes
         big = planted_communities(nodes, avg_degree=args.avg_degree, features=128, seed=0)
         small = planted_communities(EXPORT_NODES, avg_degree=args.avg_degree, features=128, seed=1)
-        name = f"planted {nodes // 1000}k nodes / {big.edge_index.shape[1] // 1000}k edges"
+        name = f"planted {_short(nodes)} nodes / {_short(big.edge_index.shape[1])} edges"
         return name, (big.x, big.edge_index), (small.x, small.edge_index), int(big.y.max()) + 1
     if args.smoke:
         gen = torch.Generator().manual_seed(0)
@@ -107,6 +107,14 @@ def load_graph(args: argparse.Namespace) -> tuple[str, tuple[torch.Tensor, torch
 
     data = load_dataset("Cora", args.data_root).dataset[0]
     return "Cora", (data.x, data.edge_index), (data.x, data.edge_index), int(data.y.max()) + 1
+
+
+def _short(count: int) -> str:
+    """1000000 -> '1M', 3000 -> '3k' (plot titles)."""
+    for unit, size in (("M", 10**6), ("k", 10**3)):
+        if count >= size:
+            return f"{count / size:.3g}{unit}"
+    return str(count)
 
 
 def eager_does_not_fit(inputs: tuple[torch.Tensor, torch.Tensor], hidden: int) -> str | None:
