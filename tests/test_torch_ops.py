@@ -299,3 +299,37 @@ def test_input_codes_read_by_more_than_the_linear_are_not_fused():
     _, program = lowered("sage_sum")  # SAGE's input codes feed the aggregation and the root linear
     _, count = fuse_input_linear(program.features)
     assert count == 0
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    rows=st.integers(0, 40),
+    block=st.sampled_from([1, 3, 16, 2048]),
+    out=st.sampled_from([1, 7, 64, 129]),
+    per_channel=st.booleans(),
+    bits=st.sampled_from([(-128, 127), (-8, 7), (0, 255), (-2048, 2047)]),
+    biased=st.booleans(),
+    seed=st.integers(0, 99),
+)
+def test_linear_requantize_in_row_blocks_equals_requantize_after_linear_int(
+    rows, block, out, per_channel, bits, biased, seed
+):
+    from mixq_compile.ops import linear
+
+    gen = torch.Generator().manual_seed(seed)
+    q_x = torch.randint(-128, 128, (rows, 33), dtype=torch.int8, generator=gen)
+    w_t = torch.randint(-128, 128, (33, out), dtype=torch.int8, generator=gen)
+    x_zero = torch.randint(-128, 128, (), generator=gen)
+    bias = torch.randint(-9999, 9999, (out,), dtype=torch.int32, generator=gen) if biased else None
+    shape = (out,) if per_channel else ()
+    multiplier = torch.rand(shape, generator=gen) * 1e-3
+    out_zero = torch.randint(bits[0], bits[1] + 1, shape, generator=gen, dtype=torch.int32)
+    args = (q_x, x_zero, w_t, w_t.sum(0, dtype=torch.int32), bias)
+    want = torch.ops.mixq.requantize(torch.ops.mixq.linear_int(*args), multiplier, out_zero, *bits)
+    original = linear.ROW_BLOCK
+    linear.ROW_BLOCK = block
+    try:
+        got = torch.ops.mixq.linear_int_requantize(*args, multiplier, out_zero, *bits)
+    finally:
+        linear.ROW_BLOCK = original
+    assert got.dtype == want.dtype and torch.equal(got, want)

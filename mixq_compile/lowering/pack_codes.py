@@ -37,6 +37,7 @@ CLAMPED_AT = {
     mixq.csr_sum_packed_requantize.default: -2,
     mixq.quantize_linear_requantize.default: -2,
     mixq.quantize_linear_packed_requantize.default: -2,
+    mixq.linear_int_requantize.default: -2,
 }
 #: aggregations and their packed forms (the packed form takes qmin, bits, channels after ``rows``, argument 5)
 _PACKED_AGGREGATION = {

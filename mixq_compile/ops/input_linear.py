@@ -16,6 +16,7 @@ from torch import Tensor
 from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
+from .linear import linear_requantize
 from .op_registry import operator
 from .packed import unpack
 
@@ -68,6 +69,8 @@ def _input_layer(
         if not all_finite(x):
             raise non_finite_error(native.NODE_FEATURES)
         codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
+        if epilogue is not None:
+            return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)
         acc = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
     if epilogue is None:
         return acc

@@ -236,14 +236,26 @@ def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code:
     return _elementwise(_QUANTIZE[code], x, scale, zero, qmin, qmax, code)
 
 
-def requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype) -> Tensor:
-    """``mixq::requantize`` in native code (call only where :func:`supports_requantize` holds)."""
-    return _elementwise(_REQUANTIZE[code], acc, multiplier, zero, qmin, qmax, code)
+def requantize(
+    acc: Tensor, multiplier: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype, out: Tensor | None = None
+) -> Tensor:
+    """``mixq::requantize`` in native code (call only where :func:`supports_requantize` holds); into ``out`` (a
+    contiguous tensor of ``acc``'s shape and dtype ``code``) when given."""
+    return _elementwise(_REQUANTIZE[code], acc, multiplier, zero, qmin, qmax, code, out)
 
 
-def _elementwise(kernel: str, x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype):
+def _elementwise(
+    kernel: str,
+    x: Tensor,
+    scale: Tensor,
+    zero: Tensor,
+    qmin: int,
+    qmax: int,
+    code: torch.dtype,
+    out: Tensor | None = None,
+):
     """One of the per-element kernels over the last dim, with per-tensor or per-channel float32 parameters."""
-    out = torch.empty(x.shape, dtype=code)
+    out = torch.empty(x.shape, dtype=code) if out is None else out
     channels = x.shape[-1] if x.dim() else 1
     if x.numel() == 0:
         return out
