@@ -109,3 +109,12 @@ def test_a_killed_run_resumes_after_its_last_finished_phase(models, monkeypatch,
     out = capsys.readouterr().out
     assert "FP32 weights: resumed" in out and "MixQ search: resumed" in out
     assert (models / "sage" / "mixq.json").is_file()
+
+
+def test_experiment_outside_a_checkout_names_the_fix(monkeypatch, capsys):
+    from mixq_compile import cli
+
+    monkeypatch.setattr(cli, "_experiments_package", lambda: None)
+    assert cli.main(["experiment", "planetoid", "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "experiments/ folder of a checkout" in err and "Traceback" not in err
