@@ -18,6 +18,7 @@ from torch import fx
 
 from ..graph_copy import quiet_deepcopy
 from ..ir import instructions as K
+from .constants import constant
 from .pack_codes import CLAMPED_AT
 
 
@@ -25,8 +26,7 @@ def _constant(gm: fx.GraphModule, node: object) -> int | None:
     """The integer value of a per-tensor constant (a ``get_attr`` of one element), else None."""
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
-    owner, _, name = node.target.rpartition(".")
-    value = getattr(gm.get_submodule(owner) if owner else gm, name)
+    value = constant(gm, node.target)
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_floating_point():
         return None
     return int(value)

@@ -23,6 +23,7 @@ from torch import fx
 from ..graph_copy import quiet_deepcopy
 from ..ir import instructions as K
 from ..ops.packed import pack_reference, packing_bits
+from .constants import constant, drop_constant
 
 mixq = torch.ops.mixq
 aten = torch.ops.aten
@@ -84,7 +85,7 @@ def _pack_input_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
     w_node = node.args[5]
     if not isinstance(w_node, fx.Node) or w_node.op != "get_attr":
         return False
-    w_t = _attribute(gm, w_node.target)
+    w_t = constant(gm, w_node.target)
     if w_t.dtype != torch.int8 or w_t.dim() != 2 or w_t.numel() == 0:
         return False
     w_qmin, w_qmax = int(w_t.min()), int(w_t.max())
@@ -100,7 +101,7 @@ def _pack_input_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
     _replace(gm, node, call)
     if not w_node.users:  # the unpacked weights leave the program (and the artifact)
         gm.graph.erase_node(w_node)
-        _delete_attribute(gm, w_node.target)
+        drop_constant(gm, w_node.target)
     return True
 
 
@@ -108,16 +109,6 @@ def _replace(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
     new.meta = dict(old.meta)
     old.replace_all_uses_with(new)
     gm.graph.erase_node(old)
-
-
-def _attribute(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
-
-
-def _delete_attribute(gm: fx.GraphModule, target: str) -> None:
-    owner, _, name = target.rpartition(".")
-    delattr(gm.get_submodule(owner) if owner else gm, name)
 
 
 def pack_narrow_codes(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
