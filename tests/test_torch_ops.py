@@ -304,7 +304,7 @@ def test_input_codes_read_by_more_than_the_linear_are_not_fused():
 @settings(max_examples=20, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(
     rows=st.integers(0, 40),
-    block=st.sampled_from([1, 3, 16, 2048]),
+    block=st.sampled_from([1, 3, 16, 2048]),  # rows per block
     out=st.sampled_from([1, 7, 64, 129]),
     per_channel=st.booleans(),
     bits=st.sampled_from([(-128, 127), (-8, 7), (0, 255), (-2048, 2047)]),
@@ -326,10 +326,10 @@ def test_linear_requantize_in_row_blocks_equals_requantize_after_linear_int(
     out_zero = torch.randint(bits[0], bits[1] + 1, shape, generator=gen, dtype=torch.int32)
     args = (q_x, x_zero, w_t, w_t.sum(0, dtype=torch.int32), bias)
     want = torch.ops.mixq.requantize(torch.ops.mixq.linear_int(*args), multiplier, out_zero, *bits)
-    original = linear.ROW_BLOCK
-    linear.ROW_BLOCK = block
+    original = linear.BLOCK_BYTES
+    linear.BLOCK_BYTES = block * 4 * out
     try:
         got = torch.ops.mixq.linear_int_requantize(*args, multiplier, out_zero, *bits)
     finally:
-        linear.ROW_BLOCK = original
+        linear.BLOCK_BYTES = original
     assert got.dtype == want.dtype and torch.equal(got, want)

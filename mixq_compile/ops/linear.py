@@ -81,26 +81,30 @@ def _(q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | No
     return q_x.new_empty((*q_x.shape[:-1], w_t.shape[1]), dtype=torch.int32)
 
 
-#: rows of the int32 accumulator block that :func:`linear_requantize` keeps (2048 x 256 outputs: 2 MiB)
-ROW_BLOCK = 2048
+#: bytes of the int32 accumulator block that :func:`linear_requantize` keeps in cache (2048 rows of 256 outputs)
+BLOCK_BYTES = 2 << 20
 
 
 def linear_requantize(
     q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | None, epilogue: native.Epilogue
 ) -> Tensor:
-    """``requantize(linear_int(q_x, ...))`` a block of :data:`ROW_BLOCK` rows at a time: each block's int32
-    accumulators are requantized while they are in cache, into the codes' output.
+    """``requantize(linear_int(q_x, ...))`` a block of rows at a time (:data:`BLOCK_BYTES` of int32 accumulators):
+    each block's accumulators are requantized while they are in cache, into the codes' output.
 
     The same integers as the two ops one after the other, without their ``[rows, out]`` int32 tensor: on a big
     graph's input layer (1M x 256 outputs) that tensor is 1 GiB, faulted in page by page and read back from
     memory by the requantize (together ~0.5 s of a 2.5 s single-threaded forward pass)."""
     flat = q_x.reshape(-1, q_x.shape[-1])
+    rows_per_block = max(1, BLOCK_BYTES // (4 * max(1, w_t.shape[1])))
+    if flat.shape[0] <= rows_per_block:  # one block: the two ops as they are (no per-block bookkeeping)
+        acc = torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias)
+        return torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax)
     code = container_dtype(epilogue.qmin, epilogue.qmax)
     out = torch.empty((flat.shape[0], w_t.shape[1]), dtype=code)
     block = torch.empty((0, w_t.shape[1]), dtype=torch.int32)
     in_place = native.supports_requantize(block, epilogue.multiplier, epilogue.zero, code)
-    for start in range(0, flat.shape[0], ROW_BLOCK):
-        acc = torch.ops.mixq.linear_int(flat[start : start + ROW_BLOCK], x_zero, w_t, w_sum, bias)
+    for start in range(0, flat.shape[0], rows_per_block):
+        acc = torch.ops.mixq.linear_int(flat[start : start + rows_per_block], x_zero, w_t, w_sum, bias)
         rows = out[start : start + acc.shape[0]]
         if in_place:
             native.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax, code, rows)
