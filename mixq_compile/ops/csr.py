@@ -83,7 +83,7 @@ def csr_sum_requantize(
     epilogue = native.Epilogue(multiplier, out_zero, qmin, qmax)
     if native.supports_csr_sum(table, weight) and native.supports_epilogue(epilogue, table.shape[1]):
         return native.csr_sum(dst, src, weight, table, zero, rows, epilogue)
-    return torch.ops.mixq.requantize(csr_sum(dst, src, weight, table, zero, rows), multiplier, out_zero, qmin, qmax)
+    return epilogue.apply(csr_sum(dst, src, weight, table, zero, rows))
 
 
 @csr_sum_requantize.register_fake

@@ -72,9 +72,7 @@ def _input_layer(
         if epilogue is not None:
             return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)
         acc = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
-    if epilogue is None:
-        return acc
-    return torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax)
+    return acc if epilogue is None else epilogue.apply(acc)
 
 
 @quantize_linear.register_fake

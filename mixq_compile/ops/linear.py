@@ -97,8 +97,7 @@ def linear_requantize(
     flat = q_x.reshape(-1, q_x.shape[-1])
     rows_per_block = max(1, BLOCK_BYTES // (4 * max(1, w_t.shape[1])))
     if flat.shape[0] <= rows_per_block:  # one block: the two ops as they are (no per-block bookkeeping)
-        acc = torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias)
-        return torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax)
+        return epilogue.apply(torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias))
     code = container_dtype(epilogue.qmin, epilogue.qmax)
     out = torch.empty((flat.shape[0], w_t.shape[1]), dtype=code)
     block = torch.empty((0, w_t.shape[1]), dtype=torch.int32)
@@ -109,7 +108,7 @@ def linear_requantize(
         if in_place:
             native.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax, code, rows)
         else:
-            rows.copy_(torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax))
+            rows.copy_(epilogue.apply(acc))
     return out.reshape(*q_x.shape[:-1], w_t.shape[1])
 
 

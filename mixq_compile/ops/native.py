@@ -147,6 +147,20 @@ class Epilogue:
     qmin: int
     qmax: int
 
+    def apply(self, acc: Tensor) -> Tensor:
+        """The requantize on its own (``mixq::requantize``), for the paths whose kernel does not take it."""
+        return torch.ops.mixq.requantize(acc, self.multiplier, self.zero, self.qmin, self.qmax)
+
+
+@dataclass(frozen=True)
+class PackedCodes:
+    """How a uint8 table holds packed codes: ``bits`` (2 or 4) a code, stored as ``code - qmin``, ``channels``
+    codes a row (:mod:`.packed` has the layout)."""
+
+    bits: int
+    qmin: int
+    channels: int
+
 
 def supports_epilogue(epilogue: Epilogue, channels: int) -> bool:
     """Whether the native kernels apply this requantize on their rows: int8 codes, parameters as
@@ -184,10 +198,12 @@ def _warn_once(reason: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def supports_csr_sum(table: Tensor, weight: Tensor | None) -> bool:
-    """Whether the native kernel computes this aggregation: integer codes on the CPU, integer edge weights."""
+def supports_csr_sum(table: Tensor, weight: Tensor | None, packed: PackedCodes | None = None) -> bool:
+    """Whether the native kernel computes this aggregation: integer codes (or ``packed`` ones) on the CPU, integer
+    edge weights."""
     integer_weight = weight is None or not weight.is_floating_point()
-    return table.device.type == "cpu" and table.dtype in _CSR and integer_weight and library() is not None
+    codes = table.dtype in _CSR if packed is None else table.dtype == torch.uint8
+    return table.device.type == "cpu" and codes and integer_weight and library() is not None
 
 
 def _channels(x: Tensor) -> int:
@@ -379,16 +395,6 @@ def quantize_linear(
     if status:
         raise MemoryError(f"mixq::quantize_linear: {_ERRORS[status]}")
     return out.reshape(*x.shape[:-1], outputs)
-
-
-@dataclass(frozen=True)
-class PackedCodes:
-    """How a uint8 table holds packed codes: ``bits`` (2 or 4) a code, stored as ``code - qmin``, ``channels``
-    codes a row (:mod:`.packed` has the layout)."""
-
-    bits: int
-    qmin: int
-    channels: int
 
 
 def pack_codes(codes: Tensor, qmin: int, bits: int, stride: int) -> Tensor:

@@ -81,17 +81,12 @@ def _(codes: Tensor, qmin: int, bits: int) -> Tensor:
 
 def _csr_sum_packed(dst, src, weight, table, zero, rows, qmin, bits, channels, epilogue: native.Epilogue | None):
     layout = native.PackedCodes(bits, qmin, channels)
-    integer_weight = weight is None or not weight.is_floating_point()
-    if (
-        native.library() is not None
-        and integer_weight
-        and (epilogue is None or native.supports_epilogue(epilogue, channels))
+    if native.supports_csr_sum(table, weight, layout) and (
+        epilogue is None or native.supports_epilogue(epilogue, channels)
     ):
         return native.csr_sum(dst, src, weight, table, zero, rows, epilogue, layout)
     acc = torch.ops.mixq.csr_sum(dst, src, weight, unpack(table, qmin, bits, channels), zero, rows)
-    if epilogue is None:
-        return acc
-    return torch.ops.mixq.requantize(acc, epilogue.multiplier, epilogue.zero, epilogue.qmin, epilogue.qmax)
+    return acc if epilogue is None else epilogue.apply(acc)
 
 
 @operator("csr_sum_packed")
