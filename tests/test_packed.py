@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 import mixq_compile as mq
 from mixq_compile.ir import instructions as K
+from mixq_compile.lowering.code_ranges import code_range
 from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from mixq_compile.lowering.fold_relu import fold_relu
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.lowering.fuse_requantize import fuse_requantize
-from mixq_compile.lowering.pack_codes import code_range, pack_narrow_codes
+from mixq_compile.lowering.pack_codes import pack_narrow_codes
 from mixq_compile.ops.packed import pack_reference, packed_stride, packing_bits, unpack
 from mixq_compile.runtimes.torch.integer_ops import dispatching_ops
 

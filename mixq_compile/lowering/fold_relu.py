@@ -18,8 +18,8 @@ from torch import fx
 
 from ..graph_copy import quiet_deepcopy
 from ..ir import instructions as K
+from .code_ranges import CLAMPED_AT, code_range
 from .constants import constant
-from .pack_codes import CLAMPED_AT
 
 
 def _constant(gm: fx.GraphModule, node: object) -> int | None:
@@ -47,9 +47,10 @@ def fold_relu(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         z = _constant(gm, zero)
         if z is None or z != _constant(gm, out_zero):
             continue
-        qmin, qmax = codes.args[at], codes.args[at + 1]
-        if not isinstance(qmin, int) or not isinstance(qmax, int) or not qmin <= z <= qmax:
+        bounds = code_range(codes)
+        if bounds is None or not bounds[0] <= z <= bounds[1]:
             continue
+        qmin = bounds[0]
         args = list(codes.args)
         args[at] = max(qmin, z)
         codes.args = tuple(args)

@@ -21,25 +21,13 @@ import torch
 from torch import fx
 
 from ..graph_copy import quiet_deepcopy
-from ..ir import instructions as K
 from ..ops.packed import pack_reference, packing_bits
+from .code_ranges import code_range
 from .constants import constant, drop_constant
 
 mixq = torch.ops.mixq
 aten = torch.ops.aten
 
-#: ops whose output codes are clamped to [args[i], args[i + 1]]: index of qmin
-CLAMPED_AT = {
-    K.quantize: 3,
-    K.requantize: 3,
-    mixq.quantize.default: 3,
-    mixq.requantize.default: 3,
-    mixq.csr_sum_requantize.default: -2,
-    mixq.csr_sum_packed_requantize.default: -2,
-    mixq.quantize_linear_requantize.default: -2,
-    mixq.quantize_linear_packed_requantize.default: -2,
-    mixq.linear_int_requantize.default: -2,
-}
 #: aggregations and their packed forms (the packed form takes qmin, bits, channels after ``rows``, argument 5)
 _PACKED_AGGREGATION = {
     mixq.csr_sum.default: mixq.csr_sum_packed.default,
@@ -50,19 +38,6 @@ _PACKED_INPUT_LAYER = {
     mixq.quantize_linear.default: mixq.quantize_linear_packed.default,
     mixq.quantize_linear_requantize.default: mixq.quantize_linear_packed_requantize.default,
 }
-
-
-def code_range(node: object) -> tuple[int, int] | None:
-    """The static ``(qmin, qmax)`` the codes of ``node`` are clamped to, where the program states it."""
-    if not isinstance(node, fx.Node) or node.op != "call_function":
-        return None
-    if node.target is K.relu_codes:  # max(q, zero): still inside q's range
-        return code_range(node.args[0])
-    at = CLAMPED_AT.get(node.target)
-    if at is None:
-        return None
-    qmin, qmax = node.args[at], node.args[at + 1]
-    return (qmin, qmax) if isinstance(qmin, int) and isinstance(qmax, int) else None
 
 
 def _pack_aggregation(gm: fx.GraphModule, node: fx.Node) -> bool:
