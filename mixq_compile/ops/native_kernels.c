@@ -113,16 +113,6 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
         default: TILE_SWITCH(TILE, __VA_ARGS__)                                                              \
     }
 
-/* Gathered rows are random accesses that the hardware prefetcher cannot predict: each tile asks for the lines of
- * the row PREFETCH_AHEAD terms ahead (measured on a 1M-node, 10M-edge aggregation: without it 2 threads keep too
- * few misses in flight and every code width waits on memory latency alike). */
-#define PREFETCH_AHEAD 12
-#define PREFETCH_ROW(w, idx, i, count, stride, bytes)                                                        \
-    if ((i) + PREFETCH_AHEAD < (count)) {                                                                    \
-        const char *ahead = (const char *)((w) + (int64_t)(idx)[(i) + PREFETCH_AHEAD] * (stride));            \
-        for (int64_t line = 0; line < (int64_t)(bytes); line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0); \
-    }
-
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 /* a[j] = k * base[16 j ..] + off (the last vector masked), or off alone without base */
 #define ACC_INIT_512(a, base, k, off, tail, nv)                                                              \
@@ -140,7 +130,6 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
         __m512i a[16];                                                                                       \
         ACC_INIT_512(a, base, k, off, tail, nv);                                                             \
         for (int64_t i = 0; i < count; ++i) {                                                                \
-            PREFETCH_ROW(w, idx, i, count, stride, 16 * nv);                                                 \
             const int8_t *row = w + (int64_t)idx[i] * stride;                                                \
             const __m512i di = _mm512_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
@@ -176,7 +165,6 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
         __m256i a[8];                                                                                        \
         ACC_INIT_256(a, base, k, off, nv);                                                                   \
         for (int64_t i = 0; i < count; ++i) {                                                                \
-            PREFETCH_ROW(w, idx, i, count, stride, 8 * nv);                                                  \
             const int8_t *row = w + (int64_t)idx[i] * stride;                                                \
             const __m256i di = _mm256_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
@@ -256,8 +244,12 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
     return 0;
 }
 
-/* Prefetches the table rows (up to 4 lines each) of edges [from, to); returns to. A graph's rows have ~10 edges
- * on average, too few for the tiles' own look-ahead: csr_sum keeps PREFETCH_AHEAD edges ahead across rows. */
+/* Gathered table rows are random accesses that the hardware prefetcher cannot predict: csr_sum asks for the lines
+ * (up to 4) of every row it will gather PREFETCH_AHEAD edges ahead, across CSR rows (a graph's rows have ~10 edges
+ * on average, too few for a look-ahead within one row; one within the tiles as well measured no different). Without
+ * it, 2 threads keep too few misses in flight and every code width waits on memory latency alike (1M nodes, 10M
+ * edges, 128 channels, int8, one thread: 864 -> 382 ms with huge pages). Prefetches edges [from, to); returns to. */
+#define PREFETCH_AHEAD 12
 static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const int64_t *src, int64_t from,
                                     int64_t to) {
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -552,7 +544,6 @@ void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, i
         __m512i a[16];                                                                                       \
         ACC_INIT_512(a, base, k, off, tail, nv);                                                             \
         for (int64_t i = 0; i < count; ++i) {                                                                \
-            PREFETCH_ROW(w, idx, i, count, stride, 2 * (BITS) * nv);                                         \
             const uint8_t *row = w + (int64_t)idx[i] * stride;                                               \
             const __m512i di = _mm512_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
@@ -581,7 +572,6 @@ void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, i
         __m256i a[8];                                                                                        \
         ACC_INIT_256(a, base, k, off, nv);                                                                   \
         for (int64_t i = 0; i < count; ++i) {                                                                \
-            PREFETCH_ROW(w, idx, i, count, stride, (BITS) * nv);                                             \
             const uint8_t *row = w + (int64_t)idx[i] * stride;                                               \
             const __m256i di = _mm256_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
