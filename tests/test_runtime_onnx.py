@@ -211,6 +211,35 @@ def test_every_instruction_has_a_converter_and_the_rare_ones_are_exact():
         np.testing.assert_array_equal(a, b.numpy())
 
 
+@pytest.mark.parametrize("grid", [(-128, 127), (-8, 7), (0, 3)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantize_with_a_zero_point_is_one_exact_quantize_linear(grid, per_channel):
+    """Affine grids: ``QuantizeLinear`` alone (no division or add before it) gives the instruction's codes, at
+    exact ties and at values a hair either side of them, for every zero-point of the grid."""
+    qmin, qmax = grid
+    channels = qmax - qmin + 1 if per_channel else 1
+    scale = torch.linspace(0.013, 0.9, channels) if per_channel else torch.tensor(0.037)
+    zero = torch.arange(qmin, qmax + 1).float() if per_channel else torch.tensor(float(qmin + 1))
+    steps = torch.arange(-300, 300).float().reshape(-1, 1) + 0.5
+    ties = steps * scale  # x / scale lands on (or within one float rounding of) .5
+    x = torch.cat([ties, ties.nextafter(ties + 1), ties.nextafter(ties - 1), torch.randn(64, channels) * 9])
+    root, graph = nn.Module(), fx.Graph()
+    root.register_buffer("s", scale)
+    root.register_buffer("z", zero)
+    x_node, index = graph.placeholder("x"), graph.placeholder("index")
+    codes = graph.call_function(K.quantize, (x_node, graph.get_attr("s"), graph.get_attr("z"), qmin, qmax))
+    centered = graph.call_function(K.center, (codes, graph.get_attr("z")))
+    graph.output((centered, graph.call_function(K.index_sum_int, (centered, 0, index, [3, channels]))))
+    features = fx.GraphModule(root, graph)
+    structure = fx.GraphModule(nn.Module(), _empty_structure("x", "index"))
+    inputs = x, torch.arange(x.shape[0]) % 3
+    models = convert_program(IntegerProgram(structure, features, (), {}, (), (), None), inputs)
+    assert "Div" not in {n.op_type for n in models[1].graph.node}
+    structure_run, features_run = (_run(m) for m in models)
+    for got, expected in zip(features_run(*inputs, *structure_run(*inputs)), features(*inputs)):
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
 def _run(model: onnx.ModelProto):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]

@@ -37,8 +37,12 @@ def grid_shift(qmin: int, qmax: int) -> int:
 
 
 def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
-    """Float -> codes: ``clamp(round(x / scale + zero), qmin, qmax)``, the fake quantizer's exact arithmetic."""
-    codes = torch.clamp(torch.round(x / scale + zero), qmin, qmax)
+    """Float -> codes: ``clamp(round(x / scale) + zero, qmin, qmax)``, the fake quantizer's exact arithmetic.
+
+    The zero-point is added after rounding, in integers (as PyTorch's quantized tensors, ONNX ``QuantizeLinear``
+    and TFLite do): one float rounding fewer than ``round(x / scale + zero)``, and every backend reproduces it with
+    its own quantize op (ONNX Runtime in one ``QuantizeLinear`` instead of a division, an add and a requantize)."""
+    codes = torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
     return codes.to(container_dtype(qmin, qmax))
 
 

@@ -139,7 +139,8 @@ def sorted_structure(structure: fx.GraphModule, aggregations: list[Aggregation])
     """The structure program plus, per :class:`Aggregation`, its edges sorted by target (``dst``, ``src`` and
     weight, in that order, after the frontier). Sorting runs once per graph with the rest of the topology
     preprocessing (and is cached with it), so the feature program's aggregation is a parallel row-sum with no
-    atomics. Built as an fx graph so that it keeps the structure program's named inputs for ``torch.export``."""
+    atomics. Built as an fx graph of ATen ops, so that it keeps the structure program's named inputs for
+    ``torch.export`` and backends that translate ATen graphs node by node (ONNX) read it as it is."""
     gm = quiet_deepcopy(structure)
     graph = gm.graph
     output = next(n for n in graph.nodes if n.op == "output")
@@ -147,12 +148,13 @@ def sorted_structure(structure: fx.GraphModule, aggregations: list[Aggregation])
     extras: list[fx.Node] = []
     with graph.inserting_before(output):
         for agg in aggregations:
-            target = graph.call_function(torch.reshape, (frontier[agg.dst], (-1,)))
-            order = graph.call_function(torch.argsort, (target,), {"stable": True})
+            target = graph.call_function(aten.reshape.default, (frontier[agg.dst], [-1]))
+            ordered = graph.call_function(aten.sort.stable, (target,), {"stable": True})
+            order = graph.call_function(operator.getitem, (ordered, 1))
             sources = [target, frontier[agg.src]]
             if agg.weight is not None:
-                sources.append(graph.call_function(torch.reshape, (frontier[agg.weight], (-1,))))
-            extras += [graph.call_function(operator.getitem, (t, order)) for t in sources]
+                sources.append(graph.call_function(aten.reshape.default, (frontier[agg.weight], [-1])))
+            extras += [graph.call_function(aten.index.Tensor, (t, [order])) for t in sources]
     output.args = (tuple(frontier + extras),)
     graph.lint()
     gm.recompile()

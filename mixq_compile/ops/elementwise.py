@@ -1,6 +1,6 @@
 """``mixq::quantize`` and ``mixq::requantize``: the element-wise instructions as single-pass ops.
 
-Run op by op (a ``.pt2`` program without AOTInductor), ``clamp(round(x / scale + zero))`` makes four passes over
+Run op by op (a ``.pt2`` program without AOTInductor), ``clamp(round(x / scale) + zero)`` makes four passes over
 the input, each writing a fresh float tensor the size of the input: for Cora's 2708 × 1433 node features that is
 four 15 MB allocations and ~6 ms, more than the whole integer GEMM; each requantize between layers is five ATen ops
 (to float, multiply, round, add, clamp, to codes) of ~20 µs dispatch each. These ops apply the same element-wise
@@ -38,8 +38,8 @@ def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Te
     for start in range(0, rows.shape[0], step):
         block = rows[start : start + step]
         work = buffer[: block.shape[0]]
-        torch.addcdiv(zero, block, scale, out=work)  # zero + x / scale: the same two roundings as x / scale + zero
-        work.round_().clamp_(qmin, qmax)
+        torch.div(block, scale, out=work)
+        work.round_().add_(zero).clamp_(qmin, qmax)
         codes[start : start + step].copy_(work)
     return out
 

@@ -24,8 +24,8 @@
  * csr_sum_* and quantize_linear_* take an optional requantize epilogue (requant_t, NULL for int32 output): the
  * integer program's requantize instruction applied to each finished row, writing int8 codes instead of int32.
  *
- * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale + zero), qmin, qmax) with
- * the same two IEEE roundings (a true division, then an addition; built without fast-math or FMA contraction) as
+ * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale) + zero, qmin, qmax) with
+ * the same IEEE rounding (a true division; built without fast-math or FMA contraction) as
  * the integer program's quantize instruction, so the codes are bit-identical; one pass over x, no temporaries.
  * requantize_<code>: int32 accumulators -> codes for mixq::requantize, clamp(round_half_even(float(acc) * M) +
  * zero, qmin, qmax), the requantize instruction's float steps in its order, in one pass.
@@ -201,8 +201,8 @@ static inline float clampf(float v, float lo, float hi) {
     return v > hi ? hi : v;
 }
 
-/* quantize: x / scale + zero, rounded half to even (two IEEE roundings, as the instruction) */
-#define QUANTIZE_STEP(x, s, z) rintf((x) / (s) + (z))
+/* quantize: x / scale rounded half to even, plus zero (one IEEE rounding, as the instruction) */
+#define QUANTIZE_STEP(x, s, z) (rintf((x) / (s)) + (z))
 /* requantize: round(float(acc) * multiplier) + zero, as the instruction (int32 -> float32 rounds to nearest) */
 #define REQUANTIZE_STEP(a, m, z) (rintf((float)(a) * (m)) + (z))
 
@@ -410,7 +410,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
     int NAME(const float *x, float scale, float zero, float qmin, float qmax, const WEIGHT *w_t,               \
              int32_t w_offset, const int32_t *bias, int64_t rows, int64_t in, int64_t out_features, int threads, \
              int32_t *out, const requant_t *rq) {                                                             \
-        const int skip_zeros = clampf(rintf(0.0f / scale + zero), qmin, qmax) == zero;                        \
+        const int skip_zeros = clampf(QUANTIZE_STEP(0.0f, scale, zero), qmin, qmax) == zero;                  \
         const size_t slots = (size_t)(in > 0 ? in : 1) + 64; /* + the vector stores' slack */              \
         /* per thread: nonzero indices and their centered codes, and the int32 row of the epilogue */         \
         const size_t stride = (2 * padded_slots(slots) + (rq ? padded_slots((size_t)out_features) : 0)) * 4;     \
@@ -436,7 +436,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
                 for (int64_t i = 0; i < count; ++i) {                                                        \
                     const float v = xr[idx[i]];                                                              \
                     bad |= !(fabsf(v) <= FLT_MAX);                                                           \
-                    d[i] = (int32_t)clampf(rintf(v / scale + zero), qmin, qmax) - (int32_t)zero;             \
+                    d[i] = (int32_t)clampf(QUANTIZE_STEP(v, scale, zero), qmin, qmax) - (int32_t)zero;       \
                 }                                                                                            \
                 nonfinite |= bad;                                                                            \
                 uint32_t dsum = 0;                                                                           \

@@ -1,8 +1,9 @@
 """Differentiable fake quantization with straight-through estimators (LSQ+).
 
 The whole gradient follows from writing the quantizer with two STE primitives and letting autograd do the rest:
-``x_hat = s * (clamp(round_ste(x / s + z), qmin, qmax) - z)``. Inside the range this gives
-``d x_hat / dx = 1``, ``d x_hat / ds = round(u) - u`` (the rounding error, as in LSQ) and ``d x_hat / dz = 0``;
+``x_hat = s * (clamp(round_ste(x / s) + z, qmin, qmax) - z)`` (the zero-point added after rounding, as in
+PyTorch's and ONNX's quantize). With ``u = x / s``, inside the range this gives ``d x_hat / dx = 1``,
+``d x_hat / ds = round(u) - u`` (the rounding error, as in LSQ) and ``d x_hat / dz = 0``;
 outside it gives ``0``, ``qmin|qmax - z`` and ``-s``. :func:`grad_scale` applies LSQ's gradient scaling
 ``1 / sqrt(numel * qmax)`` to the scale so that its step size matches the weights'. This replaces the reference
 code's heuristic scale/zero-point gradients (MIXQ_METHOD.md §1.2).
@@ -42,14 +43,14 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax:
 
     ``zero_point`` is used as given: callers round it (with :func:`round_ste`) so that it is an integer.
     """
-    codes = torch.clamp(round_ste(x / scale + zero_point), qmin, qmax)
+    codes = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
     return (codes - zero_point) * scale
 
 
 def quantize_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
     """Integer codes of ``x`` (as a float tensor holding integral values), no gradient."""
     with torch.no_grad():
-        return torch.clamp(torch.round(x / scale + zero_point), qmin, qmax)
+        return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
 def _reduce_product(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
@@ -63,11 +64,11 @@ class _MixedLSQFakeQuantize(torch.autograd.Function):
     """``sum_k p_k * FQ_k(x)`` over K fake quantizers in one autograd node, with LSQ+ gradients.
 
     Forward and backward are written by hand so that each candidate costs a few passes over ``x`` and no autograd
-    graph of temporaries (the search runs this at every site on every step). With ``u = x / s + z`` and the code
-    ``c = clamp(round(u), qmin, qmax)``, the forward saves per candidate ``c - z``, the clamping mask ``o`` (1 where
-    the code was clamped, as a float so that every backward reduction is a dot product) and the per-element scale
-    derivative ``d`` (``c - u`` inside the range, ``c - z`` where clamped). The backward then only reduces products
-    with the incoming gradient ``g``:
+    graph of temporaries (the search runs this at every site on every step). With ``u = x / s`` and the code
+    ``c = clamp(round(u) + z, qmin, qmax)``, the forward saves per candidate ``c - z``, the clamping mask ``o`` (1
+    where the code was clamped, as a float so that every backward reduction is a dot product) and the per-element
+    scale derivative ``d`` (``round(u) - u`` inside the range, ``c - z`` where clamped). The backward then only
+    reduces products with the incoming gradient ``g``:
 
     - ``dL/dx = g * sum_k p_k * (1 - o_k)`` (straight-through inside each candidate's range);
     - ``dL/ds_k = p_k * f_k * sum(g * d_k)`` (LSQ, with LSQ's gradient factor ``f_k``);
@@ -91,15 +92,18 @@ class _MixedLSQFakeQuantize(torch.autograd.Function):
             z = torch.clamp(torch.round(raw_zero_points[k]), qmin, qmax)
             z_is_zero = not bool(z.any())  # symmetric, or affine on non-negative data: skip two passes
             u = torch.div(x, scale)
-            if not z_is_zero:
-                u.add_(z)
             if for_backward:
                 rounded = torch.round(u)
+                d_scale = torch.sub(rounded, u, out=u)  # inside the range: the rounding error round(u) - u
+                if not z_is_zero:
+                    rounded.add_(z)
                 codes = torch.clamp(rounded, qmin, qmax)
                 clamped = torch.ne(rounded, codes, out=rounded)  # float 0/1, reusing the buffer
-                d_scale = torch.sub(codes, u, out=u)  # inside the range: the rounding error c - u
             else:
-                codes = u.round_().clamp_(qmin, qmax)
+                codes = u.round_()
+                if not z_is_zero:
+                    codes.add_(z)
+                codes.clamp_(qmin, qmax)
             if not z_is_zero:
                 codes.sub_(z)  # c - z, exact on integers
             if for_backward:

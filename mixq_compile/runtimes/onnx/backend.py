@@ -11,7 +11,10 @@ chosen for what is exact *and* fast on onnxruntime's CPU kernels (TOOLCHAIN_NOTE
 - weights whose codes fit 2 or 4 bits are ``INT2``/``INT4`` initializers (packed, so model bytes follow the
   bit-width) cast to int8 once; ORT folds the cast when the session starts;
 - sum aggregation over rows is a *sorted segment sum*: messages are ordered by target row, prefix-summed with
-  ``CumSum`` and differenced at segment ends. In int32 this is exact (two's complement wrap-around cancels), and it
+  ``CumSum`` and differenced at segment ends. Aggregations of gathered node rows (``H[src] * w`` summed by
+  ``dst``) get their edges sorted by target in the structure program first, as the torch backend's CSR kernels do
+  (:mod:`mixq_compile.lowering.csr_aggregation`), so the messages are gathered in row order (one ``[E, C]`` gather,
+  no permutation of the messages, no select at the segment bounds: :func:`.scatter.csr_row_sum`). In int32 this is exact (two's complement wrap-around cancels), and it
   is several times faster than ``ScatterElements(reduction="add")``; float messages are prefix-summed in float64.
   (``ScatterND(reduction="add")`` is faster still but loses updates on duplicate indices in ORT 1.32 when it runs
   multi-threaded, so it is not used.) Other scatters use ``ScatterElements``;
@@ -36,6 +39,7 @@ from onnx import helper
 from torch import Tensor
 
 from ...ir.program import IntegerProgram
+from ...lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from ..base import Backend, Runner
 from . import matmul as onnx_matmul
 from .converters import CONVERTERS
@@ -163,11 +167,15 @@ def convert_program(program: IntegerProgram, example_inputs: Sequence[Tensor]) -
     """The structure and feature ONNX models of ``program`` (see module docstring)."""
     example_inputs = tuple(t.detach().cpu() for t in example_inputs)
     frontier = tuple(t.detach().cpu() for t in program.structure(*example_inputs))
-    structure = OnnxGraph(program.structure, "s_", CONVERTERS)
-    features = OnnxGraph(program.features, "f_", CONVERTERS)
+    aggregations = find_aggregations(program.features, len(example_inputs), frontier)
+    structure_fx = sorted_structure(program.structure, aggregations)
+    features_fx = csr_features(program.features, aggregations)
+    frontier = tuple(t.detach().cpu() for t in structure_fx(*example_inputs))
+    structure = OnnxGraph(structure_fx, "s_", CONVERTERS)
+    features = OnnxGraph(features_fx, "f_", CONVERTERS)
     structure.convert(example_inputs)
     features.convert(example_inputs + frontier)
-    placeholders = [n.name for n in program.features.graph.nodes if n.op == "placeholder"]
+    placeholders = [n.name for n in features_fx.graph.nodes if n.op == "placeholder"]
     model_inputs, frontier_names = placeholders[: len(example_inputs)], placeholders[len(example_inputs) :]
     structure.outputs = [
         replace(structure.emit("Identity", [v.name], v.dtype), name=name)

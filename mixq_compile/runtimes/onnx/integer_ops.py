@@ -13,8 +13,9 @@ from onnx import TensorProto
 from torch import Tensor, fx
 
 from ...ir import instructions as K
+from ...ops import csr as _registers_mixq_csr_sum  # noqa: F401  (torch.ops.mixq.csr_sum)
 from .graph import CODE_OFFSET, OnnxConversionError, OnnxGraph, Value, unsupported
-from .scatter import scatter_into_zeros, scatter_select, segment_sum, zeros_of_size
+from .scatter import csr_row_sum, scatter_into_zeros, scatter_select, segment_sum, zeros_of_size
 
 aten = torch.ops.aten
 
@@ -29,23 +30,28 @@ def _per_axis(tensor: Tensor) -> tuple[np.ndarray, int | None]:
     return tensor.reshape(-1).numpy(), axes[0] - tensor.dim()
 
 
-def _to_codes(g: OnnxGraph, real: Value, zero: Tensor, qmin: int, qmax: int) -> Value:
-    """``clamp(round(real) + zero, qmin, qmax)`` in the container of ``[qmin, qmax]`` (``real`` already scaled).
+def _to_codes(g: OnnxGraph, real: Value, zero: Tensor, qmin: int, qmax: int, scale: Tensor | None = None) -> Value:
+    """``clamp(round(real / scale) + zero, qmin, qmax)`` in the container of ``[qmin, qmax]`` (no ``scale``: 1).
 
-    int8 containers: one ``QuantizeLinear`` with scale 1 and zero-point ``zero + 128`` (round half to even, as
-    ``torch.round``; saturation to uint8 is the int8 clamp) then a ``Clip`` for narrower grids.
+    int8 containers: one ``QuantizeLinear`` (it divides by the scale, rounds half to even as ``torch.round``, adds
+    the zero-point ``zero + 128`` and saturates to uint8, which is the int8 clamp: the instruction's steps) then a
+    ``Clip`` for narrower grids. Wider containers: the same steps as float ops, then a cast.
     """
     container = K.container_dtype(qmin, qmax)
+    scale = torch.ones(()) if scale is None else scale.float()
     if container == torch.int8:
-        zeros, axis = _per_axis(zero.to(torch.int32) + CODE_OFFSET)
-        ones = np.ones_like(zeros, dtype=np.float32)
+        scale, zero = torch.broadcast_tensors(scale, zero.to(torch.int32) + CODE_OFFSET)
+        scales, axis = _per_axis(scale.contiguous())
+        zeros, _ = _per_axis(zero.contiguous())
         attrs = {} if axis is None else {"axis": axis}
-        names = [real.name, g.initializer(ones), g.initializer(zeros.astype(np.uint8))]
+        names = [real.name, g.initializer(scales.astype(np.float32)), g.initializer(zeros.astype(np.uint8))]
         codes = g.emit("QuantizeLinear", names, torch.uint8, offset=True, **attrs)
         if (qmin, qmax) != (-128, 127):
             low, high = g.const(qmin + CODE_OFFSET, torch.uint8), g.const(qmax + CODE_OFFSET, torch.uint8)
             codes = g.emit("Clip", [codes.name, low, high], torch.uint8, offset=True)
         return codes
+    if bool((scale != 1).any()):
+        real = g.emit("Div", [real.name, g.const(scale, torch.float32)], torch.float32)
     rounded = g.emit("Round", [real.name], torch.float32)
     shifted = g.emit("Add", [rounded.name, g.const(zero, torch.float32)], torch.float32)
     clipped = g.emit("Clip", [shifted.name, g.const(qmin, torch.float32), g.const(qmax, torch.float32)],
@@ -54,25 +60,10 @@ def _to_codes(g: OnnxGraph, real: Value, zero: Tensor, qmin: int, qmax: int) -> 
 
 
 def _quantize(g: OnnxGraph, node: fx.Node) -> Value:
-    """``clamp(round(x / scale + zero))``: with zero 0, ``QuantizeLinear(x, scale)`` itself (ORT divides, as the
-    reference does); otherwise the division and the float add happen first, exactly as in the reference."""
+    """``clamp(round(x / scale) + zero)``: ``QuantizeLinear(x, scale, zero)`` itself, the instruction's formula."""
     x, scale_node, zero_node, qmin, qmax = node.args
     x = g.cast(g.value(x), torch.float32)
-    scale, zero = g.consts[scale_node], g.consts[zero_node]
-    container = K.container_dtype(qmin, qmax)
-    if container == torch.int8 and not zero.any():
-        scales, axis = _per_axis(scale.float())
-        zeros = np.full_like(scales, CODE_OFFSET, dtype=np.uint8)
-        attrs = {} if axis is None else {"axis": axis}
-        codes = g.emit("QuantizeLinear", [x.name, g.initializer(scales), g.initializer(zeros)], torch.uint8,
-                       offset=True, **attrs)  # fmt: skip
-        if (qmin, qmax) != (-128, 127):
-            low, high = g.const(qmin + CODE_OFFSET, torch.uint8), g.const(qmax + CODE_OFFSET, torch.uint8)
-            codes = g.emit("Clip", [codes.name, low, high], torch.uint8, offset=True)
-        return codes
-    scaled = g.emit("Div", [x.name, g.const(scale, torch.float32)], torch.float32)
-    shifted = g.emit("Add", [scaled.name, g.const(zero, torch.float32)], torch.float32)
-    return _to_codes(g, shifted, torch.zeros_like(zero), qmin, qmax)
+    return _to_codes(g, x, g.consts[zero_node], qmin, qmax, scale=g.consts[scale_node])
 
 
 def _dequantize(g: OnnxGraph, node: fx.Node) -> Value:
@@ -201,6 +192,20 @@ def _index_sum_int(g: OnnxGraph, node: fx.Node) -> Value:
     return segment_sum(g, g.cast(g.value(acc), torch.int32), rows, num_rows)
 
 
+def _csr_sum(g: OnnxGraph, node: fx.Node) -> Value:
+    """``mixq::csr_sum`` (edges sorted by target in the structure program): :func:`.scatter.csr_row_sum` of the
+    centered table, int32 for codes, the table's float type for floats."""
+    dst, src, weight, table_node, zero, rows = node.args
+    table = g.value(table_node)
+    if not table.dtype.is_floating_point:
+        zero = g.consts[zero] if zero is not None else torch.zeros((), dtype=torch.int32)
+        table = _centered(g, table, zero)
+    num_rows = g.emit("Reshape", [g.ints(rows).name, g.const([1], torch.int64)], torch.int64)
+    weight = g.value(weight) if weight is not None else None
+    out = csr_row_sum(g, g.value(dst), g.value(src), weight, table, num_rows)
+    return g.cast(out, table.dtype if table.dtype.is_floating_point else torch.int32)
+
+
 def _scatter_select_int(g: OnnxGraph, node: fx.Node) -> Value:
     acc, dim, index, size, reduce = node.args
     base = zeros_of_size(g, size, torch.int32)
@@ -222,4 +227,5 @@ INTEGER_CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     K.scatter_sum_int: _scatter_sum_int,
     K.index_sum_int: _index_sum_int,
     K.scatter_select_int: _scatter_select_int,
+    torch.ops.mixq.csr_sum.default: _csr_sum,
 }

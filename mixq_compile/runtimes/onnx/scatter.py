@@ -59,6 +59,43 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     return g.cast(total, messages.dtype) if acc_dtype != messages.dtype else total
 
 
+def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, table: Value, num_rows: Value) -> Value:
+    """``out[r] = Σ_{e: dst[e] = r} weight[e] * table[src[e]]`` for ``dst`` sorted ascending and a centered
+    ``[N, C]`` table (``mixq::csr_sum``): one prefix sum over the gathered messages, differenced at the row
+    bounds.
+
+    ``P[k]`` is the sum of the first ``k`` messages and ``out[r] = P[end_r] - P[start_r]``. A zero message in front
+    gives ``P[0] = 0`` with no select over the output: with a weight the edge list starts with (source 0,
+    weight 0); without, the table gets a zero row 0 and every source moves down one. The edges arrive sorted from
+    the structure program, so the messages are gathered in row order directly (one ``[E, C]`` gather); every
+    index computation reads only structure values, which the hoisting pass moves to the structure graph.
+    Integer sums are int32 (wrapping prefix sums difference exactly), float sums float64.
+    """
+    acc_dtype = torch.float64 if table.dtype.is_floating_point else torch.int32
+    table = g.cast(table, acc_dtype)
+    src = g.cast(src, torch.int64)
+    if weight is None:
+        pads = g.const([1, 0, 0, 0], torch.int64)
+        table = g.emit("Pad", [table.name, pads], acc_dtype)
+        src = g.emit("Add", [src.name, g.const(1, torch.int64)], torch.int64)
+    src = g.emit("Concat", [g.const([0], torch.int64), src.name], torch.int64, axis=0)
+    messages = g.emit("Gather", [table.name, src.name], acc_dtype, axis=0)
+    if weight is not None:
+        weight = g.emit("Concat", [g.const([0], acc_dtype), g.cast(weight, acc_dtype).name], acc_dtype, axis=0)
+        column = g.emit("Reshape", [weight.name, g.const([-1, 1], torch.int64)], acc_dtype)
+        messages = g.emit("Mul", [messages.name, column.name], acc_dtype)
+    prefix = g.emit("CumSum", [messages.name, g.const(0, torch.int64)], acc_dtype)
+    dst = g.cast(dst, torch.int64)
+    ones = g.emit("Expand", [g.const(1, torch.int64), g.shape(dst).name], torch.int64)
+    empty = zeros_of_size(g, num_rows, torch.int64)
+    counts = g.emit("ScatterElements", [empty.name, dst.name, ones.name], torch.int64, axis=0, reduction="add")
+    ends = g.emit("CumSum", [counts.name, g.const(0, torch.int64)], torch.int64)
+    starts = g.emit("Sub", [ends.name, counts.name], torch.int64)
+    upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
+    upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
+    return g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
+
+
 def broadcast_column(g: OnnxGraph, column: Value, like: Value) -> Value:
     """A 1-D per-row tensor reshaped to ``[R, 1, ..., 1]`` with the rank of ``like``."""
     rank = g.emit("Size", [g.shape(like).name], torch.int64)

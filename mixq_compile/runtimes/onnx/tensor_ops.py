@@ -115,11 +115,23 @@ def _split(g: OnnxGraph, node: fx.Node) -> list[Value]:
 
 
 def _getitem(g: OnnxGraph, node: fx.Node) -> Value:
-    """One piece of a multi-output op (``split``)."""
+    """One piece of a multi-output op (``split``, ``sort``)."""
     parts = g.env.get(node.args[0])
     if not isinstance(parts, list):
         raise unsupported(node, "indexing a value that is not a list of tensors")
     return parts[node.args[1]]
+
+
+def _sort(g: OnnxGraph, node: fx.Node) -> list[Value]:
+    """``sort(x, dim, descending)``: (values, indices) as a ``TopK`` over the whole dim, read with ``getitem``.
+    Equal keys may come out in any order (ONNX does not promise a stable ``TopK``): the sorts of a program are
+    edge orderings for aggregations, whose integer sums do not depend on the order of equal targets."""
+    x = g.plain(g.value(node.args[0]))
+    dim = arg(node, 1, "dim", -1)
+    descending = bool(arg(node, 2, "descending", False))
+    size = g.emit("Gather", [g.shape(x).name, g.const([dim], torch.int64)], torch.int64, axis=0)
+    values = g.emit("TopK", [x.name, size.name], x.dtype, outputs=2, axis=dim, largest=int(descending), sorted=1)
+    return [values, Value(f"{values.name}_1", torch.int64)]
 
 
 def _repeat(g: OnnxGraph, node: fx.Node) -> Value:
@@ -221,6 +233,7 @@ TENSOR_CONVERTERS: dict[object, Callable[[OnnxGraph, fx.Node], Value]] = {
     aten.split.Tensor: _split,
     aten.split_with_sizes.default: _split,
     operator.getitem: _getitem,
+    aten.sort.stable: _sort,
     aten.view.default: _view,
     aten.reshape.default: _view,
     aten._unsafe_view.default: _view,

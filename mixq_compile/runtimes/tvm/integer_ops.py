@@ -30,7 +30,7 @@ def _quantize(c: Converter, node: fx.Node) -> relax.Expr:
 
 def _quantized(c: Converter, x: object, scale: object, zero: object, qmin: int, qmax: int) -> relax.Expr:
     scaled = c.emit(relax.op.divide(c.tensor(x, "float32"), c.tensor(scale, "float32")))
-    return _codes(c, c.emit(relax.op.round(c.emit(relax.op.add(scaled, c.tensor(zero, "float32"))))), qmin, qmax)
+    return _codes(c, c.emit(relax.op.add(c.emit(relax.op.round(scaled)), c.tensor(zero, "float32"))), qmin, qmax)
 
 
 def _dequantize(c: Converter, node: fx.Node) -> relax.Expr:

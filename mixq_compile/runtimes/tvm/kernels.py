@@ -190,7 +190,7 @@ def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int, qmax: int) -> tirx.PrimFunc:
     """``C[n, :] = bias + Σ_{k: A[n, k] != 0} (q(A[n, k]) - zero) W^T[k, :]`` in int32 for float32 features A,
-    with ``q(a) = clamp(round(a / scale + zero), qmin, qmax)`` (the quantize instruction's two IEEE roundings):
+    with ``q(a) = clamp(round(a / scale) + zero, qmin, qmax)`` (the quantize instruction's steps):
     the input layer's quantize and integer GEMM in one pass over A that multiplies only its non-zero features.
 
     Exact when 0.0 quantizes to ``zero`` (the caller checks): then a zero feature adds nothing, and int32 sums
@@ -214,7 +214,7 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
                     acc[v] = B[v]
                 for s in range(k):
                     if A[i, s] != T.float32(0):
-                        code = T.round(A[i, s] / T.float32(scale) + T.float32(zero))
+                        code = T.round(A[i, s] / T.float32(scale)) + T.float32(zero)
                         d = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
                         for v in T.vectorized(o):
                             acc[v] = acc[v] + d * T.Cast("int32", W[s, v])
