@@ -11,13 +11,14 @@ chosen for what is exact *and* fast on onnxruntime's CPU kernels (TOOLCHAIN_NOTE
 - weights whose codes fit 2 or 4 bits are ``INT2``/``INT4`` initializers (packed, so model bytes follow the
   bit-width) cast to int8 once; ORT folds the cast when the session starts;
 - sum aggregation over rows is a *sorted segment sum*: messages are ordered by target row, prefix-summed with
-  ``CumSum`` and differenced at segment ends. Aggregations of gathered node rows (``H[src] * w`` summed by
-  ``dst``) get their edges sorted by target in the structure program first, as the torch backend's CSR kernels do
-  (:mod:`mixq_compile.lowering.csr_aggregation`), so the messages are gathered in row order (one ``[E, C]`` gather,
-  no permutation of the messages, no select at the segment bounds: :func:`.scatter.csr_row_sum`). In int32 this is exact (two's complement wrap-around cancels), and it
-  is several times faster than ``ScatterElements(reduction="add")``; float messages are prefix-summed in float64.
-  (``ScatterND(reduction="add")`` is faster still but loses updates on duplicate indices in ORT 1.32 when it runs
-  multi-threaded, so it is not used.) Other scatters use ``ScatterElements``;
+  ``CumSum`` and differenced at segment ends. In int32 this is exact (two's complement wrap-around cancels), and
+  it is several times faster than ``ScatterElements(reduction="add")``; float messages are prefix-summed in
+  float64. (``ScatterND(reduction="add")`` is faster still but loses updates on duplicate indices in ORT 1.32 when
+  it runs multi-threaded, so it is not used.) Aggregations of gathered node rows (``H[src] * w`` summed by
+  ``dst``) get their edges sorted by target in the structure program first, as for the torch backend's CSR
+  kernels (:mod:`mixq_compile.lowering.csr_aggregation`), so the messages are gathered in row order: one
+  ``[E, C]`` gather, no permutation of the messages, no select at the segment bounds
+  (:func:`.scatter.csr_row_sum`). Other scatters use ``ScatterElements``;
 - topology-only work in the feature graph (edge sorting, segment bounds, index expansion) is *hoisted* into the
   structure graph, so ``load_artifact(..., cache_structure=True)`` computes it once per graph.
 
