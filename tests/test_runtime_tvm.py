@@ -224,10 +224,13 @@ def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
-@pytest.mark.parametrize(("k", "o", "bits"), [(5, 3, (-128, 127)), (300, 20, (0, 15)), (1433, 128, (-128, 127))])
+@pytest.mark.parametrize(
+    ("k", "o", "bits"), [(5, 3, (-128, 127)), (300, 20, (0, 15)), (1433, 128, (-128, 127)), (33, 300, (-8, 7))]
+)
 def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
     """The zero-skipping input-layer kernel against the instructions it replaces, bit for bit: exact ties on the
-    quantization grid, negative and positive features, empty rows; built for AVX2 and AVX-512 targets."""
+    quantization grid, negative and positive features, -0.0, empty rows, feature counts around the 16-feature
+    zero test and outputs past one 128-channel block; built for AVX2 and AVX-512 targets."""
     import numpy as np
     import tvm
 
@@ -241,6 +244,7 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
     scale, zero = 0.02, float((bits[0] + bits[1] + 1) // 2 if bits[0] < 0 else bits[0])
     x[1, : min(k, 9)] = (torch.arange(min(k, 9)) + 0.5) * scale  # lands exactly on .5 after the division
     x[2] = 0.0
+    x[3, : min(k, 20)] = -0.0
     w_t = torch.randint(-128, 128, (k, o), dtype=torch.int8, generator=gen)
     bias = torch.randint(-1000, 1000, (o,), dtype=torch.int32, generator=gen)
     kernel = TK.quantize_linear_sparse(k, o, scale, zero, *bits)

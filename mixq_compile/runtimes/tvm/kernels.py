@@ -187,6 +187,14 @@ def dense_int_f32(k: int, o: int) -> tirx.PrimFunc:
     return kernel
 
 
+#: features tested for zero at once by :func:`quantize_linear_sparse` (one OR over their bits: a zmm of floats).
+_ZERO_CHUNK = 16
+#: rows per parallel task of :func:`quantize_linear_sparse` (its index buffers are allocated once per task).
+_SPARSE_ROWS = 64
+#: output channels accumulated in registers at once by :func:`quantize_linear_sparse` (8 zmm of int32).
+_SPARSE_OUT_BLOCK = 128
+
+
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int, qmax: int) -> tirx.PrimFunc:
     """``C[n, :] = bias + Σ_{k: A[n, k] != 0} (q(A[n, k]) - zero) W^T[k, :]`` in int32 for float32 features A,
@@ -195,9 +203,16 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
 
     Exact when 0.0 quantizes to ``zero`` (the caller checks): then a zero feature adds nothing, and int32 sums
     wrap around in any order. Sparse node features (Cora: 98.7 % zeros) cost about one read of A instead of a
-    quantize pass, a codes tensor and a dense GEMM over K = 1433.
+    quantize pass, a codes tensor and a dense GEMM over K = 1433. Per row, as the torch backend's C kernel:
+    (1) the indices of the non-zero features, found without a branch per feature: chunks of 16 whose bits OR to
+    0 are skipped whole (one vector OR; ``-0.0`` only sends its chunk to the exact test), inside the others each
+    index is stored and the count advanced by ``A != 0``; (2) their codes, vectorized (a gather per 8/16);
+    (3) the weight rows of those indices summed into accumulators held in registers, 128 channels at a time.
+    Scanning feature by feature with a branch (the first version) took 3.3 ms of Cora's 4.3 ms feature program.
     """
     z = int(zero)
+    chunks, rows, block = k // _ZERO_CHUNK, _SPARSE_ROWS, min(o, _SPARSE_OUT_BLOCK)
+    blocks = (o + block - 1) // block
 
     @T.prim_func(s_tir=True)
     def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle):
@@ -208,18 +223,37 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
         B = T.match_buffer(bias, (o,), "int32")
         C = T.match_buffer(c, (n, o), "int32")
         with T.sblock("root"):
-            for i in T.parallel(n):
-                acc = T.decl_buffer((o,), "int32", scope="local")
-                for v in T.vectorized(o):
-                    acc[v] = B[v]
-                for s in range(k):
-                    if A[i, s] != T.float32(0):
-                        code = T.round(A[i, s] / T.float32(scale)) + T.float32(zero)
-                        d = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
-                        for v in T.vectorized(o):
-                            acc[v] = acc[v] + d * T.Cast("int32", W[s, v])
-                for v in T.vectorized(o):
-                    C[i, v] = acc[v]
+            for task in T.parallel((n + rows - 1) // rows):
+                idx = T.decl_buffer((k,), "int32", scope="local")
+                codes = T.decl_buffer((k,), "int32", scope="local")
+                count = T.decl_buffer((1,), "int32", scope="local")
+                bits = T.decl_buffer((1,), "int32", scope="local")
+                acc = T.decl_buffer((block,), "int32", scope="local")
+                for i in range(task * rows, T.min(n, task * rows + rows)):
+                    count[0] = 0
+                    for chunk in range(chunks):
+                        bits[0] = 0
+                        for j in T.unroll(_ZERO_CHUNK):
+                            bits[0] = bits[0] | T.reinterpret("int32", A[i, chunk * _ZERO_CHUNK + j])
+                        if bits[0] != 0:
+                            for j in range(_ZERO_CHUNK):
+                                idx[count[0]] = T.int32(chunk * _ZERO_CHUNK + j)
+                                count[0] = count[0] + T.Cast("int32", A[i, chunk * _ZERO_CHUNK + j] != T.float32(0))
+                    for s in range(chunks * _ZERO_CHUNK, k):
+                        idx[count[0]] = T.int32(s)
+                        count[0] = count[0] + T.Cast("int32", A[i, s] != T.float32(0))
+                    for j in range(count[0]):
+                        code = T.round(A[i, idx[j]] / T.float32(scale)) + T.float32(zero)
+                        codes[j] = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
+                    for b in range(blocks):
+                        for v in T.vectorized(block):
+                            acc[v] = B[T.min(b * block + v, o - 1)]
+                        for j in range(count[0]):
+                            for v in T.vectorized(block):
+                                acc[v] = acc[v] + codes[j] * T.Cast("int32", W[idx[j], T.min(b * block + v, o - 1)])
+                        for v in range(block):
+                            if b * block + v < o:
+                                C[i, b * block + v] = acc[v]
 
     return kernel
 
