@@ -13,6 +13,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import SAGEConv
 
 import mixq_compile as mq
+from mixq_compile.ir.meta import PLAN_KEY
 from mixq_compile.minibatch import evaluate_sampled, shard, train_sampled
 from mixq_compile.sampling import neighbor_loader, sample_neighbors
 from mixq_compile.synthetic import planted_communities
@@ -236,3 +237,32 @@ def test_ranges_calibrated_over_several_sampled_batches_cover_all_of_them():
     for batch in batches:
         assert low - slack <= float(batch.x.min()) and float(batch.x.max()) <= high + slack
     assert high > before[1], "the range grew to the batches the capture did not see"
+
+
+def test_a_mean_aggregation_is_quantized_after_its_division_so_hubs_stay_on_the_grid():
+    """SAGE's mean is ``sum / count``: the aggregate site is the mean (its range does not grow with the degree),
+    not the sum. Calibrated on low-degree graphs, a hub of 300 in-edges is then represented as well as the rest
+    (its sum would be ~100x the calibrated range)."""
+    torch.manual_seed(0)
+    conv = SAGEConv(8, 8).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def graph(nodes: int, hub_degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(nodes, 8, generator=gen).abs() + 0.5  # positive features: sums grow with the degree
+        src = torch.randint(0, nodes, (3 * nodes,), generator=gen)
+        dst = torch.randint(0, nodes, (3 * nodes,), generator=gen)
+        hub = torch.stack([torch.arange(hub_degree) % nodes, torch.zeros(hub_degree, dtype=torch.long)])
+        return x, torch.cat([torch.stack([src, dst]), hub], dim=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(conv, graph(60, 0))
+    site = next(site for site in qmodel.graph_module.meta[PLAN_KEY].sites if site.kind == "aggregate")
+    node = next(n for n in qmodel.graph_module.graph.nodes if n.name == site.node)
+    assert node.target == torch.ops.aten.div.Tensor, f"the aggregate site is on {node.target}, not the mean"
+    mq.calibrate(qmodel, [graph(60, 0) for _ in range(3)], progress=False)
+    x, edge_index = graph(400, 300)
+    with torch.no_grad():
+        exact, got = conv(x, edge_index), mq.freeze(qmodel, 8).eval()(x, edge_index)
+    assert float((got[0] - exact[0]).norm() / exact[0].norm()) < 0.05, "the hub's row left the grid"
+    assert float((got - exact).norm() / exact.norm()) < 0.05

@@ -21,9 +21,12 @@ TARGET = 0.02
 # Measured before this suite's defaults (calibrated on A only): 0.02-0.41; now at most ~0.09 (GAT, attention on
 # graphs whose isolated nodes A's range never saw). A bound, not the target.
 REGRESSION_BOUND = 0.10
-# Above the 2 % target with 4 calibration graphs (measured 0.020-0.085): per-tensor 8-bit rounding at 10-28 sites
-# in sequence costs ~1.5-2 % even on the calibration graph itself, plus clipping of the low-degree extremes of B.
-ABOVE_TARGET = frozenset(ptq_error.MODELS) - {"APPNP", "SGConv", "SAGEConv-max", "GCN-jk=max"}
+# Above the 2 % target with 4 calibration graphs (measured 0.018-0.085; mean aggregations quantized after their
+# division since session 11: GraphSAGE 0.031 -> 0.023, GraphSAGE-jk=max 0.022 -> 0.019): per-tensor 8-bit rounding
+# at 10-28 sites in sequence costs ~1.5-2 % even on the calibration graph itself, plus clipping of the extremes of
+# B that the calibration graphs never reached (a 1.25x wider 8-bit range halves that part but adds rounding noise:
+# worst 0.085 -> 0.052, mean 0.033 -> 0.025, still 4 of 24 under 2 %).
+ABOVE_TARGET = frozenset(ptq_error.MODELS) - {"APPNP", "SGConv", "SAGEConv-max", "GCN-jk=max", "GraphSAGE-jk=max"}
 
 
 @pytest.fixture(autouse=True, scope="module")

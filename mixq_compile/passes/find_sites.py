@@ -46,6 +46,13 @@ from ..quant.spec import QuantSpec
 
 aten = torch.ops.aten
 _TRANSPOSING = frozenset({aten.t.default, aten.transpose.int})
+_DIVISIONS = frozenset({aten.div.Tensor, aten.div.Scalar})
+_BROADCASTS = frozenset({aten.expand_as.default, aten.expand.default, aten.view.default, aten.reshape.default})
+
+
+def _reads_only_shape(user: fx.Node, value: fx.Node) -> bool:
+    """``user`` reads only the shape of ``value`` (``other.expand_as(value)``)."""
+    return user.op == "call_function" and user.target == aten.expand_as.default and user.args[0] is not value
 
 
 def _val(node: object):
@@ -314,7 +321,7 @@ class _SiteFinder:
             if site is not None:
                 self.grid[node] = site
         else:
-            out, new = self.request(node, out_kind, node)
+            out, new = self.request(self.mean_of(node), out_kind, node)
             if new:
                 owned.append(out)
             else:
@@ -322,6 +329,30 @@ class _SiteFinder:
         self.ops.append(
             OpRecord(node.name, str(node.target), category, reduce, tuple(owned), tuple(grids), ew_site, out)
         )
+
+    def mean_of(self, total: fx.Node) -> fx.Node:
+        """The value an aggregation's output quantizer belongs on: the mean, when the sum ``total`` is only divided
+        by a structure-only count (PyG's mean aggregation is ``sum / count.clamp(min=1)``), else ``total``.
+
+        A sum grows with the in-degree and a mean does not: quantizing the sum fits its grid to the degrees of
+        the calibration graphs. Trained on sampled neighbourhoods (≤ 10 in-edges) and run on the whole graph, the
+        hubs' sums were clipped (GraphSAGE on 100k nodes: whole-graph accuracy 95.9 % instead of FP32's 97.0 %), and
+        re-ranging the sums on the whole graph left the typical node a few levels (93.3 %). The integer program
+        divides the dequantized sum in float either way, so the quantizer after the division costs nothing and
+        rounds once where there were two roundings (the sum's, then the mean's as the next layer's input).
+        """
+        divisions = [u for u in total.users if not _reads_only_shape(u, total)]
+        if len(divisions) != 1:
+            return total
+        (division,) = divisions
+        if division.op != "call_function" or division.target not in _DIVISIONS or division.args[0] is not total:
+            return total
+        divisor = division.args[1]
+        while isinstance(divisor, fx.Node) and divisor.op == "call_function" and divisor.target in _BROADCASTS:
+            divisor = divisor.args[0]  # count.view(-1, 1).expand_as(total): the count, broadcast to the sum's shape
+        if isinstance(divisor, fx.Node) and (divisor in self.feature or divisor in self.param_only):
+            return total
+        return division
 
     def split_message(self, src: fx.Node, index: object) -> tuple[fx.Node | None, fx.Node | None]:
         """(x_j-side operand, per-edge factor) of a message aggregated along ``index`` (see :meth:`is_gathered`),

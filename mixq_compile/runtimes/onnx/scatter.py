@@ -65,19 +65,18 @@ def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, tabl
     bounds.
 
     ``P[k]`` is the sum of the first ``k`` messages and ``out[r] = P[end_r] - P[start_r]``. A zero message in front
-    gives ``P[0] = 0`` with no select over the output: with a weight the edge list starts with (source 0,
-    weight 0); without, the table gets a zero row 0 and every source moves down one. The edges arrive sorted from
-    the structure program, so the messages are gathered in row order directly (one ``[E, C]`` gather); every
-    index computation reads only structure values, which the hoisting pass moves to the structure graph.
+    gives ``P[0] = 0`` with no select over the output: the table gets a zero row 0 (so that a graph without nodes
+    still has a row to gather), every source moves down one, and the edge list starts with source 0. The edges
+    arrive sorted from the structure program, so the messages are gathered in row order directly (one ``[E, C]``
+    gather); every index computation reads only structure values, which the hoisting pass moves to the structure
+    graph.
     Integer sums are int32 (wrapping prefix sums difference exactly), float sums float64.
     """
     acc_dtype = torch.float64 if table.dtype.is_floating_point else torch.int32
     table = g.cast(table, acc_dtype)
     src = g.cast(src, torch.int64)
-    if weight is None:
-        pads = g.const([1, 0, 0, 0], torch.int64)
-        table = g.emit("Pad", [table.name, pads], acc_dtype)
-        src = g.emit("Add", [src.name, g.const(1, torch.int64)], torch.int64)
+    table = g.emit("Pad", [table.name, g.const([1, 0, 0, 0], torch.int64)], acc_dtype)
+    src = g.emit("Add", [src.name, g.const(1, torch.int64)], torch.int64)
     src = g.emit("Concat", [g.const([0], torch.int64), src.name], torch.int64, axis=0)
     messages = g.emit("Gather", [table.name, src.name], acc_dtype, axis=0)
     if weight is not None:
