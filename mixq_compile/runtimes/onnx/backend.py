@@ -48,9 +48,15 @@ from .graph import ONNX_TYPES, OPSET, TORCH_TYPES, OnnxGraph, value_info
 
 STRUCTURE_FILE = "structure.onnx"
 FEATURES_FILE = "features.onnx"
-#: onnxruntime session settings: exact int4 paths (no MatMulNBits with int8 activations) and no busy-waiting
-#: threads, which would steal the CPU from whatever runs between two calls (other sessions, PyTorch).
-SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0", "session.intra_op.allow_spinning": "0"}
+#: onnxruntime session settings: exact int4 paths (no MatMulNBits with int8 activations), no QDQ fusions (they
+#: turn ``DequantizeLinear``s -> ``Add`` -> ``QuantizeLinear`` into ``QLinearAdd``, whose fixed-point rounding is
+#: one code off the integer program now and then: GraphSAGE's ``lin_l + lin_r``), and no busy-waiting threads,
+#: which would steal the CPU from whatever runs between two calls (other sessions, PyTorch).
+SESSION_CONFIG = {
+    "session.qdq_matmulnbits_accuracy_level": "0",
+    "session.disable_quant_qdq": "1",
+    "session.intra_op.allow_spinning": "0",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
