@@ -10,7 +10,8 @@ How values are classified, in graph order:
 - every aggregation (scatter / index_add / segment reduce) whose source depends on features is either message
   passing (its source is built from rows gathered along edges, x_j) or pooling (it is not). In a message
   ``w_ij * x_j`` the per-edge factor is an ``edge_weight`` and x_j a ``message``; sum/mean results are
-  ``aggregate`` or ``pool``; max/min results stay on their input's grid;
+  ``aggregate`` or ``pool`` (a sum divided by a structure-only count is quantized after the division, as the
+  mean: see ``_SiteFinder.mean_of``); max/min results stay on their input's grid;
 - a value already on a quantizer's grid (through movement ops, ReLU, dropout, max) gets no second quantizer, and a
   requested quantizer is placed before movement ops (before the gather of x_j, on the node features themselves);
 - aggregations over graph structure only (degrees, normalisation) are not quantized: they are not features.
