@@ -48,7 +48,6 @@ from ..quant.spec import QuantSpec
 aten = torch.ops.aten
 _TRANSPOSING = frozenset({aten.t.default, aten.transpose.int})
 _DIVISIONS = frozenset({aten.div.Tensor, aten.div.Scalar})
-_BROADCASTS = frozenset({aten.expand_as.default, aten.expand.default, aten.view.default, aten.reshape.default})
 
 
 def _reads_only_shape(user: fx.Node, value: fx.Node) -> bool:
@@ -349,7 +348,7 @@ class _SiteFinder:
         if division.op != "call_function" or division.target not in _DIVISIONS or division.args[0] is not total:
             return total
         divisor = division.args[1]
-        while isinstance(divisor, fx.Node) and divisor.op == "call_function" and divisor.target in _BROADCASTS:
+        while isinstance(divisor, fx.Node) and divisor.op == "call_function" and divisor.target in INDEX_BROADCAST_OPS:
             divisor = divisor.args[0]  # count.view(-1, 1).expand_as(total): the count, broadcast to the sum's shape
         if isinstance(divisor, fx.Node) and (divisor in self.feature or divisor in self.param_only):
             return total

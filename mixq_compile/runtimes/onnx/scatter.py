@@ -38,14 +38,9 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     ``num_rows``, so the hoisting pass moves it to the structure graph.
     """
     acc_dtype = torch.float64 if messages.dtype.is_floating_point else torch.int32
-    count = g.shape(rows)
-    order = g.emit("TopK", [rows.name, count.name], torch.int64, outputs=2, largest=0, sorted=1)
+    order = g.emit("TopK", [rows.name, g.shape(rows).name], torch.int64, outputs=2, largest=0, sorted=1)
     permutation = Value(f"{order.name}_1", torch.int64)
-    ones = g.emit("Expand", [g.const(1, torch.int64), count.name], torch.int64)
-    empty = zeros_of_size(g, num_rows, torch.int64)
-    per_row = g.emit("ScatterElements", [empty.name, rows.name, ones.name], torch.int64, axis=0, reduction="add")
-    ends = g.emit("CumSum", [per_row.name, g.const(0, torch.int64)], torch.int64)
-    starts = g.emit("Sub", [ends.name, per_row.name], torch.int64)
+    starts, ends = _row_bounds(g, rows, num_rows)
     last = g.emit("Sub", [ends.name, g.const(1, torch.int64)], torch.int64)
     before = g.emit("Sub", [starts.name, g.const(1, torch.int64)], torch.int64)
     first_row = g.emit("Equal", [starts.name, g.const(0, torch.int64)], torch.bool)
@@ -57,6 +52,16 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     before_sum = g.emit("Where", [mask.name, g.const(0, acc_dtype), upto_before.name], acc_dtype)
     total = g.emit("Sub", [upto_last.name, before_sum.name], acc_dtype)
     return g.cast(total, messages.dtype) if acc_dtype != messages.dtype else total
+
+
+def _row_bounds(g: OnnxGraph, rows: Value, num_rows: Value) -> tuple[Value, Value]:
+    """``(starts, ends)`` of each row's run of entries once ``rows`` (int64) is sorted: a count per row
+    (``ScatterElements`` add of ones) and its prefix sum. Structure-only, so hoisted."""
+    ones = g.emit("Expand", [g.const(1, torch.int64), g.shape(rows).name], torch.int64)
+    empty = zeros_of_size(g, num_rows, torch.int64)
+    per_row = g.emit("ScatterElements", [empty.name, rows.name, ones.name], torch.int64, axis=0, reduction="add")
+    ends = g.emit("CumSum", [per_row.name, g.const(0, torch.int64)], torch.int64)
+    return g.emit("Sub", [ends.name, per_row.name], torch.int64), ends
 
 
 def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, table: Value, num_rows: Value) -> Value:
@@ -84,12 +89,7 @@ def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, tabl
         column = g.emit("Reshape", [weight.name, g.const([-1, 1], torch.int64)], acc_dtype)
         messages = g.emit("Mul", [messages.name, column.name], acc_dtype)
     prefix = g.emit("CumSum", [messages.name, g.const(0, torch.int64)], acc_dtype)
-    dst = g.cast(dst, torch.int64)
-    ones = g.emit("Expand", [g.const(1, torch.int64), g.shape(dst).name], torch.int64)
-    empty = zeros_of_size(g, num_rows, torch.int64)
-    counts = g.emit("ScatterElements", [empty.name, dst.name, ones.name], torch.int64, axis=0, reduction="add")
-    ends = g.emit("CumSum", [counts.name, g.const(0, torch.int64)], torch.int64)
-    starts = g.emit("Sub", [ends.name, counts.name], torch.int64)
+    starts, ends = _row_bounds(g, g.cast(dst, torch.int64), num_rows)
     upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
     upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
     return g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
