@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 import mixq_compile as mq
 
-from .guard import raise_collapsed_sites
+from .guard import freeze_searched
 from .runtimes import BACKENDS, available_backends
 from .tasks import Task, graph_task, load_task
 from .workflow import accuracy_gap_warning
@@ -37,6 +38,39 @@ def demo_task(root: str | None, hidden: int, seed: int) -> tuple[Task, nn.Module
     return task, CSLGCN(task.num_features, task.num_classes, hidden=min(hidden, 150))
 
 
+@dataclass
+class DemoModels:
+    """What the demo's training path produced: the task, the FP32 model, the QAT model and the guard's log."""
+
+    task: Task
+    fp32: nn.Module
+    frozen: nn.Module
+    guard_log: list[str]
+
+
+def train_demo(data_root: str | None, *, epochs: int, hidden: int, bits: tuple[int, ...], lam: float,
+               seed: int) -> DemoModels:  # fmt: skip
+    """FP32 training, MixQ search, the guard, freeze and QAT: the demo up to export (also what
+    ``experiments/demo_seeds.py`` repeats over seeds)."""
+    torch.manual_seed(seed)
+    task, model = demo_task(data_root, hidden, seed)
+    print(f"[1/6] FP32 training on {task.name}")
+    model.load_state_dict(task.train(model, epochs, 0.0, 0.01, 2e-4, "FP32").best_state)
+    fp32_model = model.eval()
+    print(f"[2/6] quantize (candidates {bits}) and MixQ search (λ={lam})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = mq.quantize(fp32_model, task.inputs, bits)
+    task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")  # bits from the last epoch, as the paper (not best-val)
+    print(mq.sites(qmodel))  # the searched probabilities, before freezing fixes them
+    print("[3/6] the searched bit-widths on the FP32 weights (raising any site that costs validation accuracy);")
+    print("      fine-tune (QAT)")
+    frozen, log = freeze_searched(fp32_model, qmodel, task.inputs, task.validation)
+    print("\n".join(f"      {line}" for line in log))
+    frozen.load_state_dict(task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT").best_state)
+    return DemoModels(task, fp32_model, frozen.eval(), log)
+
+
 def run_demo(
     data_root: str | None,
     *,
@@ -50,24 +84,9 @@ def run_demo(
     keep: Path | None = None,
 ) -> list[dict]:
     """Run the pipeline; print progress, the site table and the final table; return the table rows."""
-    torch.manual_seed(seed)
-    task, model = demo_task(data_root, hidden, seed)
     started = time.perf_counter()
-    print(f"[1/6] FP32 training on {task.name}")
-    model.load_state_dict(task.train(model, epochs, 0.0, 0.01, 2e-4, "FP32").best_state)
-    fp32_model = model.eval()
-    print(f"[2/6] quantize (candidates {bits}) and MixQ search (λ={lam})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        qmodel = mq.quantize(fp32_model, task.inputs, bits)
-    task.train(qmodel, epochs, lam, 0.01, 2e-4, "search")  # bits from the last epoch, as the paper (not best-val)
-    print(mq.sites(qmodel))  # the searched probabilities, before freezing fixes them
-    print("[3/6] freeze the argmax bit-widths (raising any site that costs validation accuracy) and fine-tune (QAT)")
-    bits, log = raise_collapsed_sites(qmodel, task.validation, task.validation(fp32_model))
-    print("\n".join(f"      {line}" for line in log))
-    frozen = mq.freeze(qmodel, bits)
-    frozen.load_state_dict(task.train(frozen, epochs, 0.0, 1e-3, 0.0, "QAT").best_state)
-    frozen.eval()
+    trained = train_demo(data_root, epochs=epochs, hidden=hidden, bits=bits, lam=lam, seed=seed)
+    task, fp32_model, frozen = trained.task, trained.fp32, trained.frozen
     usable, skipped = available_backends(backends or list(BACKENDS))
     for name, reason in skipped.items():
         print(f"skipping backend {name}: {reason}")

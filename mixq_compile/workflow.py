@@ -20,7 +20,7 @@ import mixq_compile as mq
 
 from .atomic import check_replaceable
 from .factory import build, record
-from .guard import raise_collapsed_sites
+from .guard import freeze_searched
 from .saved_model import META_FILE, SavedModelError, read_meta
 from .tasks import load_task
 
@@ -108,12 +108,10 @@ def quantize_run(settings: QuantizeSettings, out: Path, *, data_root: str | None
         else:
             print("[2/4] MixQ search: resumed from the checkpoint")
     print(mq.sites(searched))
-    if settings.budget is not None:  # a hard limit: the accuracy guard must not raise bits past it
-        bits = mq.fit_budget(searched, settings.budget)
-    else:
-        bits, log = raise_collapsed_sites(searched, task.validation, task.validation(model))
-        print("\n".join(f"      {line}" for line in log))
-    frozen = mq.freeze(searched, bits)
+    # a budget is a hard limit: the accuracy guard must not raise bits past it
+    budget_bits = mq.fit_budget(searched, settings.budget) if settings.budget is not None else None
+    frozen, log = freeze_searched(model, searched, task.inputs, task.validation, bits=budget_bits)
+    print("\n".join(f"      {line}" for line in log))
     print(f"[3/4] freeze at {_mean(frozen.chosen_bits()):.2f} mean bits; QAT ({settings.qat_epochs} epochs)")
     if settings.qat_epochs > 0:
         result = task.train(frozen, settings.qat_epochs, 0.0, settings.lr * 0.1, 0.0, "QAT")

@@ -99,7 +99,7 @@ def test_a_killed_run_resumes_after_its_last_finished_phase(models, monkeypatch,
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workflow.mq, "freeze", killed)
+    monkeypatch.setattr(workflow, "freeze_searched", killed)  # killed between the search and QAT
     assert main(argv) == 130
     assert (models / ".sage.partial" / "fp32.pt").is_file() and (models / ".sage.partial" / "search").is_dir()
     monkeypatch.undo()
