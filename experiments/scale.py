@@ -2,9 +2,9 @@
 inference, on planted-community graphs of 100k and 1M nodes (10 edges per node, power-law degrees, 128 features).
 
 Per graph and model (GraphSAGE, GCN; hidden 128, fanout [10, 5], 1024 seeds a batch): seconds per epoch and peak
-RSS of each phase, test accuracy of FP32 and of MixQ after the guard (:func:`mixq_compile.guard.
-raise_collapsed_sites` on 8192 validation seeds: sites whose narrow choice costs more than a point are raised, as
-in the demo and the CLI) and QAT, and whole-graph inference of the torch integer
+RSS of each phase, test accuracy of FP32 and of MixQ after QAT from the FP32 weights at the searched bits
+(:func:`mixq_compile.guard.freeze_searched`, as in the demo and the CLI: its guard, on 8192 validation seeds, raises
+the sites whose narrow choice costs more than a point), and whole-graph inference of the torch integer
 artifact on the whole graph in one call (its CSR aggregation never materialises the [E, C] messages; or in chunks
 of ``--chunk-size`` target nodes with :func:`mixq_compile.chunked_inference.predict_in_chunks`, the same integers)
 against PyG FP32 eager on the whole graph. An epoch is one pass over ``--train-nodes`` training seeds (all of them
@@ -102,7 +102,7 @@ def _phase(fn):
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import mixq_compile as mq
     from mixq_compile.chunked_inference import predict_in_chunks
-    from mixq_compile.guard import raise_collapsed_sites
+    from mixq_compile.guard import freeze_searched
     from mixq_compile.minibatch import evaluate_sampled, train_sampled
     from mixq_compile.sampling import neighbor_loader
     from mixq_compile.synthetic import planted_communities
@@ -145,10 +145,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     search = lambda: train_sampled(qmodel, train_loader, epochs=epochs, lam=config["lam"], desc="search")  # noqa: E731
     _, t, peak, delta = _phase(search)
     record("search", t / epochs, peak, delta, evaluate_sampled(qmodel, test_loader))
-    # The product's guard against a collapsed search (as the demo and the CLI): sites whose narrow choice costs
-    # more than 1 point of validation accuracy are raised before QAT.
-    bits, guard_log = raise_collapsed_sites(qmodel, validation, validation(fp32))
-    frozen = mq.freeze(qmodel, bits)
+    # As the demo and the CLI: QAT starts from the FP32 weights at the searched bits, calibrated over the same
+    # batches, after the product's guard raised the sites whose narrow choice costs more than 1 point of validation.
+    calibration = itertools.islice(train_loader, CALIBRATION_BATCHES)
+    frozen, guard_log = freeze_searched(fp32, qmodel, (capture.x, capture.edge_index), validation,
+                                        calibration=calibration)  # fmt: skip
     _, t, peak, delta = _phase(lambda: train_sampled(frozen, train_loader, epochs=epochs, lr=1e-3, desc="QAT"))
     record("qat", t / epochs, peak, delta, evaluate_sampled(frozen, test_loader), avg_bits=_mean(frozen),
            guard=" | ".join(guard_log))  # fmt: skip
