@@ -5,7 +5,8 @@ One module per experiment (``planetoid``, ``planetoid_dq``, ``tudataset``, ``csl
 ``ogbn_arxiv``, ``scale``); shared machinery in :mod:`.harness`: :mod:`.harness.sweep` (resumable JSONL sweeps,
 local/Ray executors), :mod:`.harness.runner`, :mod:`.harness.stats`, :mod:`.harness.plots`, :mod:`.harness.paper`
 (published numbers) and :mod:`.harness.results_md` (``RESULTS.md``). The benchmarks beside them (``profile_bitops``,
-``mp_precision``, ``ptq_error``, ``latency_search``, ``bench_*``) run the same way, ``python -m experiments.NAME``.
+``mp_precision``, ``ptq_error``, ``latency_search``, ``demo_seeds``, ``bench_*``) run the same way,
+``python -m experiments.NAME``.
 Results go to :data:`RESULTS` (``results/`` of this checkout, wherever the command runs) unless ``--out`` says.
 """
 

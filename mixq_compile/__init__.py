@@ -24,6 +24,7 @@ from .calibration import calibrate
 from .config import SITE_KINDS, DegreeQuant, QuantConfig
 from .cost.latency import LatencyTable, LatencyTableError
 from .errors import CaptureError, InputSignatureError, InputValueError, MixQError, NoQuantizableOpError
+from .guard import freeze_searched
 from .ir.program import IntegerProgram
 from .latency_measure import latency_table
 from .lowering.integer_program import lower
@@ -64,6 +65,7 @@ __all__ = [
     "export",
     "fit_budget",
     "freeze",
+    "freeze_searched",
     "latency_table",
     "load",
     "load_artifact",

@@ -301,3 +301,23 @@ def test_recorded_arguments_name_no_machine_folders(tmp_path, monkeypatch):
     assert _portable("/somewhere/else/scale_full") == "<outside the checkout>/scale_full"
     assert _portable(Path("results/x")) == "results/x"
     assert _portable("Cora") == "Cora" and _portable(3) == 3 and _portable(None) is None
+
+
+@pytest.mark.skipif(data_root() is None, reason="shared data sets (MIXQ_DATA) not available")
+def test_demo_seeds_smoke_records_the_gap_per_run_and_resumes(tmp_path, capsys):
+    from experiments import demo_seeds
+
+    argv = ["--smoke", "--data-root", str(data_root()), "--out", str(tmp_path)]
+    demo_seeds.main(argv)
+    with (tmp_path / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["threads"], r["seed"]) for r in rows] == [("1", "0"), ("1", "1")]
+    for r in rows:
+        assert float(r["gap"]) == pytest.approx(float(r["fp32_test"]) - float(r["qat_test"]), abs=0.011)
+        assert 2 <= float(r["avg_bits"]) <= 8 and r["cpu"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["by_threads"]["1"]["worst_gap"] == max(float(r["gap"]) for r in rows)
+    assert summary["cpu"]["model"] and (tmp_path / "gaps.png").stat().st_size > 0
+    capsys.readouterr()
+    demo_seeds.main(argv)  # finished runs are kept, not repeated
+    assert "[1/6]" not in capsys.readouterr().out
