@@ -162,7 +162,10 @@ def _index_add_index(c: Converter, index: relax.Expr, src: relax.Expr, dim: int)
 
 def _scatter_select_int(c: Converter, node: fx.Node) -> relax.Expr:
     acc, dim, index, size, reduce_op = node.args
-    empty = np.iinfo(np.int32).min if reduce_op == "amax" else np.iinfo(np.int32).max
+    # Rows that receive nothing keep a sentinel and become 0 (real zero). Not INT32_MIN: TVM 0.27 folds
+    # ``x == INT32_MIN`` to false (its literal is the int32 negation of 2**31), which left empty rows of a max
+    # aggregation at -2**31 (SAGEConv-max on a graph with an isolated node). Centered codes never come near +-2**31.
+    empty = -(2**31 - 1) if reduce_op == "amax" else 2**31 - 1
     base = c.emit(relax.op.full(c.value(size), relax.const(empty, "int32"), "int32"))
     mode = {"amax": "max", "amin": "min"}[reduce_op]
     out = c.emit(relax.op.scatter_elements(base, c.tensor(index), c.tensor(acc, "int32"), axis=dim, reduction=mode))
