@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +111,12 @@ def export(
     args = tuple(example_inputs)
     program, precision, costs = lower_for_export(model, args, fixed_point)
 
-    reference = _run_flat(program.structure, program.features, args)
+    cases = _check_cases(program, args)
 
     def fill(directory: Path) -> None:
         entries = runtime.export(program, args, directory)
-        check = _check_at_export(runtime, directory, entries, args, reference, precision)
-        selfcheck.save(directory, args, reference)
+        check = _check_at_export(runtime, directory, entries, cases, precision)
+        selfcheck.save(directory, cases)
         files = sorted(p for p in directory.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -153,14 +154,32 @@ def _run_flat(structure: Runner, features: Runner, inputs: tuple[Tensor, ...]) -
     return tuple(features(*inputs, *structure(*inputs)))
 
 
-def _check_at_export(runtime, directory: Path, entries: dict, args: tuple, reference: tuple, precision: str) -> dict:
-    """Load the freshly written files and compare them with the program on the example inputs; raise if they
+def _check_cases(program, args: tuple) -> list[selfcheck.Case]:
+    """The self-check cases: the example inputs and their stressed copy (:func:`selfcheck.stressed`), each with
+    the integer program's outputs."""
+    cases = [(args, _run_flat(program.structure, program.features, args))]
+    extra = selfcheck.stressed(args, program.signature)
+    if extra is not None:
+        try:
+            cases.append((extra, _run_flat(program.structure, program.features, extra)))
+        except Exception as error:  # the model itself cannot take such a graph: check the example alone
+            warnings.warn(
+                f"the self-check's stressed graph (the example with some nodes cut off from every edge) cannot "
+                f"be run by the program ({type(error).__name__}: {error}); the artifact is checked on the example "
+                f"inputs only",
+                stacklevel=3,
+            )
+    return cases
+
+
+def _check_at_export(runtime, directory: Path, entries: dict, cases: list, precision: str) -> dict:
+    """Load the freshly written files and compare them with the program on the check cases; raise if they
     disagree (the staging directory is then discarded, so no wrong artifact is left behind)."""
     reason = runtime.unavailable_reason()
     if reason is not None:
         return {"file": selfcheck.FILE, "checked_at_export": False, "reason": reason}
     structure, features = runtime.load(directory, entries)
-    agreement = selfcheck.compare(reference, _run_flat(structure, features, args), precision)
+    agreement = selfcheck.check_cases(cases, lambda *a: _run_flat(structure, features, a), precision)
     if not agreement.ok:
         raise ArtifactError(
             f"the {runtime.name} artifact does not compute what the integer program computes on this CPU "
@@ -344,11 +363,11 @@ def load_artifact(path: str | os.PathLike, *, cache_structure: bool = True, veri
 
 
 def _verify_on_this_cpu(folder: Path, manifest: dict, structure: Runner, features: Runner, paths: dict) -> None:
-    vectors = selfcheck.load(folder)
-    if vectors is None:
+    cases = selfcheck.load(folder)
+    if not cases:
         return
-    inputs, expected = vectors
-    agreement = selfcheck.compare(expected, _run_flat(structure, features, inputs), manifest["precision"])
+    run = lambda *inputs: _run_flat(structure, features, inputs)  # noqa: E731
+    agreement = selfcheck.check_cases(cases, run, manifest["precision"])
     if not agreement.ok:
         exported_on = manifest.get("cpu", {}).get("model", "an unrecorded CPU")
         raise ArtifactError(

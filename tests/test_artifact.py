@@ -266,3 +266,41 @@ def test_two_bit_artifact_stores_its_input_layer_weights_packed(tmp_path):
             t.numel() * t.element_size() for t in program.state_dict.values()
         )
     assert stored[2] < 0.35 * stored[8], stored  # 300 x 64 weights: 19.2 kB int8 -> 4.8 kB packed
+
+
+def test_the_self_check_also_runs_a_graph_whose_first_nodes_have_no_edges(frozen_gcn, tmp_path, monkeypatch):
+    """A backend that is wrong only on rows that receive nothing passes on an example where every node has
+    in-edges; the stressed copy of the example (first nodes cut off from every edge) catches it at export."""
+    from mixq_compile import selfcheck
+
+    _, frozen, _ = frozen_gcn
+    x = torch.randn(64, 12)
+    ring = torch.arange(64)
+    edge_index = torch.cat([torch.stack([ring, (ring + 1) % 64]), torch.stack([ring, (ring + 5) % 64])], 1)
+    stressed = selfcheck.stressed((x, edge_index), frozen.signature)
+    assert stressed[0] is x and stressed[1].shape == edge_index.shape
+    assert not torch.isin(stressed[1], torch.arange(2)).any(), "64 // 32 = 2 nodes without any edge"
+    assert selfcheck.stressed((x,), mq.quantize(torch.nn.Linear(12, 4), (x,)).signature) is None, "no edges"
+
+    backend = type(get_backend("torch"))
+    load = backend.load
+
+    def wrong_on_empty_rows(self, directory, entries):
+        structure, features = load(self, directory, entries)
+
+        def features_off_by_one(x, edge_index, *rest):
+            out = features(x, edge_index, *rest)
+            empty = ~torch.isin(torch.arange(x.shape[0]), edge_index[1])
+            return tuple(o + empty[:, None].to(o.dtype) for o in out)
+
+        return structure, features_off_by_one
+
+    monkeypatch.setattr(backend, "load", wrong_on_empty_rows)
+    with pytest.raises(mq.ArtifactError, match="does not compute what the integer program computes"):
+        mq.export(frozen, (x, edge_index), tmp_path / "wrong", backend="torch")
+    assert not (tmp_path / "wrong").exists()
+    monkeypatch.undo()
+    path = mq.export(frozen, (x, edge_index), tmp_path / "right", backend="torch")
+    cases = selfcheck.load(path)
+    assert len(cases) == 2 and torch.equal(cases[1][0][1], stressed[1])
+    mq.load_artifact(path)  # both cases re-checked on this CPU

@@ -180,11 +180,14 @@ def test_selfcheck_stores_sparse_features_compactly(tmp_path):
     x[torch.arange(500), torch.arange(500) % 300] = 1.0
     edge_index = torch.randint(0, 500, (2, 2000))
     out = (torch.randn(500, 4),)
-    selfcheck.save(tmp_path, (x, edge_index), out)
+    selfcheck.save(tmp_path, [((x, edge_index), out), ((x, edge_index.flip(0)), (-out[0],))])
     size = (tmp_path / selfcheck.FILE).stat().st_size
-    assert size < x.numel() * 4 / 10
-    inputs, outputs = selfcheck.load(tmp_path)
+    assert size < 2 * x.numel() * 4 / 10
+    (inputs, outputs), (flipped, negated) = selfcheck.load(tmp_path)
     assert torch.equal(inputs[0], x) and torch.equal(inputs[1], edge_index) and torch.equal(outputs[0], out[0])
+    assert (
+        torch.equal(flipped[0], x) and torch.equal(flipped[1], edge_index.flip(0)) and torch.equal(negated[0], -out[0])
+    )
     agreement = selfcheck.compare(out, (out[0] + np.float32(0.5),), "integer")
     assert not agreement.ok and agreement.mismatched == 2000
 

@@ -21,13 +21,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mixq:: operators", ("ops",)),
     ("capture and passes", ("capture", "passes", "cost")),
     ("lowering", ("lowering",)),
-    ("quantized model and API", ("quantized_model", "api", "calibration", "sensitivity", "site_report", "saved_model")),
+    (
+        "quantized model and API",
+        ("quantized_model", "api", "calibration", "sensitivity", "site_report", "saved_model", "guard"),
+    ),
     ("backends", ("runtimes",)),
     ("artifacts and profiling", ("artifact", "selfcheck", "profiling", "latency_measure", "chunked_inference")),
     ("public API facade", ("",)),
     (
         "applications",
-        ("models", "data", "synthetic", "sampling", "training", "minibatch", "tasks", "guard", "demo", "workflow"),
+        ("models", "data", "synthetic", "sampling", "training", "minibatch", "tasks", "demo", "workflow"),
     ),
     ("command line", ("cli",)),
 )

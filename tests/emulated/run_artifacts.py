@@ -15,7 +15,7 @@ from mixq_compile import cpu, selfcheck
 report = {"level": cpu.level(), "capability": torch.backends.cpu.get_cpu_capability(), "artifacts": {}}
 for arg in sys.argv[1:]:
     path = Path(arg)
-    inputs, expected = selfcheck.load(path)
+    inputs, expected = selfcheck.load(path)[0]  # the export example (load_artifact checks every case)
     entry = {}
     try:
         artifact = mq.load_artifact(path)

@@ -41,16 +41,19 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     order = g.emit("TopK", [rows.name, g.shape(rows).name], torch.int64, outputs=2, largest=0, sorted=1)
     permutation = Value(f"{order.name}_1", torch.int64)
     starts, ends = _row_bounds(g, rows, num_rows)
-    last = g.emit("Sub", [ends.name, g.const(1, torch.int64)], torch.int64)
-    before = g.emit("Sub", [starts.name, g.const(1, torch.int64)], torch.int64)
-    first_row = g.emit("Equal", [starts.name, g.const(0, torch.int64)], torch.bool)
     sorted_messages = g.emit("Gather", [g.cast(messages, acc_dtype).name, permutation.name], acc_dtype, axis=0)
-    prefix = g.emit("CumSum", [sorted_messages.name, g.const(0, torch.int64)], acc_dtype)
-    upto_last = g.emit("Gather", [prefix.name, last.name], acc_dtype, axis=0)
-    upto_before = g.emit("Gather", [prefix.name, before.name], acc_dtype, axis=0)
-    mask = broadcast_column(g, first_row, upto_before)
-    before_sum = g.emit("Where", [mask.name, g.const(0, acc_dtype), upto_before.name], acc_dtype)
-    total = g.emit("Sub", [upto_last.name, before_sum.name], acc_dtype)
+    # P[k] = the sum of the first k sorted messages, P[0] = 0 from a zero row in front, so that every row, empty
+    # or not, is P[end] - P[start] (reading P[start - 1] instead gave a leading empty row, start = end = 0, the
+    # sum of every message: Gather wraps index -1 around)
+    shape = g.shape(sorted_messages)
+    trailing = g.emit("Slice", [shape.name, g.const([1], torch.int64), g.const([2**62], torch.int64)], torch.int64)
+    row_shape = g.emit("Concat", [g.const([1], torch.int64), trailing.name], torch.int64, axis=0)
+    zero_row = zeros_of_size(g, row_shape, acc_dtype)
+    padded = g.emit("Concat", [zero_row.name, sorted_messages.name], acc_dtype, axis=0)
+    prefix = g.emit("CumSum", [padded.name, g.const(0, torch.int64)], acc_dtype)
+    upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
+    upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
+    total = g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
     return g.cast(total, messages.dtype) if acc_dtype != messages.dtype else total
 
 
@@ -93,16 +96,6 @@ def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, tabl
     upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
     upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
     return g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
-
-
-def broadcast_column(g: OnnxGraph, column: Value, like: Value) -> Value:
-    """A 1-D per-row tensor reshaped to ``[R, 1, ..., 1]`` with the rank of ``like``."""
-    rank = g.emit("Size", [g.shape(like).name], torch.int64)
-    trailing = g.emit("Sub", [rank.name, g.const(1, torch.int64)], torch.int64)
-    ones = g.emit("Expand", [g.const([1], torch.int64), g.emit("Reshape", [trailing.name, g.const([1], torch.int64)],
-                  torch.int64).name], torch.int64)  # fmt: skip
-    shape = g.emit("Concat", [g.const([-1], torch.int64), ones.name], torch.int64, axis=0)
-    return g.emit("Reshape", [column.name, shape.name], column.dtype)
 
 
 def zeros_of_size(g: OnnxGraph, size, dtype: torch.dtype) -> Value:
