@@ -97,3 +97,18 @@ def covered_range(qmodel: mq.QuantizedModel, site: str, bits: int = 8) -> tuple[
     q = qmodel.quantizer(site).candidate(bits)
     zero_point = q.zero_point.detach().round()
     return float((q.spec.qmin - zero_point) * q.scale.detach()), float((q.spec.qmax - zero_point) * q.scale.detach())
+
+
+def unusual_graphs(x: torch.Tensor, edge_index: torch.Tensor, *rest: torch.Tensor) -> dict[str, tuple]:
+    """Valid inputs that random examples rarely contain, with the shapes of ``(x, edge_index, *rest)``: half the
+    edges into one hub, duplicated edges, self loops, the last three nodes cut off from every edge, and features
+    50x outside the calibrated range. An artifact must give the integer program's answers on all of them."""
+    n, e = x.shape[0], edge_index.shape[1]
+    hub = edge_index.clone()
+    hub[1, : e // 2] = n - 1
+    duplicated = torch.cat([edge_index[:, : e // 2], edge_index[:, : e - e // 2]], 1)
+    loops = edge_index.clone()
+    loops[1, ::3] = loops[0, ::3]
+    isolated = torch.where(edge_index >= n - 3, edge_index - 3, edge_index)
+    graphs = {"hub": hub, "duplicated": duplicated, "self_loops": loops, "isolated": isolated}
+    return {label: (x, ei, *rest) for label, ei in graphs.items()} | {"large_x": (x * 50, edge_index, *rest)}

@@ -16,7 +16,7 @@ from torch import nn
 import mixq_compile as mq
 from mixq_compile.runtimes import available_backends
 
-from helpers import random_batch
+from helpers import random_batch, unusual_graphs
 
 FEATURES = 8
 CONVS = {
@@ -113,3 +113,8 @@ def test_conv_lowers_exactly_and_deploys_on_onnx_and_tvm(conv, tmp_path):
         for _, backend, _ in usable:
             artifact = mq.load_artifact(mq.export(frozen, example, tmp_path / backend, backend=backend))
             torch.testing.assert_close(artifact(*other), expected, rtol=0, atol=1e-6, msg=f"{conv} on {backend}")
+            for label, inputs in unusual_graphs(*other).items():
+                with torch.no_grad():
+                    reference = program(*inputs)
+                torch.testing.assert_close(artifact(*inputs), reference, rtol=1e-6, atol=1e-6,
+                                           msg=f"{conv} on {backend}, {label} graph")  # fmt: skip

@@ -10,7 +10,8 @@ import torch
 import mixq_compile as mq
 from mixq_compile.quant import FakeQuantizer, MixedQuantizer
 
-from zoo import ALL, MP_KINDS
+from helpers import unusual_graphs
+from zoo import ALL, MP_KINDS, lowered
 
 #: Relative L2 error of the 8-bit model vs FP32 (measured 0.003-0.019 across the zoo; random weights and inputs).
 MAX_8BIT_ERROR = 0.04
@@ -77,3 +78,24 @@ def test_gradients_reach_weights_and_alpha_and_freeze_save_load_and_resize_work(
     assert other[0].shape[0] != args[0].shape[0]
     with torch.no_grad():
         assert frozen(*other).shape[0] in (other[0].shape[0], int(other[-1].max()) + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_artifacts_give_the_programs_answers_on_unusual_graphs(name, tmp_path):
+    """Every zoo model at random bits, exported to every available backend, against the integer program on graphs
+    unlike its example: a hub, duplicated edges, self loops, nodes without edges, features far off the ranges."""
+    from mixq_compile.runtimes import available_backends
+
+    frozen, program = lowered(name)
+    args = ALL[name][1]()
+    usable, _ = available_backends(["torch", "onnx", "tvm"])
+    for _, backend, _ in usable:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            artifact = mq.load_artifact(mq.export(frozen, args, tmp_path / backend, backend=backend))
+        for label, inputs in unusual_graphs(*args).items():
+            with torch.no_grad():
+                expected = program(*inputs)
+            torch.testing.assert_close(artifact(*inputs), expected, rtol=1e-6, atol=1e-6,
+                                       msg=f"{name} on {backend}, {label} graph")  # fmt: skip
