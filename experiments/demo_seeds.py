@@ -19,10 +19,9 @@ import os
 import statistics
 from pathlib import Path
 
-import torch
-
 import mixq_compile as mq
 from experiments import RESULTS
+from experiments.harness.common import torch_threads
 from mixq_compile import cpu
 from mixq_compile.demo import train_demo
 from mixq_compile.workflow import ACCURACY_GAP_WARNING
@@ -33,12 +32,8 @@ TARGET_WORST_GAP = 2.0
 
 
 def run_one(root: str, threads: int, seed: int, epochs: int, lam: float) -> dict:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         trained = train_demo(root, epochs=epochs, hidden=128, bits=(2, 4, 8), lam=lam, seed=seed)
-    finally:
-        torch.set_num_threads(before)
     task = trained.task
     fp32_test, qat_test = task.accuracy(trained.fp32) * 100, task.accuracy(trained.frozen) * 100
     return {

@@ -25,7 +25,6 @@ on Cora, see the README); the latencies are what this comparison is about.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import statistics
@@ -35,13 +34,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 import mixq_compile as mq
 from experiments import RESULTS
 from experiments.harness import plots
-from experiments.harness.common import costs, quantize, seed_everything
+from experiments.harness.common import costs, quantize, seed_everything, torch_threads
 from experiments.harness.node import node_data, qat, search, train_fp32
 from mixq_compile import cpu
 from mixq_compile.latency_measure import robust_spread, time_interleaved
@@ -54,17 +52,6 @@ BIT_WIDTHS = (2, 4, 8)
 PENALTIES = ("bitops", "latency")
 COLUMNS = ("dataset", "penalty", "lam", "avg_bits", "gbitops_wa", "predicted_ms", "latency_ms", "latency_spread_ms",
            "delta_vs_all8_ms", "acc")  # fmt: skip
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch threads (timings at the deployment's thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def datasets(args: argparse.Namespace) -> Iterator[tuple[str, NodeData, list[int]]]:

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 import mixq_compile as mq
 from experiments import CHECKOUT, RESULTS
 from experiments.harness import plots
+from experiments.harness.common import eager_does_not_fit
 from mixq_compile import cpu
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import available_backends
@@ -115,16 +116,6 @@ def _short(count: int) -> str:
         if count >= size:
             return f"{count / size:.3g}{unit}"
     return str(count)
-
-
-def eager_does_not_fit(inputs: tuple[torch.Tensor, torch.Tensor], hidden: int) -> str | None:
-    """Why PyG eager cannot run on this graph here, or None: its GCNConv materialises ``[E, hidden]`` float32
-    gathered inputs and messages (and their scatter), about three such tensors at once."""
-    need = 3 * inputs[1].shape[1] * hidden * 4
-    available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
-    if need <= 0.7 * available:
-        return None
-    return f"its [E, {hidden}] message tensors need ~{need / 2**30:.0f} GiB, {available / 2**30:.0f} GiB are available"
 
 
 def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int) -> list[dict]:
@@ -279,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(child, check=True, cwd=CHECKOUT)
         targets = json.loads((work / "targets.json").read_text())
         print("measure phase", flush=True)
-        eager_skipped = eager_does_not_fit(inputs, args.hidden)
+        eager_skipped = eager_does_not_fit(inputs[1].shape[1], args.hidden, usable=0.7)
         if eager_skipped:
             print(f"skipping PyG eager: {eager_skipped}", file=sys.stderr)
         with tqdm(total=4 + len(targets), desc="measure") as bar:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from experiments.harness import plots
-from experiments.harness.common import seed_everything
+from experiments.harness.common import eager_does_not_fit, seed_everything
 
 NAME = "scale"
 CALIBRATION_BATCHES = 8  # ranges from several sampled subgraphs, not only the one the model was captured on
@@ -166,12 +166,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             whole = lambda: artifact(data.x, data.edge_index)  # noqa: E731
         out, t, peak, delta = _phase(whole)
     acc = float((out[test].argmax(-1) == data.y[test]).float().mean())
-    need = _eager_need_gib(config["model"], data.num_nodes + data.num_edges, config["hidden"])
-    free = _available_gib()
-    if free is not None and need > free:  # PyG eager would be killed by the OOM killer: say so instead
-        record("inference", t, peak, delta, acc,
-               eager_skipped=f"PyG eager needs ~{need:.0f} GiB for its [E, {config['hidden']}] messages; "
-                             f"{free:.0f} GiB available")  # fmt: skip
+    copies = _EAGER_MESSAGE_COPIES[config["model"]]
+    skipped = eager_does_not_fit(data.num_nodes + data.num_edges, config["hidden"], copies)
+    if skipped:  # PyG eager would be killed by the OOM killer: say so instead
+        record("inference", t, peak, delta, acc, eager_skipped=f"PyG eager: {skipped}")
         return {"nodes": data.num_nodes, "edges": data.num_edges, "phases": rows, "cpu": mq.cpu.summary()}
     with torch.no_grad():
         eager_out, eager_t, eager_peak, _ = _phase(lambda: fp32.eval()(data.x, data.edge_index))
@@ -182,23 +180,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 
 #: ``[E + N, hidden]`` float tensors alive at once at the peak of one whole-graph PyG eager pass, from its peak RSS
-#: at 1M nodes / 10M edges, hidden 128 (GCN 15.3 GiB, SAGE 9.0 GiB, graph included)
+#: at 1M nodes / 10M edges, hidden 128 (GCN 15.3 GiB, SAGE 9.0 GiB, graph included): ``copies`` of
+#: :func:`~experiments.harness.common.eager_does_not_fit`
 _EAGER_MESSAGE_COPIES = {"gcn": 3.0, "sage": 1.7}
-
-
-def _eager_need_gib(model: str, messages: int, hidden: int) -> float:
-    """Peak memory of one whole-graph PyG eager pass (see :data:`_EAGER_MESSAGE_COPIES`)."""
-    return _EAGER_MESSAGE_COPIES[model] * messages * hidden * 4 / 2**30
-
-
-def _available_gib() -> float | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in GiB (``None`` where there is no such file)."""
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    return kib / 2**20
 
 
 def _mean(frozen) -> float:

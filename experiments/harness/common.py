@@ -1,11 +1,13 @@
-"""Helpers every experiment shares: seeding, quiet quantization, cost reports and data caching per process."""
+"""Helpers every experiment shares: seeding, thread counts, quiet quantization, cost reports, data caching per
+process, and whether PyG eager fits in memory."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +17,32 @@ from torch import Tensor, nn
 import mixq_compile as mq
 from mixq_compile.config import DegreeQuant, QuantConfig
 from mixq_compile.quant import QuantSpec
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (timings at the deployment's thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def eager_does_not_fit(messages: int, hidden: int, copies: float = 3.0, usable: float = 1.0) -> str | None:
+    """Why one whole-graph PyG eager pass cannot run here, or None: it materialises about ``copies``
+    ``[messages, hidden]`` float32 tensors at once (GCNConv: gathered inputs, messages and their scatter), which
+    must fit in ``usable`` of ``MemAvailable`` (``/proc/meminfo``; where it is missing, eager is assumed to fit)."""
+    need = copies * messages * hidden * 4
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    if need <= usable * available:
+        return None
+    return f"its [E, {hidden}] message tensors need ~{need / 2**30:.0f} GiB, {available / 2**30:.0f} GiB are available"
 
 
 def seed_everything(seed: int) -> None:
