@@ -9,6 +9,7 @@ it reports success, and ``load_artifact`` re-checks it on the loading CPU (:mod:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -157,11 +158,12 @@ def _run_flat(structure: Runner, features: Runner, inputs: tuple[Tensor, ...]) -
 def _check_cases(program, args: tuple) -> list[selfcheck.Case]:
     """The self-check cases: the example inputs and their stressed copy (:func:`selfcheck.stressed`), each with
     the integer program's outputs."""
-    cases = [(args, _run_flat(program.structure, program.features, args))]
+    run = functools.partial(_run_flat, program.structure, program.features)
+    cases = [(args, run(args))]
     extra = selfcheck.stressed(args, program.signature)
     if extra is not None:
         try:
-            cases.append((extra, _run_flat(program.structure, program.features, extra)))
+            cases.append((extra, run(extra)))
         except Exception as error:  # the model itself cannot take such a graph: check the example alone
             warnings.warn(
                 f"the self-check's stressed graph (the example with some nodes cut off from every edge) cannot "
@@ -179,7 +181,7 @@ def _check_at_export(runtime, directory: Path, entries: dict, cases: list, preci
     if reason is not None:
         return {"file": selfcheck.FILE, "checked_at_export": False, "reason": reason}
     structure, features = runtime.load(directory, entries)
-    agreement = selfcheck.check_cases(cases, lambda *a: _run_flat(structure, features, a), precision)
+    agreement = selfcheck.check_cases(cases, functools.partial(_run_flat, structure, features), precision)
     if not agreement.ok:
         raise ArtifactError(
             f"the {runtime.name} artifact does not compute what the integer program computes on this CPU "
@@ -366,7 +368,7 @@ def _verify_on_this_cpu(folder: Path, manifest: dict, structure: Runner, feature
     cases = selfcheck.load(folder)
     if not cases:
         return
-    run = lambda *inputs: _run_flat(structure, features, inputs)  # noqa: E731
+    run = functools.partial(_run_flat, structure, features)
     agreement = selfcheck.check_cases(cases, run, manifest["precision"])
     if not agreement.ok:
         exported_on = manifest.get("cpu", {}).get("model", "an unrecorded CPU")

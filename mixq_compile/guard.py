@@ -71,10 +71,9 @@ def freeze_searched(
     assignment that is kept, and starting QAT from them costs accuracy at any width (Cora demo, 10 seeds: a frozen
     all-8-bit search model ended 1.2-2.0 points under FP32 after QAT). So the FP32 weights are quantized again,
     their ranges calibrated on the FP32 activations (of the ``calibration`` batches if given, else of
-    ``example_inputs``),
-    with the search's candidates. ``validation`` (accuracy in [0, 1] of a callable model) turns on the guard
-    (:func:`raise_collapsed_sites`, reference: the FP32 model); ``bits`` replaces the searched argmax (e.g. the
-    assignment :func:`~mixq_compile.fit_budget` returns, kept as given)."""
+    ``example_inputs``), with the search's candidates. ``validation`` (accuracy in [0, 1] of a callable model)
+    turns on the guard (:func:`raise_collapsed_sites`, reference: the FP32 model); ``bits`` replaces the searched
+    argmax (e.g. the assignment :func:`~mixq_compile.fit_budget` returns, kept as given)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the float ops were reported when the search model was quantized
         fresh = quantize(fp32_model, example_inputs, config=searched.config)

@@ -36,7 +36,7 @@ FILE = "selfcheck.safetensors"
 TOLERATED_FRACTION = 1e-3
 _RELATIVE = {"integer": 1e-5, "fp32": 1e-4}
 _SPARSE_BELOW = 0.25  # store a float input as its non-zeros below this density
-_CUT_OFF = 32  # the stressed case cuts every 32nd node (at least one) off from the edges
+_CUT_OFF = 32  # the stressed case cuts the first N // 32 nodes (at least one) off from the edges
 
 #: one check case: (inputs, the integer program's outputs on them)
 Case = tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
@@ -111,10 +111,10 @@ def compare(expected: tuple[Tensor, ...], got: tuple[Tensor, ...], precision: st
 
 
 def check_cases(cases: Sequence[Case], run, precision: str) -> Agreement:
-    """Agreement of ``run(*inputs)`` (flat outputs) with the reference outputs, over every case together."""
+    """Agreement of ``run(inputs)`` (flat outputs) with the reference outputs, over every case together."""
     total = Agreement(0, 0, 0.0)
     for inputs, expected in cases:
-        one = compare(expected, run(*inputs), precision)
+        one = compare(expected, run(inputs), precision)
         total = Agreement(total.elements + one.elements, total.mismatched + one.mismatched,
                           max(total.max_abs_diff, one.max_abs_diff))  # fmt: skip
     return total
