@@ -40,7 +40,6 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     acc_dtype = torch.float64 if messages.dtype.is_floating_point else torch.int32
     order = g.emit("TopK", [rows.name, g.shape(rows).name], torch.int64, outputs=2, largest=0, sorted=1)
     permutation = Value(f"{order.name}_1", torch.int64)
-    starts, ends = _row_bounds(g, rows, num_rows)
     sorted_messages = g.emit("Gather", [g.cast(messages, acc_dtype).name, permutation.name], acc_dtype, axis=0)
     # P[k] = the sum of the first k sorted messages, P[0] = 0 from a zero row in front, so that every row, empty
     # or not, is P[end] - P[start] (reading P[start - 1] instead gave a leading empty row, start = end = 0, the
@@ -50,11 +49,18 @@ def segment_sum(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> 
     row_shape = g.emit("Concat", [g.const([1], torch.int64), trailing.name], torch.int64, axis=0)
     zero_row = zeros_of_size(g, row_shape, acc_dtype)
     padded = g.emit("Concat", [zero_row.name, sorted_messages.name], acc_dtype, axis=0)
-    prefix = g.emit("CumSum", [padded.name, g.const(0, torch.int64)], acc_dtype)
-    upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
-    upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
-    total = g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
+    total = _row_sums(g, padded, rows, num_rows)
     return g.cast(total, messages.dtype) if acc_dtype != messages.dtype else total
+
+
+def _row_sums(g: OnnxGraph, messages: Value, rows: Value, num_rows: Value) -> Value:
+    """``P[end_r] - P[start_r]`` per row, ``P`` the prefix sum of ``messages``: a zero message followed by the
+    entries sorted by their (int64) ``rows``."""
+    prefix = g.emit("CumSum", [messages.name, g.const(0, torch.int64)], messages.dtype)
+    starts, ends = _row_bounds(g, rows, num_rows)
+    upto_end = g.emit("Gather", [prefix.name, ends.name], messages.dtype, axis=0)
+    upto_start = g.emit("Gather", [prefix.name, starts.name], messages.dtype, axis=0)
+    return g.emit("Sub", [upto_end.name, upto_start.name], messages.dtype)
 
 
 def _row_bounds(g: OnnxGraph, rows: Value, num_rows: Value) -> tuple[Value, Value]:
@@ -91,11 +97,7 @@ def csr_row_sum(g: OnnxGraph, dst: Value, src: Value, weight: Value | None, tabl
         weight = g.emit("Concat", [g.const([0], acc_dtype), g.cast(weight, acc_dtype).name], acc_dtype, axis=0)
         column = g.emit("Reshape", [weight.name, g.const([-1, 1], torch.int64)], acc_dtype)
         messages = g.emit("Mul", [messages.name, column.name], acc_dtype)
-    prefix = g.emit("CumSum", [messages.name, g.const(0, torch.int64)], acc_dtype)
-    starts, ends = _row_bounds(g, g.cast(dst, torch.int64), num_rows)
-    upto_end = g.emit("Gather", [prefix.name, ends.name], acc_dtype, axis=0)
-    upto_start = g.emit("Gather", [prefix.name, starts.name], acc_dtype, axis=0)
-    return g.emit("Sub", [upto_end.name, upto_start.name], acc_dtype)
+    return _row_sums(g, messages, g.cast(dst, torch.int64), num_rows)
 
 
 def zeros_of_size(g: OnnxGraph, size, dtype: torch.dtype) -> Value:
