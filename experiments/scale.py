@@ -170,12 +170,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     skipped = eager_does_not_fit(data.num_nodes + data.num_edges, config["hidden"], copies)
     if skipped:  # PyG eager would be killed by the OOM killer: say so instead
         record("inference", t, peak, delta, acc, eager_skipped=f"PyG eager: {skipped}")
-        return {"nodes": data.num_nodes, "edges": data.num_edges, "phases": rows, "cpu": mq.cpu.summary()}
-    with torch.no_grad():
-        eager_out, eager_t, eager_peak, _ = _phase(lambda: fp32.eval()(data.x, data.edge_index))
-    eager_acc = float((eager_out[test].argmax(-1) == data.y[test]).float().mean())
-    record("inference", t, peak, delta, acc, eager_s=eager_t, eager_peak_rss_gib=eager_peak,
-           eager_acc=eager_acc * 100, speedup_vs_eager=eager_t / t)  # fmt: skip
+    else:
+        with torch.no_grad():
+            eager_out, eager_t, eager_peak, _ = _phase(lambda: fp32.eval()(data.x, data.edge_index))
+        eager_acc = float((eager_out[test].argmax(-1) == data.y[test]).float().mean())
+        record("inference", t, peak, delta, acc, eager_s=eager_t, eager_peak_rss_gib=eager_peak,
+               eager_acc=eager_acc * 100, speedup_vs_eager=eager_t / t)  # fmt: skip
     return {"nodes": data.num_nodes, "edges": data.num_edges, "phases": rows, "cpu": mq.cpu.summary()}
 
 
