@@ -273,6 +273,23 @@ def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path):
     assert error <= _scale(frozen, "conv2.aggregate") * 1.001
 
 
+def test_artifacts_loaded_side_by_side_run_their_own_kernels(tmp_path):
+    """Hand-written kernels are compiled apart and called by symbol; two artifacts whose sparse input kernels
+    differ (another quantization scale is baked into each) loaded in one process each run their own."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(150, 200, generator=gen) < 0.02).float()
+    edge_index = torch.randint(0, 150, (2, 600), generator=gen)
+    loaded = []
+    for k, factor in enumerate((1.0, 7.0)):
+        graph = (x * factor, edge_index)
+        frozen = _frozen(PlanetoidGCN(200, 7, hidden=32), graph)
+        path = mq.export(frozen, graph, tmp_path / str(k), backend="tvm")
+        loaded.append((mq.load_artifact(path), mq.lower(frozen), graph, _scale(frozen, "conv2.aggregate")))
+    for artifact, program, graph, lsb in loaded:
+        assert artifact.manifest["backend_entries"]["sparse_input_linears"] == 1
+        assert (artifact(*graph) - program(*graph)).abs().max().item() <= lsb * 1.001
+
+
 class _MaxSage(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -97,6 +97,9 @@ class TvmBackend(Backend):
         converter = translator.Converter(features, aggregations, use_vnni, CONVERTERS, sparse)
         module = converter.build(_params(structure, features))
         executable = tvm.compile(module, target, relax_pipeline=tvm_schedule.pipeline(target))
+        kernels = converter.kernel_module()
+        if kernels is not None:
+            executable.mod.import_module(tvm.compile(kernels, target).mod)
         executable.export_library(str(directory / FEATURES_FILE))
         return {
             "structure": STRUCTURE_FILE,
