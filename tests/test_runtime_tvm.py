@@ -251,11 +251,15 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
     lib = tvm.compile(
         tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
     )
-    out = tvm.runtime.empty((41, o), "int32")
-    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out)
+    out, flag = tvm.runtime.empty((41, o), "int32"), tvm.runtime.tensor(np.array([7], np.int32))
+    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out, flag)
     s, z = torch.tensor(scale), torch.tensor(zero)
     expected = K.linear_int(K.quantize(x, s, z, *bits), z, w_t, w_t.sum(0, dtype=torch.int32), bias)
     assert np.array_equal(out.numpy(), expected.numpy())
+    assert flag.numpy()[0] == 0  # finite features
+    x[40, k - 1] = float("nan")  # the last feature of the last row: past every full 16-feature chunk when k = 1433
+    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out, flag)
+    assert flag.numpy()[0] == 1
 
 
 def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path):
@@ -271,6 +275,13 @@ def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path):
     dense = (torch.rand(120, 200, generator=gen), graphs[0][1])
     error = (artifact(*dense) - mq.lower(frozen)(*dense)).abs().max().item()
     assert error <= _scale(frozen, "conv2.aggregate") * 1.001
+    # the kernel tests the features for NaN/Inf as it scans them, so the artifact makes no pass of its own
+    assert artifact.finite_checked_later == {"x"}
+    for bad, (row, col) in zip((float("nan"), float("inf"), -float("inf")), ((0, 0), (77, 199), (119, 100))):
+        dirty = graphs[0][0].clone()
+        dirty[row, col] = bad
+        with pytest.raises(mq.InputValueError, match=r"NaN or infinite.*nan_to_num"):
+            artifact(dirty, graphs[0][1])
 
 
 def test_artifacts_loaded_side_by_side_run_their_own_kernels(tmp_path):

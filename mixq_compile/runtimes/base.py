@@ -57,8 +57,9 @@ class Backend(ABC):
 
     def finite_checked_inputs(self, entries: dict) -> tuple[int, ...]:
         """Positions of inputs whose NaN/Inf test the artifact's own kernels make (raising the signature's error),
-        so :class:`~mixq_compile.artifact.Artifact` skips its separate pass over them."""
-        return ()
+        so :class:`~mixq_compile.artifact.Artifact` skips its separate pass over them. Backends that have such
+        kernels list them under this key of their manifest entries at export."""
+        return tuple(entries.get("finite_checked_inputs", ()))
 
     def require(self) -> None:
         reason = self.unavailable_reason()

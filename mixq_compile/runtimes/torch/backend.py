@@ -87,9 +87,6 @@ class TorchBackend(Backend):
         checked = read_only_by_quantize_linear(features, len(example_inputs))
         return entries | {"features": FEATURES_FILE, "aot_inductor": False, "finite_checked_inputs": checked}
 
-    def finite_checked_inputs(self, entries: dict) -> tuple[int, ...]:
-        return tuple(entries.get("finite_checked_inputs", ()))
-
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         reason = native.unavailable_reason()
         described = {"int8_vnni": "torch._int_mm", "float_exact": "K-chunked FP32 GEMM, exact"}

@@ -24,9 +24,11 @@ from torch import Tensor
 
 from ... import cpu
 from ...ir.program import IntegerProgram
+from ...ir.signature import non_finite_error
 from ...lowering.csr_aggregation import find_aggregations, sorted_structure
 from ...lowering.fuse_input_linear import fuse_input_linear
 from ...ops.input_linear import SPARSE_DENSITY, density
+from ...ops.native import NODE_FEATURES
 from ..base import Backend, BackendUnavailableError, Runner
 from ..pt2 import export_program, load_pt2
 
@@ -96,6 +98,7 @@ class TvmBackend(Backend):
         sparse = sparse_input_layers(features, example_inputs)
         converter = translator.Converter(features, aggregations, use_vnni, CONVERTERS, sparse)
         module = converter.build(_params(structure, features))
+        inputs = [n for n in features.graph.nodes if n.op == "placeholder"][: len(example_inputs)]
         executable = tvm.compile(module, target, relax_pipeline=tvm_schedule.pipeline(target))
         kernels = converter.kernel_module()
         if kernels is not None:
@@ -108,6 +111,8 @@ class TvmBackend(Backend):
             "vnni": bool(use_vnni),
             "csr_aggregations": converter.csr_used,
             "sparse_input_linears": converter.sparse_used,
+            "finite_checked_inputs": [i for i, n in enumerate(inputs) if n in converter.finite_checked],
+            "finite_flags": len(converter.finite_flags),
         }
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
@@ -125,7 +130,7 @@ class TvmBackend(Backend):
         def aligned_structure(*inputs: Tensor) -> tuple[Tensor, ...]:
             return tuple(aligned(t) for t in structure(*inputs))
 
-        return aligned_structure, load_features(directory / entries["features"])
+        return aligned_structure, load_features(directory / entries["features"], entries.get("finite_flags", 0))
 
 
 def sparse_input_layers(features: torch.fx.GraphModule, example_inputs: tuple[Tensor, ...]) -> frozenset:
@@ -164,8 +169,12 @@ def aligned(t: Tensor) -> Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
-def load_features(path: Path) -> Runner:
-    """A compiled feature module as a callable on torch tensors (zero-copy through DLPack both ways)."""
+def load_features(path: Path, finite_flags: int = 0) -> Runner:
+    """A compiled feature module as a callable on torch tensors (zero-copy through DLPack both ways).
+
+    ``finite_flags``: how many trailing outputs are NaN/Inf flags of kernels that test the node features while they
+    read them (:func:`.kernels.quantize_linear_sparse`); the runner raises the signature's error when one is set
+    and returns the outputs before them."""
     import tvm
     from tvm import relax
 
@@ -173,8 +182,13 @@ def load_features(path: Path) -> Runner:
     main = machine["main"]
 
     def run(*inputs: Tensor) -> tuple[Tensor, ...]:
-        outputs = main(*(tvm.runtime.from_dlpack(aligned(t)) for t in inputs))
-        return tuple(torch.from_dlpack(o) for o in outputs)
+        outputs = [torch.from_dlpack(o) for o in main(*(tvm.runtime.from_dlpack(aligned(t)) for t in inputs))]
+        if finite_flags:
+            flags = outputs[-finite_flags:]
+            del outputs[-finite_flags:]
+            if any(int(flag[0]) for flag in flags):
+                raise non_finite_error(NODE_FEATURES)
+        return tuple(outputs)
 
     return run
 

@@ -93,8 +93,8 @@ def _quantize_linear(c: Converter, node: fx.Node) -> relax.Expr:
             bias32 = np.zeros(w.shape[1], np.int32) if b is None else b.astype(np.int32).reshape(-1)
             kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
             c.sparse_used += 1
-            return c.call_kernel(kernel, "quantize_linear_sparse", [features, relax.const(w), relax.const(bias32)],
-                                 [shape[0], w.shape[1]], "int32")  # fmt: skip
+            args = [features, relax.const(w), relax.const(bias32)]
+            return c.call_kernel(kernel, "quantize_linear_sparse", args, [shape[0], w.shape[1]], "int32", checks=x)
     return _integer_linear(c, _quantized(c, features, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)
 
 

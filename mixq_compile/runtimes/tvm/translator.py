@@ -78,6 +78,8 @@ class Converter:
         self.csr_used = 0  # aggregations that did get the CSR kernel
         self.sparse_used = 0  # input layers that did get the sparse kernel
         self.kernels: dict[str, tirx.PrimFunc] = {}  # symbol -> hand-written kernel (see call_kernel)
+        self.finite_checked: set[fx.Node] = set()  # graph inputs that kernels test for NaN/Inf
+        self.finite_flags: list[relax.Var] = []  # their flags, returned after the outputs
 
     # -- values ---------------------------------------------------------------------------------------------------
     def value(self, arg: object) -> object:
@@ -102,16 +104,27 @@ class Converter:
     def emit(self, expr: relax.Expr) -> relax.Var:
         return self.bb.emit(expr)
 
-    def call_kernel(self, func: tirx.PrimFunc, hint: str, args: list, shape: Shape, dtype: str) -> relax.Var:
+    def call_kernel(
+        self, func: tirx.PrimFunc, hint: str, args: list, shape: Shape, dtype: str, checks: fx.Node | None = None
+    ) -> relax.Var:
         """Call a hand-written kernel. Kernels are compiled apart from the Relax module (:meth:`kernel_module`) and
         called by symbol: built inside ``relax.build`` the same TIR ran up to 1.5x slower (Cora's sparse input
         layer: 2.8 ms there, 1.85 ms built by ``tvm.compile`` on its own, same target and source). The symbol
         carries a hash of the kernel's source, so artifacts loaded side by side never resolve each other's
-        kernels to a different body."""
+        kernels to a different body.
+
+        ``checks``: the graph input the kernel tests for NaN/Inf; its second output, a 1-element int32 flag, is then
+        returned after the program's outputs (:attr:`finite_flags`) for the runner to raise on."""
         digest = hashlib.sha1(func.script().encode()).hexdigest()[:12]
         name = f"mixq_{hint}_{digest}"
         self.kernels.setdefault(name, func.with_attr("global_symbol", name))
-        return self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, relax.TensorType(shape, dtype)))
+        out = relax.TensorType(shape, dtype)
+        if checks is None:
+            return self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, out))
+        both = self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, [out, relax.TensorType([1], "int32")]))
+        self.finite_checked.add(checks)
+        self.finite_flags.append(self.emit(relax.TupleGetItem(both, 1)))
+        return self.emit(relax.TupleGetItem(both, 0))
 
     def kernel_module(self) -> tvm.IRModule | None:
         """The kernels :meth:`call_kernel` called, as one TIR module (``None`` if none was)."""
@@ -132,7 +145,7 @@ class Converter:
                         self.env[node] = self.convert(node)
                     elif node.op == "output":
                         outputs = [self.tensor(a) for a in node.args[0]]
-                        result = self.bb.emit_output(relax.Tuple(outputs))
+                        result = self.bb.emit_output(relax.Tuple(outputs + self.finite_flags))
                     elif node.op != "placeholder":
                         raise unsupported(node, f"{node.op} nodes are not supported")
             self.bb.emit_func_output(result)
