@@ -142,14 +142,26 @@ def test_node_ids_out_of_range_are_refused_alike_everywhere(runners, graph, runn
 @pytest.mark.parametrize("density", [1.0, 0.02])
 def test_non_finite_features_are_refused_alike_everywhere(runners, graph, runner, bad, density):
     """Dense and sparse features: the torch artifact leaves the test to its fused input layer, whose native kernel
-    finds NaN/Inf while it scans the non-zeros (sparse) and whose dense path tests x first."""
+    finds NaN/Inf while it scans the non-zeros (sparse) and whose dense path tests x first; the ONNX graph returns
+    row sums of x that onnxruntime computes in its own threads."""
     x, edge_index = graph
     dirty = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < density)
     dirty[4, 2] = bad
-    if runner == "torch":
+    if runner in ("torch", "onnx"):
         assert runners[runner].finite_checked_later == {"x"}
     with pytest.raises(mq.InputValueError, match=r"NaN or infinite.*nan_to_num"):
         runners[runner](dirty, edge_index)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_huge_finite_features_whose_sums_overflow_are_accepted(runners, graph, runner):
+    """The NaN/Inf tests by sum (the signature's, the ONNX graph's row sums) see an infinite sum when finite
+    features overflow it; the exact test then accepts them, and every runner answers as the program does."""
+    x, edge_index = graph
+    huge = x.clone()
+    huge[3] = 3e38
+    expected = runners["program"](huge, edge_index)
+    assert torch.equal(runners[runner](huge, edge_index), expected)
 
 
 class Skip(nn.Module):

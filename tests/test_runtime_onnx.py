@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import fx, nn
@@ -17,7 +16,7 @@ from mixq_compile.ir import instructions as K
 from mixq_compile.ir.program import IntegerProgram
 from mixq_compile.models import SAGE, TUGIN, PlanetoidGCN
 from mixq_compile.runtimes import BACKENDS
-from mixq_compile.runtimes.onnx.backend import convert_program
+from mixq_compile.runtimes.onnx.backend import convert_program, load_onnx
 from mixq_compile.runtimes.onnx.converters import CONVERTERS
 from mixq_compile.runtimes.onnx.graph import OnnxConversionError
 
@@ -169,7 +168,7 @@ def test_fp32_gin_program_with_batch_norm_and_max_pool_matches_the_model():
     model, args, other = TUGIN(8, 3, hidden=16, layers=3).eval(), random_batch(6, 9, 8), random_batch(9, 12, 8, seed=1)
     program, precision, _ = lower_for_export(model, args)
     assert precision == "fp32"
-    structure_run, features_run = (_run(m) for m in convert_program(program, args))
+    structure_run, features_run = (load_onnx(m) for m in convert_program(program, args))
     with torch.no_grad():
         for inputs in (args, other):
             (got,) = features_run(*inputs, *structure_run(*inputs))
@@ -205,7 +204,7 @@ def test_every_instruction_has_a_converter_and_the_rare_ones_are_exact():
     integer = IntegerProgram(structure, features, (), {}, (), (), None)
     inputs = torch.randn(12, 4) * 5, torch.tensor([0, 1, 1, 3, 3, 3, 0, 1, 1, 3, 3, 0])
     models = convert_program(integer, inputs)
-    structure_run, features_run = (_run(m) for m in models)
+    structure_run, features_run = (load_onnx(m) for m in models)
     got = features_run(*inputs, *structure_run(*inputs))
     for a, b in zip(got, features(*inputs)):
         np.testing.assert_array_equal(a, b.numpy())
@@ -235,16 +234,9 @@ def test_quantize_with_a_zero_point_is_one_exact_quantize_linear(grid, per_chann
     inputs = x, torch.arange(x.shape[0]) % 3
     models = convert_program(IntegerProgram(structure, features, (), {}, (), (), None), inputs)
     assert "Div" not in {n.op_type for n in models[1].graph.node}
-    structure_run, features_run = (_run(m) for m in models)
+    structure_run, features_run = (load_onnx(m) for m in models)
     for got, expected in zip(features_run(*inputs, *structure_run(*inputs)), features(*inputs)):
         np.testing.assert_array_equal(got, expected.numpy())
-
-
-def _run(model: onnx.ModelProto):
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return lambda *tensors: session.run(None, {n: t if isinstance(t, np.ndarray) else t.numpy()
-                                               for n, t in zip(names, tensors)})  # fmt: skip
 
 
 def _empty_structure(*names: str) -> fx.Graph:

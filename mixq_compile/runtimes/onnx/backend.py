@@ -40,6 +40,7 @@ from onnx import helper
 from torch import Tensor
 
 from ...ir.program import IntegerProgram
+from ...ir.signature import all_finite, non_finite_error
 from ...lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from ..base import Backend, Runner
 from . import matmul as onnx_matmul
@@ -48,14 +49,20 @@ from .graph import ONNX_TYPES, OPSET, TORCH_TYPES, OnnxGraph, value_info
 
 STRUCTURE_FILE = "structure.onnx"
 FEATURES_FILE = "features.onnx"
+#: the feature graph's trailing outputs that the runner reads for NaN/Inf in an input (:func:`_finite_sums`)
+FINITE_SUM_PREFIX = "mixq_finite_sum_"
 #: onnxruntime session settings: exact int4 paths (no MatMulNBits with int8 activations), no QDQ fusions (they
 #: turn ``DequantizeLinear``s -> ``Add`` -> ``QuantizeLinear`` into ``QLinearAdd``, whose fixed-point rounding is
-#: one code off the integer program now and then: GraphSAGE's ``lin_l + lin_r``), and no busy-waiting threads,
-#: which would steal the CPU from whatever runs between two calls (other sessions, PyTorch).
+#: one code off the integer program now and then: GraphSAGE's ``lin_l + lin_r``), and worker threads that
+#: busy-wait between the ops of a run but stop when it returns: without spinning every op waits for a worker to
+#: wake (Cora GCN, 2 threads: 6.2 ms per call, interleaved with PyTorch work), spinning past the run steals the CPU
+#: from whatever runs between two calls (8.2 ms, and 4x slower PyTorch work after it); both together: 4.9 ms and
+#: PyTorch work as fast as alone.
 SESSION_CONFIG = {
     "session.qdq_matmulnbits_accuracy_level": "0",
     "session.disable_quant_qdq": "1",
-    "session.intra_op.allow_spinning": "0",
+    "session.intra_op.allow_spinning": "1",
+    "session.force_spinning_stop": "1",
 }
 
 
@@ -72,7 +79,7 @@ def _remove_dead(g: OnnxGraph, also_keep: Sequence[str] = ()) -> None:
             kept.append(node)
             needed.update(name for name in node.input if name)
     g.nodes = kept[::-1]
-    g.initializers = {name: t for name, t in g.initializers.items() if name in needed}
+    g.keep_initializers(needed)
 
 
 #: ops whose output has the shape of their first input: ``Shape`` of their output is ``Shape`` of that input.
@@ -199,8 +206,27 @@ def convert_program(program: IntegerProgram, example_inputs: Sequence[Tensor]) -
     structure_model, handed_values = _finish(structure, handed, features.dtypes, feeds)
     features.inputs += [_to_value_info(n, a) for n, a in zip(handed, handed_values[len(frontier_names) :])]
     feeds.update({n: a for n, a in zip(frontier_names + handed, handed_values)})
-    features_model, _ = _finish(features, (), {}, feeds)
+    sums = _finite_sums(features, model_inputs, example_inputs)
+    features_model, _ = _finish(features, sums, features.dtypes, feeds)
     return structure_model, features_model
+
+
+def _finite_sums(features: OnnxGraph, model_inputs: Sequence[str], example_inputs: Sequence[Tensor]) -> list[str]:
+    """Row sums (``ReduceSum`` over the last axis) of every floating model input the feature graph reads, appended
+    as its last outputs (named ``FINITE_SUM_PREFIX + input``), from which the runner tells NaN/Inf: a sum is
+    non-finite when an element is (or finite elements overflow, which the runner's exact test then rules out).
+    onnxruntime computes them in its own thread pool; a NumPy pass costs ~0.4 ms more on Cora and a PyTorch one
+    ~1.2 ms more, as its OpenMP workers spin while onnxruntime's want the cores."""
+    read = {name for node in features.nodes for name in node.input}
+    names = []
+    for name, example in zip(model_inputs, example_inputs):
+        if example.is_floating_point() and example.dim() > 0 and name in read:
+            axis = features.const([example.dim() - 1], torch.int64)
+            features.emit("ReduceSum", [name, axis], example.dtype, keepdims=0)
+            total = features.nodes[-1].output[0] = FINITE_SUM_PREFIX + name  # the name the runner looks for
+            features.dtypes[total] = example.dtype
+            names.append(total)
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +263,11 @@ class OnnxBackend(Backend):
         onnx.save(structure, directory / STRUCTURE_FILE)
         onnx.save(features, directory / FEATURES_FILE)
         formulation = self.matmul if any(n.op_type == "MatMulInteger" for n in features.graph.node) else "none"
-        return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "opset": OPSET, "matmul": formulation}
+        inputs = [i.name for i in features.graph.input]
+        checked = [inputs.index(o.name.removeprefix(FINITE_SUM_PREFIX)) for o in features.graph.output
+                   if o.name.startswith(FINITE_SUM_PREFIX)]  # fmt: skip
+        return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "opset": OPSET, "matmul": formulation,
+                "finite_checked_inputs": checked}  # fmt: skip
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
         self.require()
@@ -256,9 +286,19 @@ def load_onnx(path: Path | onnx.ModelProto) -> Runner:
     intra-op threads)."""
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
+    checked = [o.name.removeprefix(FINITE_SUM_PREFIX) for o in session.get_outputs()
+               if o.name.startswith(FINITE_SUM_PREFIX)]  # fmt: skip
+    positions = [names.index(name) for name in checked]
 
     def run(*inputs: Tensor) -> tuple[Tensor, ...]:
         feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(names, inputs)}
-        return tuple(torch.from_numpy(out) for out in session.run(None, feeds))
+        outputs = [torch.from_numpy(out) for out in session.run(None, feeds)]
+        if checked:
+            sums = outputs[-len(checked) :]
+            del outputs[-len(checked) :]
+            for name, position, total in zip(checked, positions, sums):
+                if not bool(torch.isfinite(total).all()) and not all_finite(inputs[position]):
+                    raise non_finite_error(f"input '{name}'")
+        return tuple(outputs)
 
     return run

@@ -115,6 +115,11 @@ class OnnxGraph:
             self._small[key] = name
         return name
 
+    def keep_initializers(self, names: set[str]) -> None:
+        """Drop every initializer not in ``names`` (and forget it as a shared small constant)."""
+        self.initializers = {name: t for name, t in self.initializers.items() if name in names}
+        self._small = {key: name for key, name in self._small.items() if name in self.initializers}
+
     def const(self, value, dtype: torch.dtype, hint: str = "c") -> str:
         """A constant of ``dtype`` from a Python number, list or tensor."""
         return self.initializer(torch.as_tensor(value).detach().to(dtype).numpy(), hint)
