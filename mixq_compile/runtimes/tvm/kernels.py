@@ -203,6 +203,12 @@ def _nonzero(a: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Cast("int32", tirx.bitwise_and(tirx.reinterpret("int32", a), tirx.IntImm("int32", _ABS_BITS)) != 0)
 
 
+def _any_bits(chunk: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The OR of the bits of a float32 vector, as one int32 (LLVM lowers the reduction for every x86 level)."""
+    lanes = f"int32x{_ZERO_CHUNK}"
+    return tirx.call_llvm_pure_intrin("int32", "llvm.vector.reduce.or", tirx.reinterpret(lanes, chunk))
+
+
 def _non_finite(a: tirx.PrimExpr) -> tirx.PrimExpr:
     """1 when a float32 is NaN or infinite, on the bits (float compares do not survive simplification)."""
     exponent = tirx.IntImm("int32", _EXPONENT_BITS)
@@ -219,8 +225,9 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
     wrap around in any order. Sparse node features (Cora: 98.7 % zeros) cost about one read of A instead of a
     quantize pass, a codes tensor and a dense GEMM over K = 1433. Per row, as the torch backend's C kernel:
     (1) the indices of the non-zero features, found without a branch per feature: chunks of 16 whose bits OR to
-    0 are skipped whole (one vector OR; ``-0.0`` only sends its chunk to the exact test), inside the others each
-    index is stored and the count advanced by ``A != 0``; (2) their codes, vectorized (a gather per 8/16);
+    0 are skipped whole (one vector load and OR-reduction, ``llvm.vector.reduce.or``: 15 % faster on Cora than 16
+    scalar ORs; ``-0.0`` only sends its chunk to the exact test), inside the others each index is stored and the
+    count advanced by ``A != 0``; (2) their codes, vectorized (a gather per 8/16);
     (3) the weight rows of those indices summed into accumulators held in registers, 128 channels at a time.
     Scanning feature by feature with a branch (the first version) took 3.3 ms of Cora's 4.3 ms feature program.
 
@@ -247,17 +254,13 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
                 idx = T.decl_buffer((k,), "int32", scope="local")
                 codes = T.decl_buffer((k,), "int32", scope="local")
                 count = T.decl_buffer((1,), "int32", scope="local")
-                bits = T.decl_buffer((1,), "int32", scope="local")
                 bad = T.decl_buffer((1,), "int32", scope="local")
                 acc = T.decl_buffer((block,), "int32", scope="local")
                 bad[0] = 0
                 for i in range(task * rows, T.min(n, task * rows + rows)):
                     count[0] = 0
                     for chunk in range(chunks):
-                        bits[0] = 0
-                        for j in T.unroll(_ZERO_CHUNK):
-                            bits[0] = bits[0] | T.reinterpret("int32", A[i, chunk * _ZERO_CHUNK + j])
-                        if bits[0] != 0:
+                        if _any_bits(A[i, T.Ramp(chunk * _ZERO_CHUNK, 1, _ZERO_CHUNK)]) != 0:
                             for j in range(_ZERO_CHUNK):
                                 feature = chunk * _ZERO_CHUNK + j
                                 idx[count[0]] = T.int32(feature)
