@@ -49,7 +49,7 @@ import mixq_compile as mq
 from experiments import CHECKOUT, RESULTS
 from experiments.harness import plots
 from experiments.harness.common import eager_does_not_fit
-from mixq_compile import cpu
+from mixq_compile import cpu, selfcheck
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import available_backends
 
@@ -160,6 +160,16 @@ def cached_copy(model: torch.nn.Module) -> torch.nn.Module:
     return cached
 
 
+def artifact_bytes(target) -> dict[str, int | None]:
+    """Bytes on disk of an artifact: every file, and its programs alone (without the self-check's copy of the
+    example graph, the same for every bit configuration). ``None`` for the PyG baselines."""
+    path = getattr(target, "path", None)
+    if path is None:
+        return {"artifact_bytes": None, "program_bytes": None}
+    sizes = {f.name: f.stat().st_size for f in path.iterdir() if f.is_file()}
+    return {"artifact_bytes": sum(sizes.values()), "program_bytes": sum(sizes.values()) - sizes.get(selfcheck.FILE, 0)}
+
+
 def spearman(xs: list[float], ys: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_ms": report.median_ms, "p10_ms": report.p10_ms, "p90_ms": report.p90_ms,
             "throughput_per_s": report.throughput_per_s, "peak_rss_mib": report.peak_rss_mib,
             "gbitops_wa": (report.bitops_wa or 0) / 1e9, "gbitops_paper": (report.bitops_paper or 0) / 1e9,
-            "avg_bits": report.avg_bits, "model_bytes": report.model_bytes,
+            "avg_bits": report.avg_bits, "model_bytes": report.model_bytes, **artifact_bytes(target),
         })  # fmt: skip
 
     try:
@@ -336,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         "spearman_rho_latency_vs_bitops": rho,
         "ratios": ratios,
         "all8_over_all2": {b: _config_ratio(rows, b, "all8", "all2") for b, _, _ in backends},
+        "program_bytes_all2_over_all8": {
+            b: _config_ratio(rows, b, "all2", "all8", "program_bytes") for b, _, _ in backends
+        },  # fmt: skip
         "kernels": kernels,
         "wall_s": time.perf_counter() - started,
     }
@@ -358,14 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _config_ratio(rows: list[dict], backend: str, slow: str, fast: str) -> float | None:
-    """Latency of config ``slow`` over config ``fast`` on ``backend`` (None where either was not measured)."""
-    ms = {
-        r["config"]: r["median_ms"]
-        for r in rows
-        if r["backend"] == backend and r["cached"] and r["precision"] == "integer"
+def _config_ratio(rows: list[dict], backend: str, slow: str, fast: str, column: str = "median_ms") -> float | None:
+    """``column`` (latency by default) of config ``slow`` over config ``fast`` on ``backend`` (None where either
+    was not measured)."""
+    value = {
+        r["config"]: r[column] for r in rows if r["backend"] == backend and r["cached"] and r["precision"] == "integer"
     }
-    return ms[slow] / ms[fast] if slow in ms and fast in ms else None
+    return value[slow] / value[fast] if slow in value and fast in value else None
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
     all8 = next(r for r in integer if r["config"] == "all8")
     mixed = next(r for r in integer if r["config"] == "w2_mp4")
     assert float(mixed["gbitops_wa"]) < float(all8["gbitops_wa"])
+    all2 = next(r for r in integer if r["config"] == "all2")
+    assert int(all2["program_bytes"]) < int(all8["program_bytes"]) < int(all8["artifact_bytes"])
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["program_bytes_all2_over_all8"]["torch"] < 1
     assert summary["skipped_backends"]["nope"] == "not built into this mixq_compile"
     assert "takes the options" in summary["skipped_backends"]["tvm:fast"]
     assert summary["ratios"]["torch"]["eager_over_int8"] > 0

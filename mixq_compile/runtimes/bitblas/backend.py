@@ -37,7 +37,7 @@ from ...ir import instructions as K
 from ...ir.meta import WEIGHT_SITE_KEY
 from ...ir.program import IntegerProgram
 from ..base import Backend, Runner
-from ..pt2 import export_program, load_pt2
+from ..pt2 import export_program, load_pt2, save_program
 from .layout import BITBLAS_VERSION, MatmulPlan, bitblas_linear, container_bits, pack_weight, packed_k
 
 PLAN_FILE = "bitblas_plan.json"
@@ -264,9 +264,9 @@ class BitblasBackend(Backend):
         glue, entries, packed = build_glue(program, example_inputs)
         frontier = tuple(program.structure(*example_inputs))
         save_file(packed, str(directory / WEIGHTS_FILE))
-        torch.export.save(export_program(program.structure, example_inputs), directory / STRUCTURE_FILE)
+        save_program(export_program(program.structure, example_inputs), directory / STRUCTURE_FILE)
         exported = _export_glue(glue, example_inputs + frontier, tuple(packed.values()))
-        torch.export.save(exported, directory / GLUE_FILE)
+        save_program(exported, directory / GLUE_FILE)
         plan = {
             "bitblas_version": BITBLAS_VERSION,
             "target": "cuda (sm_80+)",

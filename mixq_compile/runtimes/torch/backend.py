@@ -27,7 +27,7 @@ from ...lowering.fuse_requantize import fuse_requantize
 from ...lowering.pack_codes import pack_narrow_codes
 from ...ops import linear, native
 from ..base import Backend, Runner
-from ..pt2 import export_program, load_pt2, no_grad_tuple
+from ..pt2 import export_program, load_pt2, no_grad_tuple, save_program
 from .integer_ops import dispatching_ops
 
 STRUCTURE_FILE = "structure.pt2"
@@ -76,14 +76,14 @@ class TorchBackend(Backend):
         if self.packed:
             features, packed = pack_narrow_codes(features)
         frontier = tuple(structure(*example_inputs))
-        torch.export.save(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
+        save_program(export_program(structure, example_inputs), directory / STRUCTURE_FILE)
         exported = export_program(features, example_inputs + frontier)
         entries = {"structure": STRUCTURE_FILE, "csr_aggregations": len(aggregations), "fused_input_linears": fused,
                    "fused_requantizes": requantized, "folded_relus": relus, "packed_ops": packed}  # fmt: skip
         if self.aot_inductor:
             torch._inductor.aoti_compile_and_package(exported, package_path=str(directory / AOTI_FILE))
             return entries | {"features": AOTI_FILE, "aot_inductor": True}
-        torch.export.save(exported, directory / FEATURES_FILE)
+        save_program(exported, directory / FEATURES_FILE)
         checked = read_only_by_quantize_linear(features, len(example_inputs))
         return entries | {"features": FEATURES_FILE, "aot_inductor": False, "finite_checked_inputs": checked}
 

@@ -30,7 +30,7 @@ from ...lowering.fuse_input_linear import fuse_input_linear
 from ...ops.input_linear import SPARSE_DENSITY, density
 from ...ops.native import NODE_FEATURES
 from ..base import Backend, BackendUnavailableError, Runner
-from ..pt2 import export_program, load_pt2
+from ..pt2 import export_program, load_pt2, save_program
 
 STRUCTURE_FILE = "structure.pt2"
 FEATURES_FILE = "features.so"
@@ -90,7 +90,7 @@ class TvmBackend(Backend):
         frontier = tuple(program.structure(*example_inputs))
         aggregations = find_aggregations(features, len(example_inputs), frontier)
         structure = export_program(sorted_structure(program.structure, aggregations), example_inputs)
-        torch.export.save(structure, directory / STRUCTURE_FILE)
+        save_program(structure, directory / STRUCTURE_FILE)
 
         target_json = host_target(self.mcpu)
         target = tvm.target.Target(target_json)
