@@ -44,6 +44,19 @@ def test_profile_bitops_smoke_writes_latency_table_ratios_and_plot(tmp_path):
     assert (tmp_path / "latency_vs_bitops.png").stat().st_size > 1000
 
 
+def test_profile_bitops_skips_onnx_where_its_prefix_sums_cannot_fit():
+    """The large graph's ONNX aggregation holds int32 [E, hidden] tensors (it was OOM-killed): skipped with the
+    estimate where they cannot fit, kept where they can."""
+    import argparse
+
+    script = _script("profile_bitops")
+    args = argparse.Namespace(backends=["torch", "onnx"], hidden=256)
+    kept, skipped = script.runnable_backends(args, edges=1_000)
+    assert [b[0] for b in kept] == ["torch", "onnx"] and "onnx" not in skipped
+    kept, skipped = script.runnable_backends(args, edges=10**12)
+    assert [b[0] for b in kept] == ["torch"] and "GiB" in skipped["onnx"]
+
+
 def test_profile_bitops_large_graph_smoke_adds_kernel_timings(tmp_path):
     assert (
         _script("profile_bitops").main(["--smoke", "--graph", "large", "--backends", "torch", "--out", str(tmp_path)])
