@@ -323,3 +323,53 @@ def test_max_and_min_aggregations_leave_rows_without_in_edges_at_zero(graphs, tm
     program = mq.lower(frozen)
     artifact = mq.load_artifact(mq.export(frozen, graphs[0], tmp_path / "a", backend="tvm"))
     torch.testing.assert_close(artifact(x, edge_index), program(x, edge_index), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize(
+    ("channels", "table", "weight", "centered"),
+    [
+        (7, "int8", "int32", True),
+        (256, "int8", "int32", True),
+        (130, "int8", None, False),
+        (33, "float32", None, False),
+    ],
+)
+def test_csr_aggregate_kernel_equals_the_row_sums(channels, table, weight, centered, mcpu):
+    """The CSR row-sum kernel against numpy, bit for bit for codes: rows without edges, a hub row, the last edges
+    (whose prefetch would run past the edge list), the zero-point taken out once per row, odd channel counts."""
+    import numpy as np
+    import tvm
+
+    from mixq_compile.runtimes.tvm import kernels as TK
+
+    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
+        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
+    rng = np.random.default_rng(channels)
+    nodes, rows = 50, 40
+    dst = np.sort(np.concatenate([rng.integers(0, rows, 300), np.full(120, 7)]))  # row 7 a hub
+    dst = dst[(dst != 3) & (dst != rows - 1)]  # rows 3 and the last one without edges
+    col = rng.integers(0, nodes, dst.size)
+    rowptr = np.searchsorted(dst, np.arange(rows + 1)).astype(np.int64)
+    if table == "int8":
+        h = rng.integers(-128, 128, (nodes, channels)).astype(np.int8)
+        zero = rng.integers(-128, 128, channels).astype(np.int32) if centered else np.zeros(channels, np.int32)
+    else:
+        h = rng.standard_normal((nodes, channels)).astype(np.float32)
+        zero = np.zeros(channels, np.float32)
+    w = rng.integers(0, 256, dst.size).astype(np.int32) if weight else np.ones(1, zero.dtype)  # unused dummy
+    kernel = TK.csr_aggregate(channels, table, weight, centered)
+    lib = tvm.compile(
+        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
+    )
+    out = tvm.runtime.empty((rows, channels), "float32" if table == "float32" else "int32")
+    lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, zero)), out)
+    terms = h[col].astype(np.float64 if table == "float32" else np.int64) - zero
+    if weight:
+        terms = terms * w[:, None]
+    expected = np.zeros((rows, channels))
+    np.add.at(expected, dst, terms)
+    if table == "float32":
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-4)
+    else:
+        assert np.array_equal(out.numpy(), expected.astype(np.int64).astype(np.int32))

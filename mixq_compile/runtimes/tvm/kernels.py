@@ -197,6 +197,17 @@ _ABS_BITS = 0x7FFFFFFF  # float32 bits without the sign
 _EXPONENT_BITS = 0x7F800000  # all set: NaN or +-inf
 
 
+#: edges ahead of the one being summed whose table rows are prefetched (random rows of a table larger than the
+#: caches: the gather waits on memory, as the torch backend's C kernel found)
+_PREFETCH_EDGES = 16
+
+
+def _prefetch(buffer: tirx.Buffer, row: tirx.PrimExpr, column: int) -> tirx.PrimExpr:
+    """Prefetch (read, keep in all cache levels) the cache line holding ``buffer[row, column]``."""
+    address = tirx.address_of(buffer[row, column])
+    return tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, 0, 3, 1)  # read, high locality, data
+
+
 def _nonzero(a: tirx.PrimExpr) -> tirx.PrimExpr:
     """1 when a float32 is not +-0.0, NaN included, else 0; tested on the bits, as TVM simplifies
     ``!(a == 0)`` to ``a != 0``, which LLVM compiles to an ordered compare that is false for NaN."""
@@ -356,11 +367,17 @@ def csr_rowptr(dst: T.handle, rowptr: T.handle):
 def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, centered: bool) -> tirx.PrimFunc:
     """``out[i, c] = Σ_{e in row i} w[e] * (H[col[e], c] - zero[c])`` (int32 for codes, float32 for floats).
 
+    A row's sums stay in a local buffer (vector registers) over its edges and are written once, with the zero-point
+    taken out at the end as ``(Σ w) zero[c]`` (exact in wrapping int32): accumulating in the output itself loaded
+    and stored every sum once per edge (a 200k-node graph, 256 channels: 248 ms).
+
     ``w`` (edge weights) and ``zero`` (the table's zero-point) are optional: GIN/SAGE messages carry no weight and
     float tables no zero-point. Absent operands are still passed (as 1-element dummies) to keep one signature.
     """
     acc_dtype = "float32" if table_dtype == "float32" else "int32"
     use_weight = weight_dtype is not None
+    line_items = 64 // np.dtype(table_dtype).itemsize  # table entries per cache line
+    lines = (channels + line_items - 1) // line_items
     w_dtype = weight_dtype or acc_dtype
 
     @T.prim_func(s_tir=True)
@@ -378,16 +395,25 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
         Z = T.match_buffer(zero, (channels,), acc_dtype)
         with T.sblock("root"):
             for i in T.parallel(n):
+                acc = T.decl_buffer((channels,), acc_dtype, scope="local")
+                total = T.decl_buffer((1,), acc_dtype, scope="local")
                 for c in T.vectorized(channels):
-                    Out[i, c] = T.Cast(acc_dtype, 0)
+                    acc[c] = T.Cast(acc_dtype, 0)
+                total[0] = T.Cast(acc_dtype, 0)
                 for j in range(Rowptr[i + 1] - Rowptr[i]):
                     edge = Rowptr[i] + j
+                    if edge + _PREFETCH_EDGES < e:
+                        for line in T.unroll(lines):
+                            T.evaluate(_prefetch(H, Col[edge + _PREFETCH_EDGES], line * line_items))
                     src = Col[edge]
                     w = T.Cast(acc_dtype, Wt[edge]) if use_weight else T.Cast(acc_dtype, 1)
+                    total[0] = total[0] + w
                     for c in T.vectorized(channels):
-                        if centered:
-                            Out[i, c] = Out[i, c] + w * (T.Cast(acc_dtype, H[src, c]) - Z[c])
-                        else:
-                            Out[i, c] = Out[i, c] + w * T.Cast(acc_dtype, H[src, c])
+                        acc[c] = acc[c] + w * T.Cast(acc_dtype, H[src, c])
+                for c in T.vectorized(channels):
+                    if centered:
+                        Out[i, c] = acc[c] - total[0] * Z[c]
+                    else:
+                        Out[i, c] = acc[c]
 
     return kernel
