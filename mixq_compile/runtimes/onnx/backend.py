@@ -29,7 +29,7 @@ what the PyTorch executor returns; the structure runner appends the hoisted tens
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,6 +229,11 @@ def _finite_sums(features: OnnxGraph, model_inputs: Sequence[str], example_input
     return names
 
 
+def _finite_sum_inputs(output_names: Iterable[str]) -> list[str]:
+    """The inputs whose row sums a feature graph returns (:func:`_finite_sums`), in the order of its outputs."""
+    return [name.removeprefix(FINITE_SUM_PREFIX) for name in output_names if name.startswith(FINITE_SUM_PREFIX)]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the backend
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,8 +269,7 @@ class OnnxBackend(Backend):
         onnx.save(features, directory / FEATURES_FILE)
         formulation = self.matmul if any(n.op_type == "MatMulInteger" for n in features.graph.node) else "none"
         inputs = [i.name for i in features.graph.input]
-        checked = [inputs.index(o.name.removeprefix(FINITE_SUM_PREFIX)) for o in features.graph.output
-                   if o.name.startswith(FINITE_SUM_PREFIX)]  # fmt: skip
+        checked = [inputs.index(name) for name in _finite_sum_inputs(o.name for o in features.graph.output)]
         return {"structure": STRUCTURE_FILE, "features": FEATURES_FILE, "opset": OPSET, "matmul": formulation,
                 "finite_checked_inputs": checked}  # fmt: skip
 
@@ -286,8 +290,7 @@ def load_onnx(path: Path | onnx.ModelProto) -> Runner:
     intra-op threads)."""
     session = _session(path)
     names = [i.name for i in session.get_inputs()]
-    checked = [o.name.removeprefix(FINITE_SUM_PREFIX) for o in session.get_outputs()
-               if o.name.startswith(FINITE_SUM_PREFIX)]  # fmt: skip
+    checked = _finite_sum_inputs(o.name for o in session.get_outputs())
     positions = [names.index(name) for name in checked]
 
     def run(*inputs: Tensor) -> tuple[Tensor, ...]:
