@@ -1,12 +1,13 @@
 """Post-training quantization error without QAT, per model and per site (issue 16).
 
-Models built the usual way with random weights (two layers of common ``torch_geometric.nn`` convs, and PyG's
-``models`` GCN / GraphSAGE / GIN / GAT, each also with ``jk="cat"`` and ``jk="max"``) on random graphs of 60 nodes,
-240 edges and 16 features. Each is quantized on graph A, optionally calibrated on ``--calibration-graphs`` further
-graphs with ``mq.calibrate``, frozen at 8 and 4 bits at every site, and evaluated on a held-out graph B of the same
-distribution: relative L2 error ``||y_q - y|| / ||y||``. ``--sites MODEL`` lists, for one model, the error with only
-that site quantized (every other quantizer passes its input through), on A and on B: which sites, and which of them
-only on unseen graphs (a range that does not cover B), cost the error.
+Models built the usual way with random weights (two layers of each of the 25 ``torch_geometric.nn`` convs of
+``tests/test_pyg_convs.py``, and PyG's ``models`` GCN / GraphSAGE / GIN / GAT, each also with ``jk="cat"`` and
+``jk="max"``) on random graphs of 60 nodes, 240 edges and 16 features. Each is quantized on graph A, optionally
+calibrated on ``--calibration-graphs`` further graphs with ``mq.calibrate``, frozen at 8 and 4 bits at every site,
+and evaluated on a held-out graph B of the same distribution: relative L2 error ``||y_q - y|| / ||y||``.
+``--sites MODEL`` lists, for one model, the error with only that site quantized (every other quantizer passes its
+input through), on A and on B: which sites, and which of them only on unseen graphs (a range that does not cover
+B), cost the error.
 
     python -m experiments.ptq_error [--calibration-graphs 8] [--sites GCNConv] [MODEL ...]
 """
@@ -40,6 +41,21 @@ CONVS: dict[str, Callable[[], nn.Module]] = {
     "ChebConv": lambda: pyg.ChebConv(FEATURES, FEATURES, K=2),
     "TAGConv": lambda: pyg.TAGConv(FEATURES, FEATURES),
     "APPNP": lambda: pyg.APPNP(2, 0.1),
+    "EdgeConv": lambda: pyg.EdgeConv(nn.Linear(2 * FEATURES, FEATURES)),
+    "GENConv": lambda: pyg.GENConv(FEATURES, FEATURES),
+    "PNAConv": lambda: pyg.PNAConv(
+        FEATURES, FEATURES, ["mean", "max", "std"], ["identity", "amplification"], torch.tensor([0, 2, 3, 4, 1.0])
+    ),
+    "ResGatedGraphConv": lambda: pyg.ResGatedGraphConv(FEATURES, FEATURES),
+    "LEConv": lambda: pyg.LEConv(FEATURES, FEATURES),
+    "GeneralConv": lambda: pyg.GeneralConv(FEATURES, FEATURES),
+    "ARMAConv": lambda: pyg.ARMAConv(FEATURES, FEATURES),
+    "ClusterGCNConv": lambda: pyg.ClusterGCNConv(FEATURES, FEATURES),
+    "FeaStConv": lambda: pyg.FeaStConv(FEATURES, FEATURES),
+    "MFConv": lambda: pyg.MFConv(FEATURES, FEATURES),
+    "FiLMConv": lambda: pyg.FiLMConv(FEATURES, FEATURES),
+    "SuperGATConv": lambda: pyg.SuperGATConv(FEATURES, FEATURES),
+    "GatedGraphConv": lambda: pyg.GatedGraphConv(FEATURES, 2),
 }
 PYG_MODELS: dict[str, Callable[..., nn.Module]] = {
     "GCN": pyg_models.GCN,

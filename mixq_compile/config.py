@@ -28,13 +28,19 @@ SITE_KINDS: Mapping[str, str] = dict(
 )
 
 
+#: ``QuantSpec.tail_margin`` of the default activation and edge-weight specs.
+TAIL_MARGIN = 1.5
+
+
 def _default_specs() -> Mapping[str, QuantSpec]:
     # Weights: symmetric per-output-channel, so integer matmuls need no weight zero-point terms.
     # Activations: affine per-tensor; a per-feature scale would vary along a matmul's reduction axis and could
     # not be factored out of an integer dot product. Edge weights: unsigned (GCN normalisation, attention >= 0).
     # Everything but weights starts from the MSE-optimal clipping of its range: with min/max a 2-bit grid over
     # row-normalised node features rounds nearly every value to zero (Cora: ~50 % instead of ~81 % accuracy).
-    activation = QuantSpec(signed=True, range_init="mse")
+    # Over several calibration batches, 8-bit activation ranges reach past the most extreme batch (tail_margin):
+    # graphs not calibrated on reach further than the batches did (see RangeObserver._tail_extended).
+    activation = QuantSpec(signed=True, range_init="mse", tail_margin=TAIL_MARGIN)
     return dict(
         {
             "input": activation,
@@ -42,7 +48,7 @@ def _default_specs() -> Mapping[str, QuantSpec]:
             "weight": QuantSpec(signed=True, symmetric=True, granularity="channel", axis=0),
             "linear_out": activation,
             "message": activation,
-            "edge_weight": QuantSpec(signed=False, range_init="mse", bounds=(-1.0, 1.0)),
+            "edge_weight": QuantSpec(signed=False, range_init="mse", bounds=(-1.0, 1.0), tail_margin=TAIL_MARGIN),
             "aggregate": activation,
             "pool_input": activation,
             "pool": activation,
@@ -97,6 +103,13 @@ class QuantConfig:
             :class:`~mixq_compile.ir.structure_cache.StructureCache`).
         degree_quant: opt-in :class:`DegreeQuant` (percentile activation ranges and stochastic protection of
             high in-degree nodes during training); ``None`` (default) is plain MixQ.
+        quantize_unread_sites: also quantize values whose codes no integer work reads: op outputs that only float
+            ops or the model's outputs read (the last layer's output; an aggregation whose bias is added in float
+            before the next layer's input is quantized), and the input of a max/min aggregation whose result is read
+            that way (a softmax's stabilising maximum). Off by default: the integer program dequantizes such values
+            exactly from their int32 accumulators, and rounding them only adds error (see
+            :meth:`~mixq_compile.passes.find_sites._SiteFinder.drop_unread_sites`). The paper quantizes its last
+            layer's output; the paper-table experiments set it.
     """
 
     bit_widths: tuple[int, ...] = (2, 4, 8)
@@ -107,6 +120,7 @@ class QuantConfig:
     unsigned_after_relu: bool = True
     cache_structure: bool = False
     degree_quant: DegreeQuant | None = None
+    quantize_unread_sites: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bit_widths", check_candidates(self.bit_widths))

@@ -45,6 +45,7 @@ def _config_to_dict(config: QuantConfig) -> dict:
         "unsigned_after_relu": config.unsigned_after_relu,
         "cache_structure": config.cache_structure,
         "degree_quant": None if config.degree_quant is None else asdict(config.degree_quant),
+        "quantize_unread_sites": config.quantize_unread_sites,
     }
 
 
@@ -60,6 +61,8 @@ def _config_from_dict(data: dict) -> QuantConfig:
         unsigned_after_relu=data["unsigned_after_relu"],
         cache_structure=data.get("cache_structure", False),
         degree_quant=None if data.get("degree_quant") is None else DegreeQuant(**data["degree_quant"]),
+        # saved before the key existed: every op output was quantized then, and the weights match those sites
+        quantize_unread_sites=data.get("quantize_unread_sites", True),
     )
 
 

@@ -1,5 +1,6 @@
 """Test helpers shared by the suite: small random graphs and batches, hypothesis strategies for adversarial graphs,
-two small models, the location of the shared data sets and the range a quantizer covers."""
+two small models, the location of the shared data sets, the range a quantizer covers and the resolution of a
+program's output."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch_geometric.nn import GINConv, GraphNorm, global_add_pool
 
 import mixq_compile as mq
+from mixq_compile.ir import instructions as K
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +114,19 @@ def unusual_graphs(x: torch.Tensor, edge_index: torch.Tensor, *rest: torch.Tenso
     isolated = torch.where(edge_index >= n - 3, edge_index - 3, edge_index)
     graphs = {"hub": hub, "duplicated": duplicated, "self_loops": loops, "isolated": isolated}
     return {label: (x, ei, *rest) for label, ei in graphs.items()} | {"large_x": (x * 50, edge_index, *rest)}
+
+
+def output_step(program) -> float:
+    """One step of the grids or int32 accumulators an :class:`~mixq_compile.ir.program.IntegerProgram`'s output is
+    dequantized from: the scales of the last dequantizes before the output (several when float ops such as SAGE's
+    final add combine dequantized values). Artifacts must match the program within it."""
+    output = next(n for n in program.features.graph.nodes if n.op == "output")
+    pending, total = list(output.all_input_nodes), 0.0
+    while pending:
+        node = pending.pop()
+        if node.target in (K.dequantize, K.dequantize_acc):
+            total += float(getattr(program.features, node.args[1].target).max())
+        else:
+            pending += [n for n in node.all_input_nodes if n.op == "call_function"]
+    assert total > 0
+    return total

@@ -84,7 +84,7 @@ def test_every_quantizer_sits_in_the_graph_and_sites_print_as_a_table():
     targets = {n.target for n in q.graph_module.graph.nodes if n.op == "call_module"}
     assert {f"mixq.{s.module_key}" for s in q.plan.sites} <= targets
     text = str(mq.sites(q))
-    assert "conv1.lin.weight" in text and "0.29 0.29 0.42" in text and "9 sites" in text
+    assert "conv1.lin.weight" in text and "0.29 0.29 0.42" in text and "8 sites" in text  # the logits stay float
 
 
 def test_capture_error_names_the_problem_and_the_fixes():
@@ -315,4 +315,5 @@ def test_the_documented_search_recipe_lowers_bits_on_a_model_outside_the_zoo():
     one_rate = search(lambda q: [{"params": q.parameters(), "lr": 0.01}])
     own_rate = search(lambda q: mq.search_param_groups(q, lr=0.01, arch_lr=0.1))
     print(f"mean bits after 30 steps at λ = 1: one rate {one_rate:.2f}, the logits' own rate {own_rate:.2f}")
-    assert own_rate < 5.0 and own_rate < one_rate - 0.5, "the logits' own rate lets λ = 1 lower the bits further"
+    assert one_rate < 6.0, "λ = 1 lowers the bits from 8 with the README's one-optimizer recipe"
+    assert own_rate < 5.0 and own_rate < one_rate, "the logits' own rate lets λ = 1 lower the bits further"

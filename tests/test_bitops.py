@@ -17,6 +17,10 @@ from helpers import random_graph
 CORA = {"nodes": 2708, "edges": 10556, "features": 1433, "classes": 7}
 
 
+#: The paper's quantization points: its last layer's output is quantized too (the default leaves it in float).
+PAPER_POINTS = mq.QuantConfig(quantize_unread_sites=True)
+
+
 @pytest.fixture(scope="module")
 def cora_sized():
     """The paper's GCN on a graph with Cora's sizes (BitOPs depend only on N, |E|, F, H, C and self-loops)."""
@@ -25,8 +29,20 @@ def cora_sized():
     model = PlanetoidGCN(CORA["features"], CORA["classes"], hidden=128).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(model, (x, edge_index))
+        qmodel = mq.quantize(model, (x, edge_index), config=PAPER_POINTS)
     return model, qmodel, (x, edge_index)
+
+
+def test_by_default_the_last_output_stays_float_and_operand_bitops_do_not_change(cora_sized):
+    model, paper, args = cora_sized
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = mq.quantize(model, args)
+    assert [s.name for s in default.plan.sites] == [s.name for s in paper.plan.sites if s.name != "conv2.aggregate"]
+    bits = {s.name: b for s, b in zip(default.plan.sites, [8, 2, 4, 8, 8, 4, 8, 4])}
+    # no op reads the logits' codes: their width never entered the operand (wa) convention
+    wa = mq.bitops(paper, args, bits=bits | {"conv2.aggregate": 2}).bitops
+    assert mq.bitops(default, args, bits=bits).bitops == wa
 
 
 def test_paper_convention_reproduces_the_logged_cora_numbers_exactly(cora_sized):
@@ -166,7 +182,7 @@ def test_paper_numbers_on_the_real_cora_graph(tmp_path):
     args = (data.x, data.edge_index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = mq.quantize(model, args)
+        qmodel = mq.quantize(model, args, config=PAPER_POINTS)
     names = [s.name for s in qmodel.plan.sites]
     assert mq.bitops(qmodel, args, convention="paper", bits=dict.fromkeys(names, 8)).bitops == 4_015_909_440
     assert mq.bitops(model, args, convention="paper").bitops == 16_110_067_712

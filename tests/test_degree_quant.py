@@ -142,5 +142,5 @@ def test_graph_level_sites_are_always_quantized_and_node_level_sites_of_a_batch_
     assert not [w for w in caught if "Degree-Quant" in str(w.message)]
     protected = {n.args[1].meta["mixq_site"] for n in q.graph_module.graph.nodes if n.target is protect}
     rows = {s.name: s.shape[0] for s in q.plan.sites}
-    assert protected and all(rows[s] == rows["convs.0.aggregate"] for s in protected), "node-level sites only"
+    assert protected and all(rows[s] == rows["convs.0.nn.0.input"] for s in protected), "node-level sites only"
     assert {s for s in rows if s.startswith("head.")} and not {s for s in protected if s.startswith("head.")}

@@ -1,10 +1,11 @@
 """8-bit post-training quantization (no QAT) stays close to FP32 on graphs it was not calibrated on (issue 16).
 
-Every model of ``experiments/ptq_error.py`` (two layers of common convs; PyG's GCN, GraphSAGE, GIN, GAT, also with
-``jk="cat"`` / ``"max"``) is quantized on graph A, calibrated with ``mq.calibrate`` on other graphs, frozen at 8
-(and 4) bits everywhere and evaluated on a held-out graph B. The target is 2 % relative L2 at 8 bits; models that
-do not reach it yet are expected failures (reported XPASS when a fix makes them pass: then the mark must go), and
-every model must stay below the regression bound. The 4-bit error is printed (no target).
+Every model of ``experiments/ptq_error.py`` (two layers of each conv of ``test_pyg_convs.py``; PyG's GCN,
+GraphSAGE, GIN, GAT, also with ``jk="cat"`` / ``"max"``) is quantized on graph A, calibrated with ``mq.calibrate``
+on other graphs, frozen at 8 (and 4) bits everywhere and evaluated on a held-out graph B. The target is 2 % relative
+L2 at 8 bits; models that do not reach it yet are expected failures (reported XPASS when a fix makes them pass:
+then the mark must go), and every model must stay below the regression bound. The 4-bit error is printed (no
+target).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from experiments import ptq_error
 
 CALIBRATION_GRAPHS = 4
 TARGET = 0.02
-# Measured before this suite's defaults (calibrated on A only): 0.02-0.41; now at most ~0.09 (GAT, attention on
-# graphs whose isolated nodes A's range never saw). A bound, not the target.
-REGRESSION_BOUND = 0.10
-# Above the 2 % target with 4 calibration graphs (measured 0.018-0.085; mean aggregations quantized after their
-# division since session 11: GraphSAGE 0.031 -> 0.023, GraphSAGE-jk=max 0.022 -> 0.019): per-tensor 8-bit rounding
-# at 10-28 sites in sequence costs ~1.5-2 % even on the calibration graph itself, plus clipping of the extremes of
-# B that the calibration graphs never reached (a 1.25x wider 8-bit range halves that part but adds rounding noise:
-# worst 0.085 -> 0.052, mean 0.033 -> 0.025, still 4 of 24 under 2 %).
-ABOVE_TARGET = frozenset(ptq_error.MODELS) - {"APPNP", "SGConv", "SAGEConv-max", "GCN-jk=max", "GraphSAGE-jk=max"}
+# Measured before this suite's defaults (calibrated on A only): 0.02-0.41; now at most 0.042 (ChebConv). A bound,
+# not the target.
+REGRESSION_BOUND = 0.06
+# Above the 2 % target with 4 calibration graphs (22 of 24 models are under it since op outputs no integer op reads
+# stay in float and 8-bit ranges reach past the calibration graphs' extremes; they were 5 of 24): ChebConv 0.042
+# (B's largest activation, 5.5, lies 1.24x past the widened range and 1.38x past any calibration graph's), GATConv
+# 0.028 (the per-tensor rounding of its last linear output alone costs 1.9 %: two heads are averaged after it).
+ABOVE_TARGET = frozenset({"ChebConv", "GATConv", "ResGatedGraphConv"})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,7 +46,7 @@ def _errors(name: str) -> dict[int, float]:
 @pytest.mark.parametrize(
     "name",
     [
-        # not strict: GIN sits at 0.0203, and another CPU's float summation order may land it under the target
+        # not strict: another CPU's float summation order may move a model across the target
         pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 16: 8-bit PTQ above 2 %"))
         if n in ABOVE_TARGET
         else n

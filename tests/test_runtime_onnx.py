@@ -20,7 +20,7 @@ from mixq_compile.runtimes.onnx.backend import convert_program, load_onnx
 from mixq_compile.runtimes.onnx.converters import CONVERTERS
 from mixq_compile.runtimes.onnx.graph import OnnxConversionError
 
-from helpers import GraphNormGIN, random_batch, random_graph
+from helpers import GraphNormGIN, output_step, random_batch, random_graph
 
 GCN_BITS = {
     "int8": {},
@@ -52,21 +52,6 @@ def _models(path):
     return [onnx.load(path / name) for name in ("structure.onnx", "features.onnx")]
 
 
-def _output_lsb(program: IntegerProgram) -> float:
-    """One step of the grids the output is computed from: the scales of the last dequantizes before the output
-    (several when float ops such as SAGE's final add combine dequantized values)."""
-    output = next(n for n in program.features.graph.nodes if n.op == "output")
-    pending, total = list(output.all_input_nodes), 0.0
-    while pending:
-        node = pending.pop()
-        if node.target is K.dequantize:
-            total += float(getattr(program.features, node.args[1].target).max())
-        else:
-            pending += [n for n in node.all_input_nodes if n.op == "call_function"]
-    assert total > 0
-    return total
-
-
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
@@ -90,7 +75,7 @@ def _check_integer_graph(path, weight_types: set[int]) -> None:
 
 
 def _assert_matches_reference(artifact, program, inputs_list) -> None:
-    lsb = _output_lsb(program)
+    lsb = output_step(program)
     for inputs in inputs_list:
         expected = program(*inputs)
         got = artifact(*inputs)

@@ -69,7 +69,8 @@ def quant_config(
     """The default config, optionally with Degree-Quant, with one scale per feature of the tensors entering a
     dense op (``"column"``: the reference's granularity for the node features X, which sit behind dropout and are
     therefore an ``activation`` site; our default is one scale per tensor), or with another initial range for
-    every non-weight site (``range_init``; the default is the MSE clipping)."""
+    every non-weight site (``range_init``; the default is the MSE clipping). The last layer's output is quantized,
+    as the paper does (``quantize_unread_sites``; the product's default dequantizes it exactly instead)."""
     extra: dict = {"degree_quant": DegreeQuant()} if degree_quant else {}
     specs = dict(QuantConfig().specs)
     if input_granularity == "column":
@@ -79,7 +80,7 @@ def quant_config(
         raise ValueError(f"input_granularity must be 'tensor' or 'column', got {input_granularity!r}")
     if range_init is not None:
         specs = {k: v if k == "weight" else replace(v, range_init=range_init) for k, v in specs.items()}
-    return QuantConfig(bit_widths=tuple(bit_widths), specs=specs, **extra)
+    return QuantConfig(bit_widths=tuple(bit_widths), specs=specs, quantize_unread_sites=True, **extra)
 
 
 def quantize(

@@ -11,8 +11,10 @@ batch, what its spec's ``range_init`` needs, and :meth:`RangeObserver.range` tur
   at most ``_SAMPLES`` values per row in all), on which the percentiles or the MSE grid search run at the end; the
   MSE search starts from the running min/max.
 
-Every range includes zero; at ``BOUNDS_FROM_BITS`` bits and above, a range inside ``spec.bounds`` is widened to the
-bound on each side its data reaches (see :class:`~mixq_compile.quant.spec.QuantSpec`).
+Every range includes zero. At ``BOUNDS_FROM_BITS`` bits and above, where resolution is cheap and a clipped extreme
+is not, a range inside ``spec.bounds`` is widened to the bound on each side its data reaches, and otherwise a range
+observed over several batches reaches ``spec.tail_margin`` times past its most extreme batch (see
+:class:`~mixq_compile.quant.spec.QuantSpec` and :func:`_tail_extended`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class RangeObserver:
         self.sample: Tensor | None = None  # [rows, kept values] for the percentile and MSE rules
         self.stride = 1
         self.empty_rows: int | None = None  # rows of the empty tensors seen (a degree bucket no node has)
+        self.low_sum: Tensor | None = None  # sums of the per-batch extremes, for the tail margin
+        self.high_sum: Tensor | None = None
 
     def _rows(self, x: Tensor) -> Tensor:
         data = x.detach().float()
@@ -71,6 +75,10 @@ class RangeObserver:
             self.empty_rows = rows.shape[0]
             return
         low, high = rows.amin(dim=1), rows.amax(dim=1)
+        if self.low_sum is None or self.high_sum is None:
+            self.low_sum, self.high_sum = low.clone(), high.clone()
+        else:
+            self.low_sum, self.high_sum = self.low_sum + low, self.high_sum + high
         if self.low is None or self.high is None:
             self.low, self.high = low, high
         elif self.spec.range_init == "moving_average":
@@ -102,9 +110,32 @@ class RangeObserver:
         low, high = low.clamp(max=0.0), high.clamp(min=0.0)
         if spec.range_init == "mse" and self.sample is not None:
             low, high = _mse_clipped_range(self.sample, low, high, spec)
-        if spec.bounds is not None and spec.bits >= BOUNDS_FROM_BITS:
-            low, high = _widened_to_bounds(low, high, spec.bounds)
+        if spec.bits < BOUNDS_FROM_BITS:
+            return low, high
+        inside = torch.zeros_like(low, dtype=torch.bool)
+        if spec.bounds is not None:
+            inside = (self.low >= spec.bounds[0]) & (self.high <= spec.bounds[1])
+            low, high = _widened_to_bounds(low, high, spec.bounds, inside)
+        if spec.tail_margin and spec.range_init in ("minmax", "mse") and self.batches > 1:
+            extended_low, extended_high = self._tail_extended(spec.tail_margin)
+            low = torch.where(inside, low, torch.minimum(low, extended_low))
+            high = torch.where(inside, high, torch.maximum(high, extended_high))
         return low, high
+
+    def _tail_extended(self, margin: float) -> tuple[Tensor, Tensor]:
+        """The observed extremes pushed ``margin`` times past the mean of the per-batch extremes.
+
+        The most extreme of ``n`` batches says little about the next graph: a graph of the same distribution not
+        calibrated on reaches past it as often as the calibration graphs reached past each other (a node of higher
+        in-degree, a sharper attention score). The spread of the per-batch extremes measures how far that goes.
+        8-bit PTQ of the 24 models of ``experiments/ptq_error.py``, calibrated on 4 random graphs and evaluated on
+        10 others: mean relative L2 0.0259 with the MSE range (``margin`` 0), 0.0205 / 0.0198 / 0.0197 / 0.0205
+        with ``margin`` 1 / 1.5 / 2 / 3 (wider ranges cost resolution everywhere they were not needed).
+        """
+        assert self.low is not None and self.high is not None and self.low_sum is not None and self.high_sum is not None
+        low = self.low + margin * (self.low - self.low_sum / self.batches)
+        high = self.high + margin * (self.high - self.high_sum / self.batches)
+        return low.clamp(max=0.0), high.clamp(min=0.0)
 
 
 def observe_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
@@ -120,8 +151,9 @@ def _percentiles(rows: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
     return rows.kthvalue(k_low, dim=1).values, rows.kthvalue(k_high, dim=1).values
 
 
-def _widened_to_bounds(low: Tensor, high: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
-    """``[low, high]`` widened to ``bounds`` on each side the data reaches, if the data lie within ``bounds``.
+def _widened_to_bounds(low: Tensor, high: Tensor, bounds: tuple[float, float], inside: Tensor) -> tuple[Tensor, Tensor]:
+    """``[low, high]`` widened to ``bounds`` on each side the data reaches, where the data lie within ``bounds``
+    (``inside``, per row).
 
     A value known to lie in ``bounds`` (a normalisation coefficient, an attention weight) reaches them on graphs the
     calibration graph does not resemble (an isolated node gets the coefficient 1); at high bit-widths covering the
@@ -129,7 +161,6 @@ def _widened_to_bounds(low: Tensor, high: Tensor, bounds: tuple[float, float]) -
     and the observed range is kept.
     """
     lower, upper = bounds
-    inside = (low >= lower) & (high <= upper)
     low = torch.where(inside & (low < 0), torch.full_like(low, lower), low)
     high = torch.where(inside & (high > 0), torch.full_like(high, upper), high)
     return low, high

@@ -80,6 +80,10 @@ class QuantSpec:
             ``(-1, 1)``), or ``None``. At ``BOUNDS_FROM_BITS`` bits and above, a calibrated range inside it is widened
             to the bound on each side the data reach: a calibration graph without an isolated node never shows the
             coefficient 1 that another graph has. Data outside the bounds keep their observed range.
+        tail_margin: ``K`` for ranges observed over several calibration batches at ``BOUNDS_FROM_BITS`` bits and
+            above (``range_init`` ``"minmax"`` or ``"mse"``, outside ``bounds``): each end of the range reaches
+            ``K`` times past the most extreme batch's excess over the mean of the batches' extremes, where graphs
+            not calibrated on are expected to land (0: the observed range).
         learnable: whether scale (and zero-point) are trained (LSQ+ gradients) or stay at their initial values.
     """
 
@@ -92,6 +96,7 @@ class QuantSpec:
     percentile: float = 0.01
     averaging_constant: float = 0.1
     bounds: tuple[float, float] | None = None
+    tail_margin: float = 0.0
     learnable: bool = True
 
     def __post_init__(self) -> None:
@@ -110,6 +115,8 @@ class QuantSpec:
             if not lower <= 0.0 <= upper:
                 raise ValueError(f"bounds must be an interval (lower, upper) containing 0, got {self.bounds!r}")
             object.__setattr__(self, "bounds", (lower, upper))
+        if not 0.0 <= self.tail_margin < float("inf"):
+            raise ValueError(f"tail_margin must be a finite number >= 0, got {self.tail_margin!r}")
 
     @property
     def qmin(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import fx
-from tvm import relax
+from tvm import relax, tirx
 
 from ...ir import instructions as K
 from . import kernels as TK
@@ -41,7 +41,21 @@ def _dequantize(c: Converter, node: fx.Node) -> relax.Expr:
 
 def _dequantize_acc(c: Converter, node: fx.Node) -> relax.Expr:
     acc, scale = node.args
-    return c.emit(relax.op.multiply(c.tensor(acc, "float32"), c.tensor(scale, "float32")))
+    value, scales = c.tensor(acc, "float32"), c.tensor(scale, "float32")
+    return c.emit(relax.op.multiply(_channels_pinned(c, value, scales), scales))
+
+
+def _channels_pinned(c: Converter, value: relax.Expr, scales: relax.Expr) -> relax.Expr:
+    """``value`` with its last size bound to the number of per-channel ``scales`` (one per output channel of a
+    linear layer: equal by construction). A reshape to ``[E, heads, -1]`` leaves that size as an expression in
+    run-time sizes Relax cannot simplify, and the product's shape would be unknown."""
+    shape, channels = shape_of(value), shape_of(scales)
+    if not shape or len(channels) != 1 or not isinstance(channels[0], tirx.IntImm):
+        return value
+    last = shape[-1]
+    if isinstance(last, tirx.IntImm) or int(channels[0]) == 1:
+        return value
+    return c.bb.match_cast(value, relax.TensorType([*shape[:-1], channels[0]], dtype_of(value)))
 
 
 def _center(c: Converter, node: fx.Node) -> relax.Expr:
