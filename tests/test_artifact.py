@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -322,6 +323,9 @@ def test_program_files_do_not_store_the_example_graph(backend, tmp_path):
     path = mq.export(frozen, (x, edge_index), tmp_path / "a", backend=backend)
     programs = [f for f in path.iterdir() if f.suffix == ".pt2"]
     assert programs and all(f.stat().st_size < 400_000 for f in programs), {f.name: f.stat().st_size for f in programs}
+    for program_file in programs:  # deflated: the serialized graph is most of a small program
+        with zipfile.ZipFile(program_file) as archive:
+            assert {entry.compress_type for entry in archive.infolist()} == {zipfile.ZIP_DEFLATED}
     other = random_graph(300, 900, 500, seed=3)
     program = mq.lower(frozen)
     assert (mq.load_artifact(path)(*other) - program(*other)).abs().max() <= 1.001 * output_step(program)
