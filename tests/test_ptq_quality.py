@@ -22,10 +22,12 @@ TARGET = 0.02
 # Measured before this suite's defaults (calibrated on A only): 0.02-0.41; now at most 0.042 (ChebConv). A bound,
 # not the target.
 REGRESSION_BOUND = 0.06
-# Above the 2 % target with 4 calibration graphs (22 of 24 models are under it since op outputs no integer op reads
-# stay in float and 8-bit ranges reach past the calibration graphs' extremes; they were 5 of 24): ChebConv 0.042
-# (B's largest activation, 5.5, lies 1.24x past the widened range and 1.38x past any calibration graph's), GATConv
-# 0.028 (the per-tensor rounding of its last linear output alone costs 1.9 %: two heads are averaged after it).
+# Above the 2 % target with 4 calibration graphs (34 of 37 models are under it on graph B since op outputs no
+# integer op reads stay in float and 8-bit ranges reach past the calibration graphs' extremes; they were 5 of 24):
+# ChebConv 0.042 and ResGatedGraphConv 0.045 (B's largest activation lies past the widened range: one clipped
+# value), GATConv 0.028 (the per-tensor rounding of its last linear output alone costs 1.9 %: two heads are
+# averaged after it). Over 8 held-out graphs (``ptq_error --held-out 8``) fewer models stay under 2 % on average:
+# README, "8-bit PTQ".
 ABOVE_TARGET = frozenset({"ChebConv", "GATConv", "ResGatedGraphConv"})
 
 
@@ -40,7 +42,7 @@ def _one_thread():
 
 @cache
 def _errors(name: str) -> dict[int, float]:
-    return ptq_error.ptq_errors(name, CALIBRATION_GRAPHS)
+    return {bits: errors[0] for bits, errors in ptq_error.ptq_errors(name, CALIBRATION_GRAPHS).items()}
 
 
 @pytest.mark.parametrize(

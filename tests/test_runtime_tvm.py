@@ -4,6 +4,7 @@ package."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -71,7 +72,27 @@ def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
     artifact = _check_integer(frozen, graphs, tmp_path)
     entries = artifact.manifest["backend_entries"]
     assert entries["csr_aggregations"] == 2 and entries["target"]["kind"] == "llvm"
+    assert entries["narrow_aggregations"] == (0 if bits is None else 1)  # conv2's 2-bit messages
     assert artifact.manifest["precision"] == "integer"
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "int8-containers"])
+def test_narrow_codes_aggregate_packed_or_not_with_the_same_integers(graphs, tmp_path, monkeypatch, packed):
+    """2- and 4-bit message tables: packed before the gather (forced here for a small graph: by default only
+    tables past ``PACK_FROM_BYTES`` are), read as int8 by the narrow kernel, or (``packed=False``) by the int8
+    kernel; all give the integer program's outputs."""
+    from mixq_compile.runtimes.tvm import kernels as TK
+
+    monkeypatch.setattr(TK, "PACK_FROM_BYTES", 0)
+    bits = {"conv1.lin.output": 4, "conv2.lin.output": 2, "conv1.lin.input": 4}
+    frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=33), graphs[0], bits)  # 33 channels: a partial block
+    program = mq.lower(frozen)
+    options = {} if packed else {"packed": False}
+    path = mq.export(frozen, graphs[0], tmp_path / "a", backend="tvm", backend_options=options)
+    artifact = mq.load_artifact(path)
+    assert artifact.manifest["backend_entries"]["narrow_aggregations"] == (2 if packed else 0)
+    for inputs in graphs:
+        assert (artifact(*inputs) - program(*inputs)).abs().max().item() <= output_step(program) * 1.001
 
 
 def test_generic_relax_path_is_exact_too(graphs, tmp_path, monkeypatch):
@@ -319,6 +340,75 @@ def test_max_and_min_aggregations_leave_rows_without_in_edges_at_zero(graphs, tm
     program = mq.lower(frozen)
     artifact = mq.load_artifact(mq.export(frozen, graphs[0], tmp_path / "a", backend="tvm"))
     torch.testing.assert_close(artifact(x, edge_index), program(x, edge_index), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
+@pytest.mark.parametrize(
+    ("channels", "bits", "qmin", "weight"),
+    [(7, 4, -8, "int32"), (256, 2, 0, None), (130, 4, -3, "int32"), (64, 2, -2, "int32"), (33, 4, 0, None)],
+)
+def test_narrow_csr_kernel_equals_the_row_sums_and_packs_as_the_torch_backend(channels, bits, qmin, weight, pack, mcpu):
+    """The 2/4-bit CSR kernel, packing its table (the layout ``mixq::pack`` writes) or reading it as int8, against
+    numpy bit for bit: codes at both ends of their range, partial 16-byte blocks, a hub row, rows without edges."""
+    import numpy as np
+    import tvm
+
+    from mixq_compile.ops.packed import pack_reference, packed_stride
+    from mixq_compile.runtimes.tvm import kernels as TK
+
+    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
+        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
+    rng = np.random.default_rng(channels)
+    nodes, rows = 50, 40
+    dst = np.sort(np.concatenate([rng.integers(0, rows, 300), np.full(120, 7)]))  # row 7 a hub
+    dst = dst[(dst != 3) & (dst != rows - 1)]  # rows 3 and the last one without edges
+    col = rng.integers(0, nodes, dst.size)
+    rowptr = np.searchsorted(dst, np.arange(rows + 1)).astype(np.int64)
+    h = rng.integers(qmin, qmin + 2**bits, (nodes, channels)).astype(np.int8)
+    h[0], h[1] = qmin, qmin + 2**bits - 1
+    zero = rng.integers(-128, 128, channels).astype(np.int32)
+    w = rng.integers(0, 256, dst.size).astype(np.int32) if weight else np.ones(1, np.int32)  # unused dummy
+    kernel = TK.csr_aggregate_narrow(channels, bits, qmin, weight, 0 if pack else 1 << 40)
+    lib = tvm.compile(
+        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
+    )
+    out = tvm.runtime.empty((rows, channels), "int32")
+    packed = tvm.runtime.tensor(np.zeros((nodes, packed_stride(channels, bits)), np.uint8))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, (qmin - zero).astype(np.int32))), out, packed)
+    terms = h[col].astype(np.int64) - zero
+    if weight:
+        terms = terms * w[:, None]
+    expected = np.zeros((rows, channels), np.int64)
+    np.add.at(expected, dst, terms)
+    assert np.array_equal(out.numpy(), expected.astype(np.int32))
+    written = pack_reference(torch.from_numpy(h), qmin, bits).numpy() if pack else np.zeros_like(packed.numpy())
+    assert np.array_equal(packed.numpy(), written)
+
+
+def test_tvm_runs_on_as_many_threads_as_torch(tmp_path):
+    """TVM's pool takes half the hardware threads on x86 unless told (one on a 2-vCPU machine): an artifact's
+    kernels run on torch's thread count, and a pool started too small before the artifact says so."""
+    import subprocess
+
+    threads = max(2, torch.get_num_threads())
+    script = (
+        "import os, warnings, torch, tvm\n"
+        "os.environ.pop('TVM_NUM_THREADS', None)\n"
+        f"torch.set_num_threads({threads})\n"
+        "from mixq_compile.runtimes.tvm.backend import runtime_threads\n"
+        "if os.environ.get('EARLY'):\n"
+        "    tvm.get_global_func('runtime.NumThreads')()\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    print(runtime_threads(), len(caught), tvm.get_global_func('runtime.NumThreads')())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert run.stdout.split() == [str(threads), "0", str(threads)]
+    early = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**env, "EARLY": "1"})
+    started, warned, _ = early.stdout.split()
+    assert warned == ("1" if int(started) < threads else "0")  # TVM's own default: half the hardware threads
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])

@@ -15,7 +15,9 @@ The ``.so`` is built for this machine's CPU (it uses AVX-512 VNNI when present);
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -57,12 +59,15 @@ def host_target(mcpu: str | None = None) -> dict:
 class TvmBackend(Backend):
     """Option ``mcpu``: the LLVM CPU to build for (default: this CPU at the kernel level in force, e.g. "haswell"
     under ``MIXQ_ISA=avx2``); set it to the deployment CPU's when exporting elsewhere. int8 dense layers take the
-    AVX-512 VNNI kernel where the target has it and the exact float32-FMA kernel otherwise."""
+    AVX-512 VNNI kernel where the target has it and the exact float32-FMA kernel otherwise. Option ``packed=False``
+    keeps 2- and 4-bit codes in int8 containers (by default the CSR aggregations of such codes pack tables larger
+    than the caches and read them packed, :func:`.kernels.csr_aggregate_narrow`)."""
 
     name = "tvm"
 
-    def __init__(self, mcpu: str | None = None) -> None:
+    def __init__(self, mcpu: str | None = None, packed: bool = True) -> None:
         self.mcpu = mcpu
+        self.packed = packed
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -79,6 +84,7 @@ class TvmBackend(Backend):
 
     def export(self, program: IntegerProgram, example_inputs: tuple[Tensor, ...], directory: Path) -> dict:
         self.require()
+        runtime_threads()  # before compilation, whose constant folding may start TVM's thread pool
         import tvm
 
         from . import schedule as tvm_schedule
@@ -96,7 +102,7 @@ class TvmBackend(Backend):
         target = tvm.target.Target(target_json)
         use_vnni = tvm.target.codegen.target_has_features("avx512vnni", target)
         sparse = sparse_input_layers(features, example_inputs)
-        converter = translator.Converter(features, aggregations, use_vnni, CONVERTERS, sparse)
+        converter = translator.Converter(features, aggregations, use_vnni, CONVERTERS, sparse, self.packed)
         module = converter.build(_params(structure, features))
         inputs = [n for n in features.graph.nodes if n.op == "placeholder"][: len(example_inputs)]
         executable = tvm.compile(module, target, relax_pipeline=tvm_schedule.pipeline(target))
@@ -110,6 +116,7 @@ class TvmBackend(Backend):
             "target": target_json,
             "vnni": bool(use_vnni),
             "csr_aggregations": converter.csr_used,
+            "narrow_aggregations": converter.narrow_used,
             "sparse_input_linears": converter.sparse_used,
             "finite_checked_inputs": [i for i, n in enumerate(inputs) if n in converter.finite_checked],
             "finite_flags": len(converter.finite_flags),
@@ -117,9 +124,20 @@ class TvmBackend(Backend):
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         dense = "int8 AVX-512 VNNI (vpdpbusd)" if entries.get("vnni") else "int8 exact float32-FMA"
-        paths = {"linear_int": dense, "target": str(entries.get("target", {}).get("mcpu"))}
+        paths = {
+            "linear_int": dense,
+            "target": str(entries.get("target", {}).get("mcpu")),
+            "threads": str(runtime_threads()),
+        }
         if entries.get("sparse_input_linears"):
             paths["input_layer"] = "quantize + GEMM over the non-zero features (sparse kernel)"
+        if entries.get("narrow_aggregations"):
+            from .kernels import PACK_FROM_BYTES
+
+            paths["aggregation"] = (
+                f"CSR row sums, {entries['narrow_aggregations']} of them over 2/4-bit codes, packed from "
+                f"{PACK_FROM_BYTES >> 20} MB tables on"
+            )
         return paths
 
     def load(self, directory: Path, entries: dict) -> tuple[Runner, Runner]:
@@ -169,6 +187,28 @@ def aligned(t: Tensor) -> Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
+def runtime_threads() -> int:
+    """The threads TVM's runtime runs parallel loops on in this process, its pool started with torch's count.
+
+    Without ``TVM_NUM_THREADS`` the pool takes half the hardware threads on x86 (it assumes hyper-threaded pairs):
+    one thread on a 2-vCPU machine, where every TVM artifact ran single-threaded (200k nodes, 2.2M edges, 256
+    channels: the CSR aggregation 89 ms on the default pool, 45 ms on 2 threads). The pool reads the variable once,
+    when it starts; a pool some other TVM code started first keeps its size, and the caller is warned."""
+    import tvm
+
+    wanted = torch.get_num_threads()
+    os.environ.setdefault("TVM_NUM_THREADS", str(wanted))
+    threads = int(tvm.get_global_func("runtime.NumThreads")())
+    if threads < wanted and os.environ["TVM_NUM_THREADS"] == str(wanted):
+        warnings.warn(
+            f"TVM's thread pool was started with {threads} thread(s) before this artifact was loaded; its kernels "
+            f"will not use the {wanted} torch uses. Set TVM_NUM_THREADS={wanted} before anything runs TVM code.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return threads
+
+
 def load_features(path: Path, finite_flags: int = 0) -> Runner:
     """A compiled feature module as a callable on torch tensors (zero-copy through DLPack both ways).
 
@@ -178,6 +218,7 @@ def load_features(path: Path, finite_flags: int = 0) -> Runner:
     import tvm
     from tvm import relax
 
+    runtime_threads()
     machine = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
     main = machine["main"]
 

@@ -9,7 +9,9 @@ from functools import reduce
 import numpy as np
 from tvm import relax
 
+from ...lowering.code_ranges import code_range
 from ...lowering.csr_aggregation import Aggregation
+from ...ops.packed import packed_stride, packing_bits
 from . import kernels as TK
 from .schedule import static_extent as _static
 from .translator import Converter, dtype_of, shape_of
@@ -48,6 +50,15 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
     if agg.zero is not None:
         zero = np.broadcast_to(c.array(agg.zero).reshape(-1).astype(dtype), (channels,)).copy()
     rowptr = c.call_kernel(TK.csr_rowptr, "csr_rowptr", [dst], [rows + 1], "int64")
+    bits = _packing_bits(c, agg, dtype_of(table))
+    if bits is not None:
+        c.narrow_used += 1
+        qmin = code_range(agg.table)[0]
+        w_dtype = dtype_of(weight) if agg.weight is not None else None
+        kernel = TK.csr_aggregate_narrow(channels, bits, qmin, w_dtype, TK.PACK_FROM_BYTES)
+        args = [rowptr, src, weight, table, relax.const((qmin - zero).astype(np.int32))]
+        scratch = ([shape[0], packed_stride(channels, bits)], "uint8")  # the packed table, when it is packed
+        return c.call_kernel(kernel, "csr_aggregate_narrow", args, [rows, channels], dtype, scratch=scratch)
     kernel = TK.csr_aggregate(
         channels,
         dtype_of(table),
@@ -56,3 +67,12 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
     )
     args = [rowptr, src, weight, table, relax.const(zero)]
     return c.call_kernel(kernel, "csr_aggregate", args, [rows, channels], dtype)
+
+
+def _packing_bits(c: Converter, agg: Aggregation, table_dtype: str) -> int | None:
+    """The packed width (2 or 4) the aggregation's int8 codes are read at, or None to read them as int8: the codes'
+    producer clamps them to at most 16 levels (:func:`~mixq_compile.lowering.code_ranges.code_range`)."""
+    if not c.packed or table_dtype != "int8":
+        return None
+    bounds = code_range(agg.table)
+    return packing_bits(*bounds) if bounds is not None else None

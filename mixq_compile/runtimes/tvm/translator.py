@@ -66,6 +66,7 @@ class Converter:
         use_vnni: bool,
         converters: Converters,
         sparse_inputs: frozenset[fx.Node] = frozenset(),
+        packed: bool = True,
     ) -> None:
         self.gm = gm
         self.converters = converters
@@ -75,7 +76,9 @@ class Converter:
         self.use_vnni = use_vnni
         self.sparse_inputs = sparse_inputs  # fused input layers whose features are sparse (the sparse kernel)
         self.params: list[relax.Var] = []
+        self.packed = packed  # CSR aggregations of 2- and 4-bit codes may pack them
         self.csr_used = 0  # aggregations that did get the CSR kernel
+        self.narrow_used = 0  # of those, the ones over 2- or 4-bit codes (csr_aggregate_narrow)
         self.sparse_used = 0  # input layers that did get the sparse kernel
         self.kernels: dict[str, tirx.PrimFunc] = {}  # symbol -> hand-written kernel (see call_kernel)
         self.finite_checked: set[fx.Node] = set()  # graph inputs that kernels test for NaN/Inf
@@ -105,7 +108,14 @@ class Converter:
         return self.bb.emit(expr)
 
     def call_kernel(
-        self, func: tirx.PrimFunc, hint: str, args: list, shape: Shape, dtype: str, checks: fx.Node | None = None
+        self,
+        func: tirx.PrimFunc,
+        hint: str,
+        args: list,
+        shape: Shape,
+        dtype: str,
+        checks: fx.Node | None = None,
+        scratch: tuple[Shape, str] | None = None,
     ) -> relax.Var:
         """Call a hand-written kernel. Kernels are compiled apart from the Relax module (:meth:`kernel_module`) and
         called by symbol: built inside ``relax.build`` the same TIR ran up to 1.5x slower (Cora's sparse input
@@ -114,16 +124,21 @@ class Converter:
         kernels to a different body.
 
         ``checks``: the graph input the kernel tests for NaN/Inf; its second output, a 1-element int32 flag, is then
-        returned after the program's outputs (:attr:`finite_flags`) for the runner to raise on."""
+        returned after the program's outputs (:attr:`finite_flags`) for the runner to raise on. ``scratch``:
+        (shape, dtype) of a second output the kernel uses as working memory, dropped after the call."""
         digest = hashlib.sha1(func.script().encode()).hexdigest()[:12]
         name = f"mixq_{hint}_{digest}"
         self.kernels.setdefault(name, func.with_attr("global_symbol", name))
         out = relax.TensorType(shape, dtype)
-        if checks is None:
+        second = relax.TensorType([1], "int32") if checks is not None else None
+        if scratch is not None:
+            second = relax.TensorType(*scratch)
+        if second is None:
             return self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, out))
-        both = self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, [out, relax.TensorType([1], "int32")]))
-        self.finite_checked.add(checks)
-        self.finite_flags.append(self.emit(relax.TupleGetItem(both, 1)))
+        both = self.emit(relax.call_dps_packed(relax.ExternFunc(name), args, [out, second]))
+        if checks is not None:
+            self.finite_checked.add(checks)
+            self.finite_flags.append(self.emit(relax.TupleGetItem(both, 1)))
         return self.emit(relax.TupleGetItem(both, 0))
 
     def kernel_module(self) -> tvm.IRModule | None:
