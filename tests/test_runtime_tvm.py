@@ -241,17 +241,20 @@ def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize("w_bits", [8, 4, 2], ids=["int8-weights", "packed4", "packed2"])
 @pytest.mark.parametrize(
     ("k", "o", "bits"), [(5, 3, (-128, 127)), (300, 20, (0, 15)), (1433, 128, (-128, 127)), (33, 300, (-8, 7))]
 )
-def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
+def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, w_bits, mcpu):
     """The zero-skipping input-layer kernel against the instructions it replaces, bit for bit: exact ties on the
     quantization grid, negative and positive features, -0.0, empty rows, feature counts around the 16-feature
-    zero test and outputs past one 128-channel block; built for AVX2 and AVX-512 targets."""
+    zero test and outputs past one 128-channel block; int8 weights, or 4- and 2-bit ones stored packed (output
+    counts that end inside a packed block); built for AVX2 and AVX-512 targets."""
     import numpy as np
     import tvm
 
     from mixq_compile.ir import instructions as K
+    from mixq_compile.ops.packed import pack_reference
     from mixq_compile.runtimes.tvm import kernels as TK
 
     if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
@@ -262,32 +265,41 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, mcpu):
     x[1, : min(k, 9)] = (torch.arange(min(k, 9)) + 0.5) * scale  # lands exactly on .5 after the division
     x[2] = 0.0
     x[3, : min(k, 20)] = -0.0
-    w_t = torch.randint(-128, 128, (k, o), dtype=torch.int8, generator=gen)
+    w_qmin = -(2 ** (w_bits - 1))
+    w_t = torch.randint(w_qmin, -w_qmin, (k, o), dtype=torch.int8, generator=gen)
+    w_t[0, 0], w_t[-1, -1] = w_qmin, -w_qmin - 1  # both ends of the weights' range
     bias = torch.randint(-1000, 1000, (o,), dtype=torch.int32, generator=gen)
-    kernel = TK.quantize_linear_sparse(k, o, scale, zero, *bits)
+    if w_bits == 8:
+        kernel, weight = TK.quantize_linear_sparse(k, o, scale, zero, *bits), w_t
+    else:
+        kernel = TK.quantize_linear_sparse_packed(k, o, scale, zero, *bits, w_bits, w_qmin)
+        weight = pack_reference(w_t, w_qmin, w_bits)
     lib = tvm.compile(
         tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
     )
     out, flag = tvm.runtime.empty((41, o), "int32"), tvm.runtime.tensor(np.array([7], np.int32))
-    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out, flag)
+    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, weight, bias)), out, flag)
     s, z = torch.tensor(scale), torch.tensor(zero)
     expected = K.linear_int(K.quantize(x, s, z, *bits), z, w_t, w_t.sum(0, dtype=torch.int32), bias)
     assert np.array_equal(out.numpy(), expected.numpy())
     assert flag.numpy()[0] == 0  # finite features
     x[40, k - 1] = float("nan")  # the last feature of the last row: past every full 16-feature chunk when k = 1433
-    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, w_t, bias)), out, flag)
+    lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, weight, bias)), out, flag)
     assert flag.numpy()[0] == 1
 
 
-def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path):
+@pytest.mark.parametrize("weight_bits", [8, 2])
+def test_a_gcn_on_sparse_features_takes_the_sparse_input_kernel(tmp_path, weight_bits):
     """Bag-of-words-like features (2 % non-zero): the input layer is one zero-skipping kernel, chosen at export from
-    the example's density, and the artifact stays exact on sparse and on dense features."""
+    the example's density, and the artifact stays exact on sparse and on dense features; 2-bit weights are stored
+    and read packed."""
     gen = torch.Generator().manual_seed(3)
     sparse = [(torch.rand(n, 200, generator=gen) < 0.02).float() for n in (120, 333)]
     graphs = [(x, torch.randint(0, x.shape[0], (2, 4 * x.shape[0]), generator=gen)) for x in sparse]
-    frozen = _frozen(PlanetoidGCN(200, 7, hidden=32), graphs[0])
+    frozen = _frozen(PlanetoidGCN(200, 7, hidden=32), graphs[0], {"conv1.lin.weight": weight_bits})
     artifact = _check_integer(frozen, graphs, tmp_path)
     assert artifact.manifest["backend_entries"]["sparse_input_linears"] == 1
+    assert artifact.manifest["backend_entries"]["packed_input_weights"] == (weight_bits < 8)
     assert "sparse kernel" in artifact.kernel_paths["input_layer"]
     dense = (torch.rand(120, 200, generator=gen), graphs[0][1])
     program = mq.lower(frozen)
@@ -375,7 +387,7 @@ def test_narrow_csr_kernel_equals_the_row_sums_and_packs_as_the_torch_backend(ch
     )
     out = tvm.runtime.empty((rows, channels), "int32")
     packed = tvm.runtime.tensor(np.zeros((nodes, packed_stride(channels, bits)), np.uint8))
-    lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, (qmin - zero).astype(np.int32))), out, packed)
+    lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, zero)), out, packed)
     terms = h[col].astype(np.int64) - zero
     if weight:
         terms = terms * w[:, None]

@@ -60,8 +60,9 @@ class TvmBackend(Backend):
     """Option ``mcpu``: the LLVM CPU to build for (default: this CPU at the kernel level in force, e.g. "haswell"
     under ``MIXQ_ISA=avx2``); set it to the deployment CPU's when exporting elsewhere. int8 dense layers take the
     AVX-512 VNNI kernel where the target has it and the exact float32-FMA kernel otherwise. Option ``packed=False``
-    keeps 2- and 4-bit codes in int8 containers (by default the CSR aggregations of such codes pack tables larger
-    than the caches and read them packed, :func:`.kernels.csr_aggregate_narrow`)."""
+    keeps 2- and 4-bit codes in int8 containers (by default sparse input layers store and read 2/4-bit weights
+    packed, :func:`.kernels.quantize_linear_sparse_packed`, and the CSR aggregations of such codes pack tables
+    larger than the caches, :func:`.kernels.csr_aggregate_narrow`)."""
 
     name = "tvm"
 
@@ -118,6 +119,7 @@ class TvmBackend(Backend):
             "csr_aggregations": converter.csr_used,
             "narrow_aggregations": converter.narrow_used,
             "sparse_input_linears": converter.sparse_used,
+            "packed_input_weights": converter.packed_weights,
             "finite_checked_inputs": [i for i, n in enumerate(inputs) if n in converter.finite_checked],
             "finite_flags": len(converter.finite_flags),
         }
@@ -131,6 +133,8 @@ class TvmBackend(Backend):
         }
         if entries.get("sparse_input_linears"):
             paths["input_layer"] = "quantize + GEMM over the non-zero features (sparse kernel)"
+            if entries.get("packed_input_weights"):
+                paths["input_layer"] += f", {entries['packed_input_weights']} with packed 2/4-bit weights"
         if entries.get("narrow_aggregations"):
             from .kernels import PACK_FROM_BYTES
 

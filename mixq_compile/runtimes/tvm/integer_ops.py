@@ -9,6 +9,7 @@ from torch import fx
 from tvm import relax, tirx
 
 from ...ir import instructions as K
+from ...ops.packed import pack_reference, packing_bits
 from . import kernels as TK
 from .kernel_calls import csr_aggregation, rows
 from .schedule import static_extent as _static
@@ -105,10 +106,22 @@ def _quantize_linear(c: Converter, node: fx.Node) -> relax.Expr:
         s, z = float(s.reshape(())), float(z.reshape(()))
         if sparse and qmin <= z <= qmax:  # 0.0 quantizes to the zero-point: zero features add nothing
             bias32 = np.zeros(w.shape[1], np.int32) if b is None else b.astype(np.int32).reshape(-1)
-            kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
             c.sparse_used += 1
-            args = [features, relax.const(w), relax.const(bias32)]
-            return c.call_kernel(kernel, "quantize_linear_sparse", args, [shape[0], w.shape[1]], "int32", checks=x)
+            w_bits = packing_bits(int(w.min()), int(w.max())) if c.packed and w.size else None
+            if w_bits is None:
+                kernel, weight, hint = (
+                    TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax),
+                    w,
+                    "quantize_linear_sparse",
+                )
+            else:  # 2- or 4-bit weights: the artifact stores them packed, the kernel reads them so
+                c.packed_weights += 1
+                w_qmin = int(w.min())
+                kernel = TK.quantize_linear_sparse_packed(k, w.shape[1], s, z, qmin, qmax, w_bits, w_qmin)
+                weight = pack_reference(torch.from_numpy(w), w_qmin, w_bits).numpy()
+                hint = "quantize_linear_sparse_packed"
+            args = [features, relax.const(weight), relax.const(bias32)]
+            return c.call_kernel(kernel, hint, args, [shape[0], w.shape[1]], "int32", checks=x)
     return _integer_linear(c, _quantized(c, features, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)
 
 

@@ -56,7 +56,7 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
         qmin = code_range(agg.table)[0]
         w_dtype = dtype_of(weight) if agg.weight is not None else None
         kernel = TK.csr_aggregate_narrow(channels, bits, qmin, w_dtype, TK.PACK_FROM_BYTES)
-        args = [rowptr, src, weight, table, relax.const((qmin - zero).astype(np.int32))]
+        args = [rowptr, src, weight, table, relax.const(zero.astype(np.int32))]
         scratch = ([shape[0], packed_stride(channels, bits)], "uint8")  # the packed table, when it is packed
         return c.call_kernel(kernel, "csr_aggregate_narrow", args, [rows, channels], dtype, scratch=scratch)
     kernel = TK.csr_aggregate(

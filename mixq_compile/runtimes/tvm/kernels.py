@@ -234,6 +234,32 @@ def _non_finite(a: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Cast("int32", tirx.bitwise_and(tirx.reinterpret("int32", a), exponent) == exponent)
 
 
+def _sparse_scan(k: int, scale: float, zero: float, qmin: int, qmax: int):
+    """A macro that fills ``idx[:count]`` with row ``i``'s non-zero features and ``codes`` with their centered
+    codes (``q - zero``), and ORs into ``bad[0]`` whether one of them is NaN or infinite: the scan both sparse
+    input-layer kernels start each row with (:func:`quantize_linear_sparse`)."""
+    chunks, z = k // _ZERO_CHUNK, int(zero)
+
+    @T.macro
+    def scan(A, i, idx, codes, count, bad):
+        count[0] = 0
+        for chunk in range(chunks):
+            if _any_bits(A[i, T.Ramp(chunk * _ZERO_CHUNK, 1, _ZERO_CHUNK)]) != 0:
+                for j in range(_ZERO_CHUNK):
+                    feature = chunk * _ZERO_CHUNK + j
+                    idx[count[0]] = T.int32(feature)
+                    count[0] = count[0] + _nonzero(A[i, feature])
+        for s in range(chunks * _ZERO_CHUNK, k):
+            idx[count[0]] = T.int32(s)
+            count[0] = count[0] + _nonzero(A[i, s])
+        for j in range(count[0]):
+            bad[0] = bad[0] | _non_finite(A[i, idx[j]])
+            code = T.round(A[i, idx[j]] / T.float32(scale)) + T.float32(zero)
+            codes[j] = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
+
+    return scan
+
+
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int, qmax: int) -> tirx.PrimFunc:
     """``C[n, :] = bias + Σ_{k: A[n, k] != 0} (q(A[n, k]) - zero) W^T[k, :]`` in int32 for float32 features A,
@@ -255,9 +281,9 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
     of its own over A to refuse them (on Cora that pass cost more than a third of this kernel). A NaN is counted as a
     non-zero feature, which is where the test looks.
     """
-    z = int(zero)
-    chunks, rows, block = k // _ZERO_CHUNK, _SPARSE_ROWS, min(o, _SPARSE_OUT_BLOCK)
+    rows, block = _SPARSE_ROWS, min(o, _SPARSE_OUT_BLOCK)
     blocks = (o + block - 1) // block
+    scan = _sparse_scan(k, scale, zero, qmin, qmax)
 
     @T.prim_func(s_tir=True)
     def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle, flag: T.handle):
@@ -278,20 +304,7 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
                 acc = T.decl_buffer((block,), "int32", scope="local")
                 bad[0] = 0
                 for i in range(task * rows, T.min(n, task * rows + rows)):
-                    count[0] = 0
-                    for chunk in range(chunks):
-                        if _any_bits(A[i, T.Ramp(chunk * _ZERO_CHUNK, 1, _ZERO_CHUNK)]) != 0:
-                            for j in range(_ZERO_CHUNK):
-                                feature = chunk * _ZERO_CHUNK + j
-                                idx[count[0]] = T.int32(feature)
-                                count[0] = count[0] + _nonzero(A[i, feature])
-                    for s in range(chunks * _ZERO_CHUNK, k):
-                        idx[count[0]] = T.int32(s)
-                        count[0] = count[0] + _nonzero(A[i, s])
-                    for j in range(count[0]):
-                        bad[0] = bad[0] | _non_finite(A[i, idx[j]])
-                        code = T.round(A[i, idx[j]] / T.float32(scale)) + T.float32(zero)
-                        codes[j] = T.Cast("int32", T.max(T.min(code, T.float32(qmax)), T.float32(qmin))) - z
+                    scan(A, i, idx, codes, count, bad)
                     for b in range(blocks):
                         for v in T.vectorized(block):
                             acc[v] = B[T.min(b * block + v, o - 1)]
@@ -301,6 +314,59 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
                         for v in range(block):
                             if b * block + v < o:
                                 C[i, b * block + v] = acc[v]
+                if bad[0] != 0:
+                    F[0] = 1  # every task that writes, writes 1
+
+    return kernel
+
+
+@cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
+def quantize_linear_sparse_packed(
+    k: int, o: int, scale: float, zero: float, qmin: int, qmax: int, w_bits: int, w_qmin: int
+) -> tirx.PrimFunc:
+    """:func:`quantize_linear_sparse` over 2- or 4-bit weights ``W^T = w_qmin + U`` stored packed (``P``, ``[k,
+    packed_stride(o, w_bits)]`` uint8, the layout of :mod:`mixq_compile.ops.packed`): per row,
+    ``bias + Σ_j code_j U[idx_j, :] + w_qmin Σ_j code_j``, the same integers. The artifact stores the weights
+    ``w_bits / 8`` as large; each non-zero feature reads its weight row's packed bytes (128 channels: 32 at 2
+    bits) and unpacks 16 channels per vector shift and mask."""
+    rows, per, stride = _SPARSE_ROWS, 8 // w_bits, packed_stride(o, w_bits)
+    padded = stride * per
+    scan = _sparse_scan(k, scale, zero, qmin, qmax)
+
+    @T.prim_func(s_tir=True)
+    def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle, flag: T.handle):
+        T.func_attr(_SCHEDULED)
+        n = T.int64()
+        A = T.match_buffer(a, (n, k), "float32")
+        P = T.match_buffer(w, (k, stride), "uint8")
+        B = T.match_buffer(bias, (o,), "int32")
+        C = T.match_buffer(c, (n, o), "int32")
+        F = T.match_buffer(flag, (1,), "int32")
+        with T.sblock("root"):
+            F[0] = 0
+            for task in T.parallel((n + rows - 1) // rows):
+                idx = T.decl_buffer((k,), "int32", scope="local")
+                codes = T.decl_buffer((k,), "int32", scope="local")
+                count = T.decl_buffer((1,), "int32", scope="local")
+                bad = T.decl_buffer((1,), "int32", scope="local")
+                total = T.decl_buffer((1,), "int32", scope="local")
+                acc = T.decl_buffer((padded,), "int32", scope="local")
+                bad[0] = 0
+                for i in range(task * rows, T.min(n, task * rows + rows)):
+                    scan(A, i, idx, codes, count, bad)
+                    for v in T.vectorized(padded):
+                        acc[v] = 0
+                    total[0] = 0
+                    for j in range(count[0]):
+                        total[0] = total[0] + codes[j]
+                        for b in range(stride // 16):
+                            for group in T.unroll(per):
+                                for lane in T.vectorized(16):  # (a let-bound index would vectorize as one lane)
+                                    acc[b * 16 * per + group * 16 + lane] = acc[b * 16 * per + group * 16 + lane] + (
+                                        codes[j] * _packed_field(P[idx[j], b * 16 + lane], group, w_bits)
+                                    )
+                    for v in T.vectorized(o):
+                        C[i, v] = B[v] + acc[v] + total[0] * w_qmin
                 if bad[0] != 0:
                     F[0] = 1  # every task that writes, writes 1
 
@@ -372,6 +438,35 @@ def csr_rowptr(dst: T.handle, rowptr: T.handle):
             Rowptr[i + 1] = Rowptr[i + 1] + Rowptr[i]
 
 
+def _csr_rows(channels: int, table_dtype: str, acc_dtype: str, use_weight: bool, centered: bool):
+    """A macro: every output row ``i`` (in parallel) summed from its contiguous edge range, table rows prefetched
+    :data:`_PREFETCH_EDGES` edges ahead when the table is larger than the caches. Shared by :func:`csr_aggregate`
+    and the unpacked branch of :func:`csr_aggregate_narrow`."""
+    item_bytes = np.dtype(table_dtype).itemsize
+    line_items = 64 // item_bytes  # table entries per cache line
+    lines, row_bytes = (channels + line_items - 1) // line_items, channels * item_bytes
+
+    @T.macro
+    def rows(Out, Rowptr, Col, Wt, H, Z, n, m, e):
+        for i in T.parallel(n):
+            for c in T.vectorized(channels):
+                Out[i, c] = T.Cast(acc_dtype, 0)
+            for j in range(Rowptr[i + 1] - Rowptr[i]):
+                edge = Rowptr[i] + j
+                if m * row_bytes >= _PREFETCH_FROM_BYTES and edge + _PREFETCH_EDGES < e:
+                    for line in T.unroll(lines):
+                        T.evaluate(_prefetch(H, Col[edge + _PREFETCH_EDGES], line * line_items))
+                src = Col[edge]
+                w = T.Cast(acc_dtype, Wt[edge]) if use_weight else T.Cast(acc_dtype, 1)
+                for c in T.vectorized(channels):
+                    if centered:
+                        Out[i, c] = Out[i, c] + w * (T.Cast(acc_dtype, H[src, c]) - Z[c])
+                    else:
+                        Out[i, c] = Out[i, c] + w * T.Cast(acc_dtype, H[src, c])
+
+    return rows
+
+
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
 def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, centered: bool) -> tirx.PrimFunc:
     """``out[i, c] = Σ_{e in row i} w[e] * (H[col[e], c] - zero[c])`` (int32 for codes, float32 for floats).
@@ -384,11 +479,8 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
     float tables no zero-point. Absent operands are still passed (as 1-element dummies) to keep one signature.
     """
     acc_dtype = "float32" if table_dtype == "float32" else "int32"
-    use_weight = weight_dtype is not None
-    item_bytes = np.dtype(table_dtype).itemsize
-    line_items = 64 // item_bytes  # table entries per cache line
-    lines, row_bytes = (channels + line_items - 1) // line_items, channels * item_bytes
     w_dtype = weight_dtype or acc_dtype
+    rows = _csr_rows(channels, table_dtype, acc_dtype, weight_dtype is not None, centered)
 
     @T.prim_func(s_tir=True)
     def kernel(rowptr: T.handle, col: T.handle, weight: T.handle, table: T.handle, zero: T.handle, out: T.handle):
@@ -404,30 +496,9 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
         H = T.match_buffer(table, (m, channels), table_dtype)
         Z = T.match_buffer(zero, (channels,), acc_dtype)
         with T.sblock("root"):
-            for i in T.parallel(n):
-                for c in T.vectorized(channels):
-                    Out[i, c] = T.Cast(acc_dtype, 0)
-                for j in range(Rowptr[i + 1] - Rowptr[i]):
-                    edge = Rowptr[i] + j
-                    if m * row_bytes >= _PREFETCH_FROM_BYTES and edge + _PREFETCH_EDGES < e:
-                        for line in T.unroll(lines):
-                            T.evaluate(_prefetch(H, Col[edge + _PREFETCH_EDGES], line * line_items))
-                    src = Col[edge]
-                    w = T.Cast(acc_dtype, Wt[edge]) if use_weight else T.Cast(acc_dtype, 1)
-                    for c in T.vectorized(channels):
-                        if centered:
-                            Out[i, c] = Out[i, c] + w * (T.Cast(acc_dtype, H[src, c]) - Z[c])
-                        else:
-                            Out[i, c] = Out[i, c] + w * T.Cast(acc_dtype, H[src, c])
+            rows(Out, Rowptr, Col, Wt, H, Z, n, m, e)
 
     return kernel
-
-
-def _packed_field(packed: tirx.PrimExpr, group: tirx.PrimExpr, bits: int) -> tirx.PrimExpr:
-    """The unsigned code of the 16-channel ``group`` (within its 16-byte block) held in the bytes ``packed``."""
-    return tirx.bitwise_and(
-        tirx.shift_right(tirx.Cast("int32", packed), group * bits), tirx.IntImm("int32", 2**bits - 1)
-    )
 
 
 #: code tables from this size on (as int8) are packed before a narrow aggregation gathers them. 200k nodes, 2.2M
@@ -452,21 +523,23 @@ def _unsigned(code: tirx.PrimExpr, qmin: int, bits: int) -> tirx.PrimExpr:
 def csr_aggregate_narrow(
     channels: int, bits: int, qmin: int, weight_dtype: str | None, pack_from: int = PACK_FROM_BYTES
 ) -> tirx.PrimFunc:
-    """:func:`csr_aggregate` over int8 codes ``qmin + u`` with ``0 <= u < 2**bits`` (``bits`` 2 or 4):
-    ``out[i, c] = Σ_e w[e] * u[col[e], c] + base[c] * Σ_e w[e]`` with ``base = qmin - zero`` (int32), the same
-    integers as the sum of ``w[e] * (code - zero)``.
+    """:func:`csr_aggregate` over int8 codes ``qmin + u`` with ``0 <= u < 2**bits`` (``bits`` 2 or 4), centered
+    on ``zero`` (int32 per channel).
 
     A table of at least ``pack_from`` bytes (:data:`PACK_FROM_BYTES`) is first packed into ``P`` (the second
     output, scratch), one vectorized pass, and each edge then reads its row's ``packed_stride`` bytes (256
     channels: 128 at 4 bits, 64 at 2, against 256); the fields of one 16-byte load are 16 consecutive channels per
-    shift, so unpacking is a vector shift and mask. Smaller tables, in the caches, are read as int8. Rows
-    accumulate in a local buffer of the padded channel count (padding codes are 0).
+    shift, so unpacking is a vector shift and mask. Rows accumulate ``Σ_e w[e] u`` in a local buffer of the padded
+    channel count (padding codes are 0) and add ``(qmin - zero) Σ_e w[e]`` once: the same integers. Smaller
+    tables, in the caches, are summed as int8 codes by :func:`csr_aggregate`'s loop (unpacking cost 0.06 ms an
+    aggregation on Cora).
     """
     per, stride = 8 // bits, packed_stride(channels, bits)
     blocks, padded = stride // 16, stride * per
     lines = (stride + 63) // 64
     use_weight = weight_dtype is not None
     w_dtype = weight_dtype or "int32"
+    unpacked_rows = _csr_rows(channels, "int8", "int32", use_weight, True)
 
     def code(H, r, c):  # the unsigned code of channel c of row r, 0 past the last channel
         return tirx.if_then_else(c < channels, _unsigned(H[r, tirx.min(c, channels - 1)], qmin, bits), 0)
@@ -483,7 +556,7 @@ def csr_aggregate_narrow(
         col: T.handle,
         weight: T.handle,
         table: T.handle,
-        base: T.handle,
+        zero: T.handle,
         out: T.handle,
         packed: T.handle,
     ):
@@ -497,42 +570,37 @@ def csr_aggregate_narrow(
         Col = T.match_buffer(col, (e,), "int64")
         Wt = T.match_buffer(weight, (ew,), w_dtype)
         H = T.match_buffer(table, (m, channels), "int8")
-        Base = T.match_buffer(base, (channels,), "int32")
+        Z = T.match_buffer(zero, (channels,), "int32")
         P = T.match_buffer(packed, (m, stride), "uint8")
         with T.sblock("root"):
-            if m * channels >= pack_from:
+            if m * channels < pack_from:
+                unpacked_rows(Out, Rowptr, Col, Wt, H, Z, n, m, e)
+            else:
                 for r in T.parallel(m):
                     for b in range(blocks):
                         for lane in T.vectorized(16):
                             P[r, b * 16 + lane] = packed_byte(H, r, b, lane)
-            for i in T.parallel(n):
-                acc = T.decl_buffer((padded,), "int32", scope="local")
-                total = T.decl_buffer((1,), "int32", scope="local")
-                for c in T.vectorized(padded):
-                    acc[c] = 0
-                total[0] = 0
-                for j in range(Rowptr[i + 1] - Rowptr[i]):
-                    edge = Rowptr[i] + j
-                    src = Col[edge]
-                    w = T.Cast("int32", Wt[edge]) if use_weight else T.int32(1)
-                    total[0] = total[0] + w
-                    if m * channels >= pack_from:
+                for i in T.parallel(n):
+                    acc = T.decl_buffer((padded,), "int32", scope="local")
+                    total = T.decl_buffer((1,), "int32", scope="local")
+                    for c in T.vectorized(padded):
+                        acc[c] = 0
+                    total[0] = 0
+                    for j in range(Rowptr[i + 1] - Rowptr[i]):
+                        edge = Rowptr[i] + j
                         if edge + _PREFETCH_EDGES < e:
                             for line in T.unroll(lines):
                                 T.evaluate(_prefetch(P, Col[edge + _PREFETCH_EDGES], line * 64))
+                        src = Col[edge]
+                        w = T.Cast("int32", Wt[edge]) if use_weight else T.int32(1)
+                        total[0] = total[0] + w
                         for b in range(blocks):
                             for group in T.unroll(per):
                                 for lane in T.vectorized(16):  # (a let-bound index would vectorize as one lane)
                                     acc[b * 16 * per + group * 16 + lane] = acc[b * 16 * per + group * 16 + lane] + (
                                         w * _packed_field(P[src, b * 16 + lane], group, bits)
                                     )
-                    else:
-                        if m * channels >= _PREFETCH_FROM_BYTES and edge + _PREFETCH_EDGES < e:
-                            for line in T.unroll((channels + 63) // 64):
-                                T.evaluate(_prefetch(H, Col[edge + _PREFETCH_EDGES], line * 64))
-                        for c in T.vectorized(channels):
-                            acc[c] = acc[c] + w * _unsigned(H[src, c], qmin, bits)
-                for c in T.vectorized(channels):
-                    Out[i, c] = acc[c] + total[0] * Base[c]
+                    for c in T.vectorized(channels):
+                        Out[i, c] = acc[c] + total[0] * (qmin - Z[c])
 
     return kernel

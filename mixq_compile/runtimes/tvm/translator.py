@@ -76,10 +76,11 @@ class Converter:
         self.use_vnni = use_vnni
         self.sparse_inputs = sparse_inputs  # fused input layers whose features are sparse (the sparse kernel)
         self.params: list[relax.Var] = []
-        self.packed = packed  # CSR aggregations of 2- and 4-bit codes may pack them
+        self.packed = packed  # 2- and 4-bit codes read packed: input-layer weights, large aggregation tables
         self.csr_used = 0  # aggregations that did get the CSR kernel
         self.narrow_used = 0  # of those, the ones over 2- or 4-bit codes (csr_aggregate_narrow)
         self.sparse_used = 0  # input layers that did get the sparse kernel
+        self.packed_weights = 0  # of those, the ones whose 2- or 4-bit weights are stored and read packed
         self.kernels: dict[str, tirx.PrimFunc] = {}  # symbol -> hand-written kernel (see call_kernel)
         self.finite_checked: set[fx.Node] = set()  # graph inputs that kernels test for NaN/Inf
         self.finite_flags: list[relax.Var] = []  # their flags, returned after the outputs
