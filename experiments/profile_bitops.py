@@ -42,6 +42,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -118,9 +119,11 @@ def _short(count: int) -> str:
     return str(count)
 
 
-def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int) -> list[dict]:
-    """The aggregation alone: ``mixq::csr_sum`` over the graph's edges (sorted by target, unweighted) on int8 codes
-    and on packed 4- and 2-bit codes of ``channels`` channels, taking turns; the median of ``repeats``."""
+def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int, tvm: bool = False) -> list[dict]:
+    """The aggregation alone over the graph's edges (sorted by target, unweighted) on int8 codes and on 4- and
+    2-bit codes of ``channels`` channels, the widths taking turns; the median of ``repeats``: the torch backend's
+    ``mixq::csr_sum`` (narrow codes packed beforehand) and, with ``tvm``, the TVM backend's ``csr_aggregate`` and
+    ``csr_aggregate_narrow`` (which packs tables past ``PACK_FROM_BYTES`` itself, inside the timed call)."""
     nodes = int(edge_index.max()) + 1
     order = torch.argsort(edge_index[1])
     dst, src = edge_index[1][order].contiguous(), edge_index[0][order].contiguous()
@@ -130,23 +133,63 @@ def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int) -> list[d
         qmin = -(2 ** (bits - 1))
         codes = torch.randint(qmin, -qmin, (nodes, channels), dtype=torch.int8, generator=gen)
         if bits == 8:
-            calls[bits] = (lambda c: lambda: torch.ops.mixq.csr_sum(dst, src, None, c, zero, nodes))(codes)
+            calls[("torch", bits)] = (lambda c: lambda: torch.ops.mixq.csr_sum(dst, src, None, c, zero, nodes))(codes)
         else:
             packed = torch.ops.mixq.pack(codes, qmin, bits)
-            calls[bits] = (
+            calls[("torch", bits)] = (
                 lambda p, q, b: lambda: torch.ops.mixq.csr_sum_packed(dst, src, None, p, zero, nodes, q, b, channels)
             )(packed, qmin, bits)
-    times: dict[int, list[float]] = {bits: [] for bits in calls}
-    for _ in range(repeats + 1):  # the first round warms up
-        for bits, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[bits].append((time.perf_counter() - start) * 1e3)
-    medians = {bits: sorted(t[1:])[len(t[1:]) // 2] for bits, t in times.items()}
-    return [{"cpu": cpu.summary(), "op": "csr_sum" if bits == 8 else f"csr_sum_packed (2^{bits} levels)",
-             "bits": bits, "nodes": nodes, "edges": int(edge_index.shape[1]), "channels": channels,
-             "median_ms": ms, "speedup_over_int8": medians[8] / ms, "table_bytes_per_row": channels * bits // 8}
-            for bits, ms in medians.items()]  # fmt: skip
+        if tvm:
+            calls[("tvm", bits)] = _tvm_aggregation(dst, src, codes, qmin, bits)
+    times: dict[tuple, list[float]] = {key: [] for key in calls}
+    for backend in ("torch", "tvm"):  # one backend after the other: TVM's spinning workers slow torch's kernels
+        for _ in range(repeats + 1):  # the first round warms up
+            for key, call in calls.items():
+                if key[0] == backend:
+                    start = time.perf_counter()
+                    call()
+                    times[key].append((time.perf_counter() - start) * 1e3)
+    medians = {key: sorted(t[1:])[len(t[1:]) // 2] for key, t in times.items()}
+    ops = {"torch": ("csr_sum", "csr_sum_packed"), "tvm": ("csr_aggregate", "csr_aggregate_narrow")}
+    return [
+        {
+            "cpu": cpu.summary(),
+            "backend": backend,
+            "op": ops[backend][bits < 8] + ("" if bits == 8 else f" (2^{bits} levels)"),
+            "bits": bits,
+            "nodes": nodes,
+            "edges": int(edge_index.shape[1]),
+            "channels": channels,
+            "median_ms": ms,
+            "speedup_over_int8": medians[(backend, 8)] / ms,
+            "table_bytes_per_row": channels * bits // 8,
+        }
+        for (backend, bits), ms in medians.items()
+    ]
+
+
+def _tvm_aggregation(dst: torch.Tensor, src: torch.Tensor, codes: torch.Tensor, qmin: int, bits: int):
+    """A call of the TVM backend's CSR kernel for ``codes`` (int8 at 8 bits, the narrow kernel below), built for
+    this CPU with torch's thread count, on the same sorted edges."""
+    import tvm
+
+    from mixq_compile.ops.packed import packed_stride
+    from mixq_compile.runtimes.tvm import kernels as TK
+    from mixq_compile.runtimes.tvm.backend import host_target, runtime_threads
+
+    runtime_threads()
+    nodes, channels = codes.shape
+    if bits == 8:
+        kernel = TK.csr_aggregate(channels, "int8", None, True)
+    else:
+        kernel = TK.csr_aggregate_narrow(channels, bits, qmin, None)
+    built = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target=host_target())
+    rowptr = torch.searchsorted(dst, torch.arange(nodes + 1))
+    args = [tvm.runtime.from_dlpack(t) for t in (rowptr, src, torch.zeros(1, dtype=torch.int32), codes)]
+    args += [tvm.runtime.tensor(np.zeros(channels, np.int32)), tvm.runtime.empty((nodes, channels), "int32")]
+    if bits < 8:
+        args.append(tvm.runtime.empty((nodes, packed_stride(channels, bits)), "uint8"))
+    return lambda: built["main"](*args)
 
 
 def cached_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -337,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             "own_fp32_over_best_integer": fp32_ms / best["median_ms"],
         }
     args.out.mkdir(parents=True, exist_ok=True)
-    kernels = kernel_rows(inputs[1], args.hidden, args.repeats) if large else []
+    use_tvm = any(backend == "tvm" for backend, _, _ in backends)
+    kernels = kernel_rows(inputs[1], args.hidden, args.repeats, tvm=use_tvm) if large else []
     if kernels:
         with (args.out / "kernels.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(kernels[0]))
