@@ -73,6 +73,18 @@ def test_profile_bitops_large_graph_smoke_adds_kernel_timings(tmp_path):
     assert kernels[0]["cpu"] == cpu.summary(), "the CPU the figures came from"
 
 
+def test_kernel_rows_time_tvm_csr_kernels_beside_torch_ones():
+    """With TVM, the large graph's kernel table adds TVM's int8 and narrow CSR kernels, each width's speed-up
+    taken against its own backend's int8 kernel."""
+    pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install 'mixq_compile[tvm]'")
+    edge_index = torch.randint(0, 300, (2, 2000), generator=torch.Generator().manual_seed(0))
+    rows = _script("profile_bitops").kernel_rows(edge_index, 48, 2, tvm=True)
+    assert sorted((r["backend"], r["bits"]) for r in rows) == [(b, w) for b in ("torch", "tvm") for w in (2, 4, 8)]
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert [r["op"] for r in rows if r["backend"] == "tvm" and r["bits"] == 2] == ["csr_aggregate_narrow (2^2 levels)"]
+    assert all(r["speedup_over_int8"] == 1.0 for r in rows if r["bits"] == 8)
+
+
 def test_bit_configs_cover_at_least_eight_distinct_assignments():
     sites = {"a.weight": "weight", "a.output": "linear_out", "a.edge_weight": "edge_weight", "a.aggregate": "aggregate"}
     configs = _script("profile_bitops").bit_configs(sites)

@@ -26,6 +26,9 @@ from mixq_compile.runtimes.tvm.translator import UnsupportedOpError
 pytestmark = pytest.mark.slow  # every test builds a TVM module
 
 FEATURES = 16
+#: the LLVM CPUs kernels are built for in kernel tests: the AVX2, AVX-512 and portable x86-64 levels of
+#: ``backend.LEVEL_MCPU`` (AVX-512 ones skip on CPUs without it)
+MCPUS = ["haswell", "skylake-avx512", "x86-64"]
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +243,7 @@ def test_exact_float_dense_kernel_is_exact_past_its_chunk_bound(k, o):
     assert np.array_equal(out.numpy(), expected)
 
 
-@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize("mcpu", MCPUS)
 @pytest.mark.parametrize("w_bits", [8, 4, 2], ids=["int8-weights", "packed4", "packed2"])
 @pytest.mark.parametrize(
     ("k", "o", "bits"), [(5, 3, (-128, 127)), (300, 20, (0, 15)), (1433, 128, (-128, 127)), (33, 300, (-8, 7))]
@@ -354,7 +357,7 @@ def test_max_and_min_aggregations_leave_rows_without_in_edges_at_zero(graphs, tm
     torch.testing.assert_close(artifact(x, edge_index), program(x, edge_index), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize("mcpu", MCPUS)
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
 @pytest.mark.parametrize(
     ("channels", "bits", "qmin", "weight"),
@@ -423,7 +426,7 @@ def test_tvm_runs_on_as_many_threads_as_torch(tmp_path):
     assert warned == ("1" if int(started) < threads else "0")  # TVM's own default: half the hardware threads
 
 
-@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+@pytest.mark.parametrize("mcpu", MCPUS)
 @pytest.mark.parametrize(
     ("channels", "table", "weight", "centered"),
     [
