@@ -122,8 +122,9 @@ def _short(count: int) -> str:
 def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int, tvm: bool = False) -> list[dict]:
     """The aggregation alone over the graph's edges (sorted by target, unweighted) on int8 codes and on 4- and
     2-bit codes of ``channels`` channels, the widths taking turns; the median of ``repeats``: the torch backend's
-    ``mixq::csr_sum`` (narrow codes packed beforehand) and, with ``tvm``, the TVM backend's ``csr_aggregate`` and
-    ``csr_aggregate_narrow`` (which packs tables past ``PACK_FROM_BYTES`` itself, inside the timed call)."""
+    ``mixq::csr_sum`` (narrow codes packed beforehand) and, with ``tvm``, the TVM backend's ``csr_rowptr`` followed
+    by ``csr_aggregate`` or ``csr_aggregate_narrow`` (which packs tables past ``PACK_FROM_BYTES`` itself, inside
+    the timed call)."""
     nodes = int(edge_index.max()) + 1
     order = torch.argsort(edge_index[1])
     dst, src = edge_index[1][order].contiguous(), edge_index[0][order].contiguous()
@@ -169,8 +170,11 @@ def kernel_rows(edge_index: torch.Tensor, channels: int, repeats: int, tvm: bool
 
 
 def _tvm_aggregation(dst: torch.Tensor, src: torch.Tensor, codes: torch.Tensor, qmin: int, bits: int):
-    """A call of the TVM backend's CSR kernel for ``codes`` (int8 at 8 bits, the narrow kernel below), built for
-    this CPU with torch's thread count, on the same sorted edges."""
+    """A call of the TVM backend's CSR kernels for ``codes`` (int8 at 8 bits, the narrow kernel below), built for
+    this CPU with torch's thread count, on the same sorted edges: the row pointers (as the torch op, every call),
+    then the row sums, into buffers allocated once, as the Relax VM's pooled allocator serves an artifact's
+    intermediates (the torch op allocates its output every call: a fresh 1 GB int32 output, 1M nodes x 256
+    channels, cost TVM's kernel ~0.5 s of page faults when measured that way)."""
     import tvm
 
     from mixq_compile.ops.packed import packed_stride
@@ -179,17 +183,27 @@ def _tvm_aggregation(dst: torch.Tensor, src: torch.Tensor, codes: torch.Tensor, 
 
     runtime_threads()
     nodes, channels = codes.shape
+
+    def built(kernel):
+        return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), host_target())["main"]
+
+    rowptr_kernel = built(TK.csr_rowptr)
     if bits == 8:
-        kernel = TK.csr_aggregate(channels, "int8", None, True)
+        kernel = built(TK.csr_aggregate(channels, "int8", None, True))
     else:
-        kernel = TK.csr_aggregate_narrow(channels, bits, qmin, None)
-    built = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target=host_target())
-    rowptr = torch.searchsorted(dst, torch.arange(nodes + 1))
-    args = [tvm.runtime.from_dlpack(t) for t in (rowptr, src, torch.zeros(1, dtype=torch.int32), codes)]
-    args += [tvm.runtime.tensor(np.zeros(channels, np.int32)), tvm.runtime.empty((nodes, channels), "int32")]
+        kernel = built(TK.csr_aggregate_narrow(channels, bits, qmin, None))
+    dst_t, src_t, table = (tvm.runtime.from_dlpack(t) for t in (dst, src, codes))
+    operands = [tvm.runtime.tensor(np.zeros(1, np.int32)), table, tvm.runtime.tensor(np.zeros(channels, np.int32))]
+
+    rowptr, outputs = tvm.runtime.empty((nodes + 1,), "int64"), [tvm.runtime.empty((nodes, channels), "int32")]
     if bits < 8:
-        args.append(tvm.runtime.empty((nodes, packed_stride(channels, bits)), "uint8"))
-    return lambda: built["main"](*args)
+        outputs.append(tvm.runtime.empty((nodes, packed_stride(channels, bits)), "uint8"))
+
+    def call() -> None:
+        rowptr_kernel(dst_t, rowptr)
+        kernel(rowptr, src_t, *operands, *outputs)
+
+    return call
 
 
 def cached_copy(model: torch.nn.Module) -> torch.nn.Module:

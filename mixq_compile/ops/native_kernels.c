@@ -134,7 +134,8 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
             const __m512i di = _mm512_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
                 const __m128i codes = _mm_maskz_loadu_epi8(j == nv - 1 ? tail : 0xFFFF, row + 16 * j);       \
-                a[j] = _mm512_add_epi32(a[j], _mm512_mullo_epi32(_mm512_cvtepi8_epi32(codes), di));          \
+                const __m512i wide = _mm512_cvtepi8_epi32(codes);                                            \
+                a[j] = _mm512_add_epi32(a[j], d ? _mm512_mullo_epi32(wide, di) : wide);                      \
             }                                                                                                \
         }                                                                                                    \
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
@@ -169,7 +170,7 @@ ACCUMULATE_ROWS(accumulate_int32_i64, int32_t, int64_t)
             const __m256i di = _mm256_set1_epi32(d ? d[i] : 1);                                              \
             for (int j = 0; j < nv; ++j) {                                                                   \
                 const __m256i codes = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * j))); \
-                a[j] = _mm256_add_epi32(a[j], _mm256_mullo_epi32(codes, di));                                \
+                a[j] = _mm256_add_epi32(a[j], d ? _mm256_mullo_epi32(codes, di) : codes);                   \
             }                                                                                                \
         }                                                                                                    \
         for (int j = 0; j < nv; ++j) _mm256_storeu_si256((__m256i *)(acc + 8 * j), a[j]);                    \
