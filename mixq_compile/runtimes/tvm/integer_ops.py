@@ -108,18 +108,13 @@ def _quantize_linear(c: Converter, node: fx.Node) -> relax.Expr:
             bias32 = np.zeros(w.shape[1], np.int32) if b is None else b.astype(np.int32).reshape(-1)
             c.sparse_used += 1
             w_bits = packing_bits(int(w.min()), int(w.max())) if c.packed and w.size else None
-            if w_bits is None:
-                kernel, weight, hint = (
-                    TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax),
-                    w,
-                    "quantize_linear_sparse",
-                )
-            else:  # 2- or 4-bit weights: the artifact stores them packed, the kernel reads them so
+            hint, weight = "quantize_linear_sparse", w
+            kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
+            if w_bits is not None:  # 2- or 4-bit weights: the artifact stores them packed, the kernel reads them so
                 c.packed_weights += 1
-                w_qmin = int(w.min())
+                hint, w_qmin = "quantize_linear_sparse_packed", int(w.min())
                 kernel = TK.quantize_linear_sparse_packed(k, w.shape[1], s, z, qmin, qmax, w_bits, w_qmin)
                 weight = pack_reference(torch.from_numpy(w), w_qmin, w_bits).numpy()
-                hint = "quantize_linear_sparse_packed"
             args = [features, relax.const(weight), relax.const(bias32)]
             return c.call_kernel(kernel, hint, args, [shape[0], w.shape[1]], "int32", checks=x)
     return _integer_linear(c, _quantized(c, features, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)
