@@ -31,6 +31,39 @@ FEATURES = 16
 MCPUS = ["haswell", "skylake-avx512", "x86-64"]
 
 
+def _built(kernel, mcpu: str):
+    """A hand-written kernel compiled alone for ``mcpu`` (skipped where this CPU cannot run its instructions)."""
+    import tvm
+
+    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
+        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
+    return tvm.compile(
+        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
+    )
+
+
+def _csr_graph(rng, nodes: int, rows: int):
+    """(dst, col, rowptr) of target-sorted edges: row 7 a hub, row 3 and the last row without edges."""
+    import numpy as np
+
+    dst = np.sort(np.concatenate([rng.integers(0, rows, 300), np.full(120, 7)]))
+    dst = dst[(dst != 3) & (dst != rows - 1)]
+    col = rng.integers(0, nodes, dst.size)
+    return dst, col, np.searchsorted(dst, np.arange(rows + 1)).astype(np.int64)
+
+
+def _row_sums(dst, col, table, zero, weight, rows: int):
+    """``out[i] = Σ_{e: dst[e] = i} weight[e] * (table[col[e]] - zero)`` in the table's dtype (no weight: 1)."""
+    import numpy as np
+
+    terms = table[col] - zero
+    if weight is not None:
+        terms = terms * weight[:, None]
+    out = np.zeros((rows, table.shape[1]), terms.dtype)
+    np.add.at(out, dst, terms)
+    return out
+
+
 @pytest.fixture(scope="module")
 def graphs():
     """The export example and a second graph of another size (the artifact's N and E are dynamic)."""
@@ -260,8 +293,6 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, w_bits, mcp
     from mixq_compile.ops.packed import pack_reference
     from mixq_compile.runtimes.tvm import kernels as TK
 
-    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
-        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
     gen = torch.Generator().manual_seed(k)
     x = torch.randn(41, k, generator=gen) * (torch.rand(41, k, generator=gen) < 0.05)
     scale, zero = 0.02, float((bits[0] + bits[1] + 1) // 2 if bits[0] < 0 else bits[0])
@@ -277,9 +308,7 @@ def test_sparse_input_kernel_equals_quantize_then_linear(k, o, bits, w_bits, mcp
     else:
         kernel = TK.quantize_linear_sparse_packed(k, o, scale, zero, *bits, w_bits, w_qmin)
         weight = pack_reference(w_t, w_qmin, w_bits)
-    lib = tvm.compile(
-        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
-    )
+    lib = _built(kernel, mcpu)
     out, flag = tvm.runtime.empty((41, o), "int32"), tvm.runtime.tensor(np.array([7], np.int32))
     lib["main"](*(tvm.runtime.tensor(t.numpy()) for t in (x, weight, bias)), out, flag)
     s, z = torch.tensor(scale), torch.tensor(zero)
@@ -372,30 +401,19 @@ def test_narrow_csr_kernel_equals_the_row_sums_and_packs_as_the_torch_backend(ch
     from mixq_compile.ops.packed import pack_reference, packed_stride
     from mixq_compile.runtimes.tvm import kernels as TK
 
-    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
-        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
     rng = np.random.default_rng(channels)
     nodes, rows = 50, 40
-    dst = np.sort(np.concatenate([rng.integers(0, rows, 300), np.full(120, 7)]))  # row 7 a hub
-    dst = dst[(dst != 3) & (dst != rows - 1)]  # rows 3 and the last one without edges
-    col = rng.integers(0, nodes, dst.size)
-    rowptr = np.searchsorted(dst, np.arange(rows + 1)).astype(np.int64)
+    dst, col, rowptr = _csr_graph(rng, nodes, rows)
     h = rng.integers(qmin, qmin + 2**bits, (nodes, channels)).astype(np.int8)
     h[0], h[1] = qmin, qmin + 2**bits - 1
     zero = rng.integers(-128, 128, channels).astype(np.int32)
     w = rng.integers(0, 256, dst.size).astype(np.int32) if weight else np.ones(1, np.int32)  # unused dummy
     kernel = TK.csr_aggregate_narrow(channels, bits, qmin, weight, 0 if pack else 1 << 40)
-    lib = tvm.compile(
-        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
-    )
+    lib = _built(kernel, mcpu)
     out = tvm.runtime.empty((rows, channels), "int32")
     packed = tvm.runtime.tensor(np.zeros((nodes, packed_stride(channels, bits)), np.uint8))
     lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, zero)), out, packed)
-    terms = h[col].astype(np.int64) - zero
-    if weight:
-        terms = terms * w[:, None]
-    expected = np.zeros((rows, channels), np.int64)
-    np.add.at(expected, dst, terms)
+    expected = _row_sums(dst, col, h.astype(np.int64), zero, w if weight else None, rows)
     assert np.array_equal(out.numpy(), expected.astype(np.int32))
     written = pack_reference(torch.from_numpy(h), qmin, bits).numpy() if pack else np.zeros_like(packed.numpy())
     assert np.array_equal(packed.numpy(), written)
@@ -444,14 +462,9 @@ def test_csr_aggregate_kernel_equals_the_row_sums(channels, table, weight, cente
 
     from mixq_compile.runtimes.tvm import kernels as TK
 
-    if mcpu == "skylake-avx512" and not mq.cpu.at_least("avx512"):
-        pytest.skip(f"this CPU ({mq.cpu.model()}) cannot run AVX-512 code")
     rng = np.random.default_rng(channels)
     nodes, rows = 50, 40
-    dst = np.sort(np.concatenate([rng.integers(0, rows, 300), np.full(120, 7)]))  # row 7 a hub
-    dst = dst[(dst != 3) & (dst != rows - 1)]  # rows 3 and the last one without edges
-    col = rng.integers(0, nodes, dst.size)
-    rowptr = np.searchsorted(dst, np.arange(rows + 1)).astype(np.int64)
+    dst, col, rowptr = _csr_graph(rng, nodes, rows)
     if table == "int8":
         h = rng.integers(-128, 128, (nodes, channels)).astype(np.int8)
         zero = rng.integers(-128, 128, channels).astype(np.int32) if centered else np.zeros(channels, np.int32)
@@ -460,16 +473,12 @@ def test_csr_aggregate_kernel_equals_the_row_sums(channels, table, weight, cente
         zero = np.zeros(channels, np.float32)
     w = rng.integers(0, 256, dst.size).astype(np.int32) if weight else np.ones(1, zero.dtype)  # unused dummy
     kernel = TK.csr_aggregate(channels, table, weight, centered)
-    lib = tvm.compile(
-        tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target={"kind": "llvm", "mcpu": mcpu}
-    )
+    lib = _built(kernel, mcpu)
     out = tvm.runtime.empty((rows, channels), "float32" if table == "float32" else "int32")
     lib["main"](*(tvm.runtime.tensor(a) for a in (rowptr, col, w, h, zero)), out)
-    terms = h[col].astype(np.float64 if table == "float32" else np.int64) - zero
-    if weight:
-        terms = terms * w[:, None]
-    expected = np.zeros((rows, channels))
-    np.add.at(expected, dst, terms)
+    expected = _row_sums(
+        dst, col, h.astype(np.float64 if table == "float32" else np.int64), zero, w if weight else None, rows
+    )
     if table == "float32":
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-4)
     else:

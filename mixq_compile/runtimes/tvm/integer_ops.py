@@ -107,12 +107,14 @@ def _quantize_linear(c: Converter, node: fx.Node) -> relax.Expr:
         if sparse and qmin <= z <= qmax:  # 0.0 quantizes to the zero-point: zero features add nothing
             bias32 = np.zeros(w.shape[1], np.int32) if b is None else b.astype(np.int32).reshape(-1)
             c.sparse_used += 1
-            w_bits = packing_bits(int(w.min()), int(w.max())) if c.packed and w.size else None
-            hint, weight = "quantize_linear_sparse", w
-            kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
-            if w_bits is not None:  # 2- or 4-bit weights: the artifact stores them packed, the kernel reads them so
+            w_qmin = int(w.min()) if w.size else 0
+            w_bits = packing_bits(w_qmin, int(w.max())) if c.packed and w.size else None
+            if w_bits is None:
+                hint, weight = "quantize_linear_sparse", w
+                kernel = TK.quantize_linear_sparse(k, w.shape[1], s, z, qmin, qmax)
+            else:  # 2- or 4-bit weights: the artifact stores them packed, the kernel reads them so
                 c.packed_weights += 1
-                hint, w_qmin = "quantize_linear_sparse_packed", int(w.min())
+                hint = "quantize_linear_sparse_packed"
                 kernel = TK.quantize_linear_sparse_packed(k, w.shape[1], s, z, qmin, qmax, w_bits, w_qmin)
                 weight = pack_reference(torch.from_numpy(w), w_qmin, w_bits).numpy()
             args = [features, relax.const(weight), relax.const(bias32)]

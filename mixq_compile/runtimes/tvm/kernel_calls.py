@@ -50,10 +50,10 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
     if agg.zero is not None:
         zero = np.broadcast_to(c.array(agg.zero).reshape(-1).astype(dtype), (channels,)).copy()
     rowptr = c.call_kernel(TK.csr_rowptr, "csr_rowptr", [dst], [rows + 1], "int64")
-    bits = _packing_bits(c, agg, dtype_of(table))
-    if bits is not None:
+    narrow = _narrow_codes(c, agg, dtype_of(table))
+    if narrow is not None:
         c.narrow_used += 1
-        qmin = code_range(agg.table)[0]
+        qmin, bits = narrow
         w_dtype = dtype_of(weight) if agg.weight is not None else None
         kernel = TK.csr_aggregate_narrow(channels, bits, qmin, w_dtype, TK.PACK_FROM_BYTES)
         args = [rowptr, src, weight, table, relax.const(zero.astype(np.int32))]
@@ -69,10 +69,11 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
     return c.call_kernel(kernel, "csr_aggregate", args, [rows, channels], dtype)
 
 
-def _packing_bits(c: Converter, agg: Aggregation, table_dtype: str) -> int | None:
-    """The packed width (2 or 4) the aggregation's int8 codes are read at, or None to read them as int8: the codes'
-    producer clamps them to at most 16 levels (:func:`~mixq_compile.lowering.code_ranges.code_range`)."""
+def _narrow_codes(c: Converter, agg: Aggregation, table_dtype: str) -> tuple[int, int] | None:
+    """``(qmin, bits)`` of the aggregation's int8 codes when their producer clamps them to at most 16 levels
+    (:func:`~mixq_compile.lowering.code_ranges.code_range`; ``bits`` 2 or 4), else None: read as int8."""
     if not c.packed or table_dtype != "int8":
         return None
     bounds = code_range(agg.table)
-    return packing_bits(*bounds) if bounds is not None else None
+    bits = packing_bits(*bounds) if bounds is not None else None
+    return None if bits is None else (bounds[0], bits)

@@ -281,43 +281,22 @@ def quantize_linear_sparse(k: int, o: int, scale: float, zero: float, qmin: int,
     of its own over A to refuse them (on Cora that pass cost more than a third of this kernel). A NaN is counted as a
     non-zero feature, which is where the test looks.
     """
-    rows, block = _SPARSE_ROWS, min(o, _SPARSE_OUT_BLOCK)
+    block = min(o, _SPARSE_OUT_BLOCK)
     blocks = (o + block - 1) // block
-    scan = _sparse_scan(k, scale, zero, qmin, qmax)
 
-    @T.prim_func(s_tir=True)
-    def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle, flag: T.handle):
-        T.func_attr(_SCHEDULED)
-        n = T.int64()
-        A = T.match_buffer(a, (n, k), "float32")
-        W = T.match_buffer(w, (k, o), "int8")
-        B = T.match_buffer(bias, (o,), "int32")
-        C = T.match_buffer(c, (n, o), "int32")
-        F = T.match_buffer(flag, (1,), "int32")
-        with T.sblock("root"):
-            F[0] = 0
-            for task in T.parallel((n + rows - 1) // rows):
-                idx = T.decl_buffer((k,), "int32", scope="local")
-                codes = T.decl_buffer((k,), "int32", scope="local")
-                count = T.decl_buffer((1,), "int32", scope="local")
-                bad = T.decl_buffer((1,), "int32", scope="local")
-                acc = T.decl_buffer((block,), "int32", scope="local")
-                bad[0] = 0
-                for i in range(task * rows, T.min(n, task * rows + rows)):
-                    scan(A, i, idx, codes, count, bad)
-                    for b in range(blocks):
-                        for v in T.vectorized(block):
-                            acc[v] = B[T.min(b * block + v, o - 1)]
-                        for j in range(count[0]):
-                            for v in T.vectorized(block):
-                                acc[v] = acc[v] + codes[j] * T.Cast("int32", W[idx[j], T.min(b * block + v, o - 1)])
-                        for v in range(block):
-                            if b * block + v < o:
-                                C[i, b * block + v] = acc[v]
-                if bad[0] != 0:
-                    F[0] = 1  # every task that writes, writes 1
+    @T.macro
+    def row(C, W, B, i, idx, codes, count, acc, total):
+        for b in range(blocks):
+            for v in T.vectorized(block):
+                acc[v] = B[T.min(b * block + v, o - 1)]
+            for j in range(count[0]):
+                for v in T.vectorized(block):
+                    acc[v] = acc[v] + codes[j] * T.Cast("int32", W[idx[j], T.min(b * block + v, o - 1)])
+            for v in range(block):
+                if b * block + v < o:
+                    C[i, b * block + v] = acc[v]
 
-    return kernel
+    return _sparse_input_kernel(k, o, _sparse_scan(k, scale, zero, qmin, qmax), (k, o), "int8", block, row)
 
 
 @cache  # parsing TVMScript takes ~0.3 s; kernels are immutable and shared by every build
@@ -329,16 +308,37 @@ def quantize_linear_sparse_packed(
     ``bias + Σ_j code_j U[idx_j, :] + w_qmin Σ_j code_j``, the same integers. The artifact stores the weights
     ``w_bits / 8`` as large; each non-zero feature reads its weight row's packed bytes (128 channels: 32 at 2
     bits) and unpacks 16 channels per vector shift and mask."""
-    rows, per, stride = _SPARSE_ROWS, 8 // w_bits, packed_stride(o, w_bits)
+    per, stride = 8 // w_bits, packed_stride(o, w_bits)
     padded = stride * per
+    add_row = _packed_row_adder(stride, w_bits)
+
+    @T.macro
+    def row(C, P, B, i, idx, codes, count, acc, total):
+        for v in T.vectorized(padded):
+            acc[v] = 0
+        total[0] = 0
+        for j in range(count[0]):
+            total[0] = total[0] + codes[j]
+            add_row(acc, P, idx[j], codes[j])
+        for v in T.vectorized(o):
+            C[i, v] = B[v] + acc[v] + total[0] * w_qmin
+
     scan = _sparse_scan(k, scale, zero, qmin, qmax)
+    return _sparse_input_kernel(k, o, scan, (k, stride), "uint8", padded, row)
+
+
+def _sparse_input_kernel(k: int, o: int, scan, w_shape: tuple[int, int], w_dtype: str, acc_size: int, row):
+    """The sparse input-layer kernel around a row macro: rows in parallel tasks of :data:`_SPARSE_ROWS`, each row
+    scanned (``scan``: its non-zero features and their codes) then summed by ``row(C, W, B, i, idx, codes, count,
+    acc, total)`` into ``C[i, :]``; ``F[0]`` set when a feature is NaN or infinite."""
+    rows = _SPARSE_ROWS
 
     @T.prim_func(s_tir=True)
     def kernel(a: T.handle, w: T.handle, bias: T.handle, c: T.handle, flag: T.handle):
         T.func_attr(_SCHEDULED)
         n = T.int64()
         A = T.match_buffer(a, (n, k), "float32")
-        P = T.match_buffer(w, (k, stride), "uint8")
+        W = T.match_buffer(w, w_shape, w_dtype)
         B = T.match_buffer(bias, (o,), "int32")
         C = T.match_buffer(c, (n, o), "int32")
         F = T.match_buffer(flag, (1,), "int32")
@@ -350,23 +350,11 @@ def quantize_linear_sparse_packed(
                 count = T.decl_buffer((1,), "int32", scope="local")
                 bad = T.decl_buffer((1,), "int32", scope="local")
                 total = T.decl_buffer((1,), "int32", scope="local")
-                acc = T.decl_buffer((padded,), "int32", scope="local")
+                acc = T.decl_buffer((acc_size,), "int32", scope="local")
                 bad[0] = 0
                 for i in range(task * rows, T.min(n, task * rows + rows)):
                     scan(A, i, idx, codes, count, bad)
-                    for v in T.vectorized(padded):
-                        acc[v] = 0
-                    total[0] = 0
-                    for j in range(count[0]):
-                        total[0] = total[0] + codes[j]
-                        for b in range(stride // 16):
-                            for group in T.unroll(per):
-                                for lane in T.vectorized(16):  # (a let-bound index would vectorize as one lane)
-                                    acc[b * 16 * per + group * 16 + lane] = acc[b * 16 * per + group * 16 + lane] + (
-                                        codes[j] * _packed_field(P[idx[j], b * 16 + lane], group, w_bits)
-                                    )
-                    for v in T.vectorized(o):
-                        C[i, v] = B[v] + acc[v] + total[0] * w_qmin
+                    row(C, W, B, i, idx, codes, count, acc, total)
                 if bad[0] != 0:
                     F[0] = 1  # every task that writes, writes 1
 
@@ -515,6 +503,25 @@ def _packed_field(packed: tirx.PrimExpr, group: tirx.PrimExpr, bits: int) -> tir
     )
 
 
+def _packed_row_adder(stride: int, bits: int):
+    """A macro: ``acc[c] += factor * u[c]`` for the codes of one packed row ``P[row, :]`` (``stride`` bytes of
+    ``bits``-bit codes, padded channels included), 16 channels per vector shift and mask. Shared by
+    :func:`csr_aggregate_narrow` (factor: the edge weight) and :func:`quantize_linear_sparse_packed` (factor: the
+    feature's code)."""
+    per = 8 // bits
+
+    @T.macro
+    def add(acc, P, row, factor):
+        for b in range(stride // 16):
+            for group in T.unroll(per):
+                for lane in T.vectorized(16):  # (a let-bound index would vectorize as one lane)
+                    acc[b * 16 * per + group * 16 + lane] = acc[b * 16 * per + group * 16 + lane] + (
+                        factor * _packed_field(P[row, b * 16 + lane], group, bits)
+                    )
+
+    return add
+
+
 def _unsigned(code: tirx.PrimExpr, qmin: int, bits: int) -> tirx.PrimExpr:
     return tirx.bitwise_and(tirx.Cast("int32", code) - qmin, tirx.IntImm("int32", 2**bits - 1))
 
@@ -540,6 +547,7 @@ def csr_aggregate_narrow(
     use_weight = weight_dtype is not None
     w_dtype = weight_dtype or "int32"
     unpacked_rows = _csr_rows(channels, "int8", "int32", use_weight, True)
+    add_row = _packed_row_adder(stride, bits)
 
     def code(H, r, c):  # the unsigned code of channel c of row r, 0 past the last channel
         return tirx.if_then_else(c < channels, _unsigned(H[r, tirx.min(c, channels - 1)], qmin, bits), 0)
@@ -594,12 +602,7 @@ def csr_aggregate_narrow(
                         src = Col[edge]
                         w = T.Cast("int32", Wt[edge]) if use_weight else T.int32(1)
                         total[0] = total[0] + w
-                        for b in range(blocks):
-                            for group in T.unroll(per):
-                                for lane in T.vectorized(16):  # (a let-bound index would vectorize as one lane)
-                                    acc[b * 16 * per + group * 16 + lane] = acc[b * 16 * per + group * 16 + lane] + (
-                                        w * _packed_field(P[src, b * 16 + lane], group, bits)
-                                    )
+                        add_row(acc, P, src, w)
                     for c in T.vectorized(channels):
                         Out[i, c] = acc[c] + total[0] * (qmin - Z[c])
 
