@@ -5,7 +5,9 @@ hidden 256, generated in memory with a fixed seed) where aggregation is memory-b
 One process run measures, side by side: PyG FP32 eager (as written, and with GCNConv ``cached=True``; timed first
 and last, the faster counts), each backend's FP32 artifact, and each backend's integer
 artifact for every bit configuration (structure cached, the transductive setting of PyG ``cached=True``; the
-uncached integer latency of the 8-bit model is measured too). Writes ``results/profile_bitops/latency.csv``,
+uncached integer latency of the 8-bit model is measured too). A backend's artifacts are timed in turns: ``--rounds``
+rounds in each of which every artifact makes ``repeats / rounds`` timed calls, so that a slow spell of a shared
+machine falls on every configuration alike. Writes ``results/profile_bitops/latency.csv``,
 ``summary.json`` (config, ratios, Spearman ρ of latency vs BitOPs per backend) and ``latency_vs_bitops.png``.
 
     python -m experiments.profile_bitops [--data-root DIR] [--backends torch onnx tvm] [--repeats 30] [--smoke]
@@ -35,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -217,10 +220,9 @@ def cached_copy(model: torch.nn.Module) -> torch.nn.Module:
     return cached
 
 
-def artifact_bytes(target) -> dict[str, int | None]:
-    """Bytes on disk of an artifact: every file, and its programs alone (without the self-check's copy of the
-    example graph, the same for every bit configuration). ``None`` for the PyG baselines."""
-    path = getattr(target, "path", None)
+def artifact_bytes(path: Path | None) -> dict[str, int | None]:
+    """Bytes on disk of an artifact directory: every file, and its programs alone (without the self-check's copy
+    of the example graph, the same for every bit configuration). ``None`` for the PyG baselines."""
     if path is None:
         return {"artifact_bytes": None, "program_bytes": None}
     sizes = {f.name: f.stat().st_size for f in path.iterdir() if f.is_file()}
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--avg-degree", type=float, default=10.0, help="edges per node of the large graph")
     parser.add_argument("--hidden", type=int, default=None, help="default: 128 (Cora), 256 (large)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 (Cora), 1 (large)")
-    parser.add_argument("--repeats", type=int, default=None, help="default: 30 (Cora), 5 (large)")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 30 (Cora), 6 (large)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each artifact's timed calls are split into")
     parser.add_argument("--out", type=Path, default=None, help="default: results/profile_bitops[_large]")
     parser.add_argument("--smoke", action="store_true", help="synthetic graph, 2 configs, few repeats")
     parser.add_argument("--isa", choices=["native", *cpu.LEVELS], default=None,
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     large = args.graph == "large"
     args.hidden = args.hidden or (256 if large else 128)
     args.warmup = args.warmup if args.warmup is not None else (1 if large else 5)
-    args.repeats = args.repeats or (5 if large else 30)
+    args.repeats = args.repeats or (6 if large else 30)
     args.out = args.out or (RESULTS / "profile_bitops_large" if large else OUT)
     if args.isa is not None:
         os.environ[cpu.ENV] = args.isa
@@ -334,16 +337,38 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     def measure(target, name: str, backend: str, precision: str, config: str, cached: bool) -> None:
-        report = mq.profile(target, inputs, warmup=args.warmup, repeats=args.repeats, name=name)
-        paths = getattr(target, "kernel_paths", {})
-        rows.append({
-            "cpu": cpu.summary(), "kernel_paths": "; ".join(f"{k}={v}" for k, v in paths.items()),
-            "dataset": dataset, "backend": backend, "precision": precision, "config": config, "cached": cached,
-            "median_ms": report.median_ms, "p10_ms": report.p10_ms, "p90_ms": report.p90_ms,
-            "throughput_per_s": report.throughput_per_s, "peak_rss_mib": report.peak_rss_mib,
-            "gbitops_wa": (report.bitops_wa or 0) / 1e9, "gbitops_paper": (report.bitops_paper or 0) / 1e9,
-            "avg_bits": report.avg_bits, "model_bytes": report.model_bytes, **artifact_bytes(target),
-        })  # fmt: skip
+        """Time one callable (a PyG baseline) in one block and append its row."""
+        measure_in_turns([(target, name, backend, precision, config, cached)], 1)
+
+    def measure_in_turns(targets: list[tuple], rounds: int) -> None:
+        """``rounds`` rounds in which every target takes its turn (``repeats / rounds`` timed calls after its warm-up),
+        the medians taken over all of a target's calls: slow drifts of a shared machine then fall on every
+        configuration alike instead of on whichever was timed during them (single configurations moved by +-15 %
+        between back-to-back blocks on these VMs). Artifacts are loaded for each turn (the loaded self-check is
+        small) so that one at a time holds its caches and buffers."""
+        per_round = max(1, args.repeats // rounds)
+        times: dict[int, list[float]] = {i: [] for i in range(len(targets))}
+        reports: dict[int, mq.ProfileReport] = {}
+        for _ in range(rounds):
+            for i, (target, name, _, _, _, cached) in enumerate(targets):
+                loaded = mq.load_artifact(target, cache_structure=cached) if isinstance(target, str) else target
+                reports[i] = mq.profile(loaded, inputs, warmup=args.warmup, repeats=per_round, name=name)
+                times[i].extend(reports[i].times_ms)
+                del loaded
+                bar.update(1 / rounds)
+        for i, (target, _, backend, precision, config, cached) in enumerate(targets):
+            report, calls = reports[i], sorted(times[i])
+            paths = report.kernel_paths or {}
+            rows.append({
+                "cpu": cpu.summary(), "kernel_paths": "; ".join(f"{k}={v}" for k, v in paths.items()),
+                "dataset": dataset, "backend": backend, "precision": precision, "config": config, "cached": cached,
+                "median_ms": statistics.median(calls), "p10_ms": calls[len(calls) // 10],
+                "p90_ms": calls[(9 * len(calls)) // 10], "calls": len(calls), "rounds": rounds,
+                "throughput_per_s": 1e3 / statistics.median(calls), "peak_rss_mib": report.peak_rss_mib,
+                "gbitops_wa": (report.bitops_wa or 0) / 1e9, "gbitops_paper": (report.bitops_paper or 0) / 1e9,
+                "avg_bits": report.avg_bits, "model_bytes": report.model_bytes,
+                **artifact_bytes(Path(target) if isinstance(target, str) else None),
+            })  # fmt: skip
 
     try:
         child = [sys.executable, "-m", "experiments.profile_bitops", "--export-to", str(work)]
@@ -356,22 +381,21 @@ def main(argv: list[str] | None = None) -> int:
         eager_skipped = eager_does_not_fit(inputs[1].shape[1], args.hidden, usable=0.7)
         if eager_skipped:
             print(f"skipping PyG eager: {eager_skipped}", file=sys.stderr)
-        with tqdm(total=4 + len(targets), desc="measure") as bar:
+        with tqdm(total=len(targets) + (0 if eager_skipped else 4), desc="measure") as bar:
             if not eager_skipped:
                 with torch.no_grad():  # warm the process (thread pools, allocator) before the first timed baseline
                     for _ in range(4 * args.warmup):
                         model(*inputs)
                 measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32", False)
                 measure(cached_copy(model), "pyg_fp32_eager_cached", "eager", "fp32", "fp32_cached", True)
-            bar.update(2)
-            for name, backend, precision, config, cached, path in targets:
-                measure(mq.load_artifact(path, cache_structure=cached), name, backend, precision, config, cached)
-                bar.update()
+            for backend in dict.fromkeys(t[1] for t in targets):  # one backend after another, in turns within one
+                group = [(path, name, b, precision, config, cached)
+                         for name, b, precision, config, cached, path in targets if b == backend]  # fmt: skip
+                measure_in_turns(group, args.rounds)
             # The baselines again, last: the ratios use the faster of the two timings (the conservative choice).
             if not eager_skipped:
                 measure(model, "pyg_fp32_eager", "eager", "fp32", "fp32_end", False)
                 measure(cached_copy(model), "pyg_fp32_eager_cached", "eager", "fp32", "fp32_cached_end", True)
-            bar.update(2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -100,6 +100,8 @@ class ProfileReport:
     #: the CPU it ran on (:func:`mixq_compile.cpu.summary`) and the kernels the artifact took there.
     cpu: str = ""
     kernel_paths: dict | None = None
+    #: every timed call, ascending (to merge measurements taken in turns, e.g. round-robin over artifacts)
+    times_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,4 +174,5 @@ def profile(
         repeats=repeats,
         cpu=cpu.summary(),
         kernel_paths=dict(artifact.kernel_paths) if isinstance(artifact, Artifact) else None,
+        times_ms=tuple(times),
     )

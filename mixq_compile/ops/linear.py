@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import cpu
 from ..ir import instructions as K
 from ..ir.instructions import container_dtype
-from . import native
+from . import buffers, native
 from .op_registry import operator
 
 _EXACT_BITS = {torch.float32: 24, torch.float64: 53}
@@ -99,7 +99,7 @@ def linear_requantize(
     if flat.shape[0] <= rows_per_block:  # one block: the two ops as they are (no per-block bookkeeping)
         return epilogue.apply(torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias))
     code = container_dtype(epilogue.qmin, epilogue.qmax)
-    out = torch.empty((flat.shape[0], w_t.shape[1]), dtype=code)
+    out = buffers.empty((flat.shape[0], w_t.shape[1]), code)
     block = torch.empty((0, w_t.shape[1]), dtype=torch.int32)
     in_place = native.supports_requantize(block, epilogue.multiplier, epilogue.zero, code)
     for start in range(0, flat.shape[0], rows_per_block):

@@ -38,6 +38,7 @@ from torch import Tensor
 from .. import cpu
 from ..ir.instructions import container_dtype
 from ..ir.signature import non_finite_error
+from . import buffers
 
 #: how a NaN/Inf error from the fused input layer names what it read
 NODE_FEATURES = "the node features read by the quantized input layer"
@@ -173,9 +174,9 @@ def supports_epilogue(epilogue: Epilogue, channels: int) -> bool:
 def _requant(epilogue: Epilogue | None, rows: int, channels: int) -> tuple[Tensor, tuple, object]:
     """(int32 output or int8 codes, tensors to keep alive, the ``requant_t`` pointer or None)."""
     if epilogue is None:
-        return torch.empty((rows, channels), dtype=torch.int32), (), None
+        return buffers.empty((rows, channels), torch.int32), (), None
     m, z = (t.reshape(-1).to(torch.float32).expand(channels).contiguous() for t in (epilogue.multiplier, epilogue.zero))
-    codes = torch.empty((rows, channels), dtype=torch.int8)
+    codes = buffers.empty((rows, channels), torch.int8)
     spec = _Requant(m.data_ptr(), z.data_ptr(), float(epilogue.qmin), float(epilogue.qmax), codes.data_ptr())
     return codes, (m, z, spec), ctypes.byref(spec)
 
@@ -271,7 +272,7 @@ def _elementwise(
     out: Tensor | None = None,
 ):
     """One of the per-element kernels over the last dim, with per-tensor or per-channel float32 parameters."""
-    out = torch.empty(x.shape, dtype=code) if out is None else out
+    out = buffers.empty(x.shape, code) if out is None else out
     channels = x.shape[-1] if x.dim() else 1
     if x.numel() == 0:
         return out
@@ -401,7 +402,7 @@ def pack_codes(codes: Tensor, qmin: int, bits: int, stride: int) -> Tensor:
     """Packed uint8 ``[rows, stride]`` of int8 ``codes`` in ``[qmin, qmin + 2**bits)`` (native code; call only
     where :func:`library` is not None)."""
     rows = codes.reshape(-1, codes.shape[-1]).contiguous()
-    out = torch.empty((rows.shape[0], stride), dtype=torch.uint8)
+    out = buffers.empty((rows.shape[0], stride), torch.uint8)
     library().pack_codes(
         rows.data_ptr(), rows.shape[0], rows.shape[1], bits, qmin, torch.get_num_threads(), out.data_ptr()
     )

@@ -39,27 +39,9 @@
 #include <immintrin.h>
 #endif
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-
-/* Asks for transparent huge pages for an output that is about to be written (pages not yet touched): a fresh
- * [rows, C] output of a big graph otherwise takes a page fault every 4 KiB (measured: a tenth of a 1M-node
- * aggregation), and gathers from a table of hundreds of MB miss the TLB on nearly every row. Only whole 2 MiB
- * pages inside the buffer; a no-op where the kernel says no. */
-static void want_huge_pages(void *buffer, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const uintptr_t huge = (uintptr_t)2 << 20, start = ((uintptr_t)buffer + huge - 1) & ~(huge - 1);
-    const uintptr_t end = ((uintptr_t)buffer + bytes) & ~(huge - 1);
-    if (end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
-#else
-    (void)buffer;
-    (void)bytes;
-#endif
-}
 
 /* ---- row accumulation, shared by csr_sum and quantize_linear ------------------------------------------------
  * acc[n] = k * base[n] + off + sum_i d[i] * w[idx[i] * stride + n] for n < out, in int32 with two's-complement
@@ -249,7 +231,7 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
  * (up to 4) of every row it will gather PREFETCH_AHEAD edges ahead, across CSR rows (a graph's rows have ~10 edges
  * on average, too few for a look-ahead within one row; one within the tiles as well measured no different). Without
  * it, 2 threads keep too few misses in flight and every code width waits on memory latency alike (1M nodes, 10M
- * edges, 128 channels, int8, one thread: 864 -> 382 ms with huge pages). Prefetches edges [from, to); returns to. */
+ * edges, 128 channels, int8, one thread: 864 -> 382 ms with huge pages, which ops/buffers.py asks for). Prefetches edges [from, to); returns to. */
 #define PREFETCH_AHEAD 12
 static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const int64_t *src, int64_t from,
                                     int64_t to) {
@@ -275,10 +257,6 @@ static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const 
         int32_t *scratch = rq ? (int32_t *)aligned_alloc(64, (size_t)(threads > 0 ? threads : 1) * row_slots * 4) : NULL; \
         int status = !rowptr || (rq && !scratch) ? 3 : row_pointers(dst, edges, rows, rowptr);              \
         if (!status) status = check_sources(src, edges, nodes);                                              \
-        if (rq)                                                                                              \
-            want_huge_pages(rq->codes, (size_t)(rows * channels));                                           \
-        else                                                                                                 \
-            want_huge_pages(out, (size_t)(rows * channels) * 4);                                             \
         if (status) {                                                                                        \
             free(rowptr);                                                                                    \
             free(scratch);                                                                                   \
@@ -511,7 +489,6 @@ PACK_ROWS(pack_rows4, 4)
 
 void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, int32_t qmin, int threads,
                 uint8_t *out) {
-    want_huge_pages(out, (size_t)(rows * packed_stride(channels, bits)));
     (bits == 2 ? pack_rows2 : pack_rows4)(codes, rows, channels, qmin, threads, out);
 }
 
