@@ -28,3 +28,13 @@ def kernels(request, monkeypatch):
     if native.unavailable_reason() is not None:
         pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
     return "native"
+
+
+@pytest.fixture
+def pack_every_table(monkeypatch):
+    """Narrow-code aggregations read every table packed (by default only large tables of long rows are:
+    :func:`mixq_compile.ops.packed.packing_pays`), so that small test graphs exercise the packed kernels."""
+    from mixq_compile.ops import packed
+
+    monkeypatch.setattr(packed, "PACK_FROM_BYTES", 0)
+    monkeypatch.setattr(packed, "PACK_FROM_ROW_BYTES", 0)

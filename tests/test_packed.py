@@ -120,6 +120,31 @@ def test_packed_input_layer_equals_the_unpacked_one(rows, features, out, bits, s
     assert torch.equal(got, want)
 
 
+def test_narrow_aggregation_packs_only_large_tables_of_long_rows_and_sums_alike(monkeypatch):
+    """``mixq::csr_sum_narrow[_requantize]`` reads the int8 codes of small tables and of rows under a cache line,
+    and packs the others: either way the integers of ``mixq::csr_sum``."""
+    from mixq_compile.ops import packed as P
+
+    n, channels, bits, qmin = 50, 80, 2, -2
+    table = torch.randint(qmin, qmin + 4, (n, channels), dtype=torch.int8)
+    src, dst = torch.randint(0, n, (300,)), torch.sort(torch.randint(0, n, (300,))).values
+    zero, multiplier, out_zero = torch.tensor(1), torch.tensor(0.01), torch.tensor(3)
+    want = mixq.csr_sum(dst, src, None, table, zero, n)
+    packs = []
+    original = P._csr_sum_packed
+    monkeypatch.setattr(P, "_csr_sum_packed", lambda *a: packs.append(1) or original(*a))
+    for from_bytes, from_row, packed in ((16 << 20, 64, False), (0, 64, True), (0, channels + 1, False)):
+        monkeypatch.setattr(P, "PACK_FROM_BYTES", from_bytes)
+        monkeypatch.setattr(P, "PACK_FROM_ROW_BYTES", from_row)
+        packs.clear()
+        assert P.packing_pays(table) == packed
+        assert torch.equal(mixq.csr_sum_narrow(dst, src, None, table, zero, n, qmin, bits), want)
+        assert len(packs) == packed
+    monkeypatch.undo()
+    got = mixq.csr_sum_narrow_requantize(dst, src, None, table, zero, n, qmin, bits, multiplier, out_zero, -8, 7)
+    assert torch.equal(got, mixq.requantize(want, multiplier, out_zero, -8, 7))
+
+
 def _torch_features(program, x, edge_index):
     """The torch backend's feature program before packing, and its inputs."""
     frontier = tuple(program.structure(x, edge_index))
@@ -132,7 +157,10 @@ def _torch_features(program, x, edge_index):
 
 @pytest.mark.parametrize("name", ["paper_gcn", "sage_sum", "gat", "graphconv", "pyg_basic_gin"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_packing_pass_keeps_zoo_programs_exact_at_random_bits(name, seed):
+@pytest.mark.parametrize("tables", ["packed", "as-needed"])
+def test_packing_pass_keeps_zoo_programs_exact_at_random_bits(name, seed, tables, request):
+    if tables == "packed":
+        request.getfixturevalue("pack_every_table")
     frozen, (x, edge_index), _ = frozen_at_random_bits(name, seed)
     x = x * (torch.rand(x.shape) < 0.02)  # sparse features: the packed sparse input layer runs
     program = mq.lower(frozen)

@@ -103,7 +103,7 @@ GCN_BITS = [
 
 
 @pytest.mark.parametrize("bits", GCN_BITS, ids=["w8a8", "mixed-w2w4-e4-a4a2"])
-def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
+def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits, pack_every_table):
     frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=32), graphs[0], bits)
     artifact = _check_integer(frozen, graphs, tmp_path)
     entries = artifact.manifest["backend_entries"]
@@ -113,13 +113,10 @@ def test_gcn_matches_the_integer_executor(graphs, tmp_path, bits):
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "int8-containers"])
-def test_narrow_codes_aggregate_packed_or_not_with_the_same_integers(graphs, tmp_path, monkeypatch, packed):
+def test_narrow_codes_aggregate_packed_or_not_with_the_same_integers(graphs, tmp_path, pack_every_table, packed):
     """2- and 4-bit message tables: packed before the gather (forced here for a small graph: by default only
-    tables past ``PACK_FROM_BYTES`` are), read as int8 by the narrow kernel, or (``packed=False``) by the int8
-    kernel; all give the integer program's outputs."""
-    from mixq_compile.runtimes.tvm import kernels as TK
-
-    monkeypatch.setattr(TK, "PACK_FROM_BYTES", 0)
+    tables past ``PACK_FROM_BYTES`` of rows of a cache line or more are), read as int8 by the narrow kernel, or
+    (``packed=False``) by the int8 kernel; all give the integer program's outputs."""
     bits = {"conv1.lin.output": 4, "conv2.lin.output": 2, "conv1.lin.input": 4}
     frozen = _frozen(PlanetoidGCN(FEATURES, 7, hidden=33), graphs[0], bits)  # 33 channels: a partial block
     program = mq.lower(frozen)

@@ -19,6 +19,7 @@ CLAMPED_AT = {
     mixq.requantize.default: 3,
     mixq.csr_sum_requantize.default: -2,
     mixq.csr_sum_packed_requantize.default: -2,
+    mixq.csr_sum_narrow_requantize.default: -2,
     mixq.quantize_linear_requantize.default: -2,
     mixq.quantize_linear_packed_requantize.default: -2,
     mixq.linear_int_requantize.default: -2,

@@ -5,8 +5,9 @@ aggregations are ``mixq::csr_sum[_requantize]``, input layers ``mixq::quantize_l
 Postcondition:
 
 - every CSR aggregation whose code table comes from a producer that clamps it to at most 16 levels (a quantize or
-  requantize of at most 4 bits, possibly through ``relu_codes``) reads the table through a ``mixq::pack`` node, as
-  ``mixq::csr_sum_packed[_requantize]``;
+  requantize of at most 4 bits, possibly through ``relu_codes``) is a ``mixq::csr_sum_narrow[_requantize]``, which
+  packs the table and reads it packed when the table is large enough for that to pay
+  (:func:`~mixq_compile.ops.packed.packing_pays`, decided at run time: artifacts take any graph size);
 - every input layer whose int8 weight constant spans at most 16 values reads a packed copy of it
   (``mixq::quantize_linear_packed[_requantize]``), and the unpacked constant leaves the program, so the artifact
   stores 2 (4) codes a byte.
@@ -26,12 +27,11 @@ from .code_ranges import code_range
 from .constants import constant, drop_constant
 
 mixq = torch.ops.mixq
-aten = torch.ops.aten
 
-#: aggregations and their packed forms (the packed form takes qmin, bits, channels after ``rows``, argument 5)
-_PACKED_AGGREGATION = {
-    mixq.csr_sum.default: mixq.csr_sum_packed.default,
-    mixq.csr_sum_requantize.default: mixq.csr_sum_packed_requantize.default,
+#: aggregations and their narrow-code forms (which take qmin, bits after ``rows``, argument 5)
+_NARROW_AGGREGATION = {
+    mixq.csr_sum.default: mixq.csr_sum_narrow.default,
+    mixq.csr_sum_requantize.default: mixq.csr_sum_narrow_requantize.default,
 }
 #: input layers and their packed forms (the packed form takes w_qmin, w_bits, out_features after ``w_t``, argument 5)
 _PACKED_INPUT_LAYER = {
@@ -46,12 +46,9 @@ def _pack_aggregation(gm: fx.GraphModule, node: fx.Node) -> bool:
     bits = packing_bits(*bounds) if bounds is not None else None
     if bits is None:
         return False
-    qmin = bounds[0]
     with gm.graph.inserting_before(node):
-        packed = gm.graph.call_function(mixq.pack.default, (table, qmin, bits))
-        channels = gm.graph.call_function(aten.sym_size.int, (table, 1))
-        args = (*node.args[:3], packed, *node.args[4:6], qmin, bits, channels, *node.args[6:])
-        call = gm.graph.call_function(_PACKED_AGGREGATION[node.target], args)
+        args = (*node.args[:6], bounds[0], bits, *node.args[6:])
+        call = gm.graph.call_function(_NARROW_AGGREGATION[node.target], args)
     _replace(gm, node, call)
     return True
 
@@ -87,14 +84,15 @@ def _replace(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
 
 
 def pack_narrow_codes(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
-    """A copy of ``features`` whose 2- and 4-bit aggregation tables and input-layer weights are read packed, and
+    """A copy of ``features`` whose 2- and 4-bit aggregations read their tables packed where that pays and whose
+    2- and 4-bit input-layer weights are stored packed, and
     how many ops now read packed codes."""
     gm = quiet_deepcopy(features)
     packed = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
-        if node.target in _PACKED_AGGREGATION:
+        if node.target in _NARROW_AGGREGATION:
             packed += _pack_aggregation(gm, node)
         elif node.target in _PACKED_INPUT_LAYER:
             packed += _pack_input_layer(gm, node)

@@ -11,6 +11,10 @@ block sits in byte ``p % 16`` at bit ``(p // 16) * bits``; a row takes :func:`pa
 codes being 0. The ops compute exactly what their unpacked forms compute on the unpacked codes: the native kernels
 sum ``d * u`` and add ``(qmin - zero) * Σ d`` once per row; without them the codes are unpacked (:func:`unpack`)
 and the unpacked op runs.
+
+Programs aggregate narrow codes with ``mixq::csr_sum_narrow[_requantize]``, which packs the table and reads it
+packed only where that pays (:func:`packing_pays`, decided per call: an artifact exported on a small graph serves
+large ones), and otherwise reads the int8 codes as they are, as the TVM backend's ``csr_aggregate_narrow`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ from . import native
 from .op_registry import operator
 
 PACKED_BITS = (2, 4)
+#: code tables smaller than this are aggregated from their int8 codes (both backends): they stay in the caches,
+#: where packing them and unpacking every gathered row cost more than the bytes saved. TVM's kernel, 2 threads,
+#: Intel Xeon: 200k nodes, 2.2M edges, 256 channels (a 51 MB table, within its 480 MB L3): int8 47.5 ms, packing +
+#: packed 4-bit 46.1, 2-bit 45.8; 1M nodes, 10M edges (256 MB): 427 / 281 / 232 ms; Cora (346 kB): packing costs
+#: 0.07 ms an aggregation and gains nothing.
+PACK_FROM_BYTES = 16 << 20
+#: nor is a table packed whose int8 rows are shorter than a cache line: a gathered row then costs one line either
+#: way (1M nodes x 16 channels at 2 bits, 10M edges: 56-83 ms packed + 7 ms packing, 46-54 ms as int8)
+PACK_FROM_ROW_BYTES = 64
+
+
+def packing_pays(table: Tensor) -> bool:
+    """Whether aggregating this int8 code table ``[rows, C]`` reads it packed (:data:`PACK_FROM_BYTES`,
+    :data:`PACK_FROM_ROW_BYTES`)."""
+    return table.numel() * table.element_size() >= PACK_FROM_BYTES and table.shape[-1] >= PACK_FROM_ROW_BYTES
 
 
 def packing_bits(qmin: int, qmax: int) -> int | None:
@@ -134,3 +153,53 @@ def csr_sum_packed_requantize(
 @csr_sum_packed_requantize.register_fake
 def _(dst, src, weight, table, zero, rows, qmin, bits, channels, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
     return table.new_empty((rows, channels), dtype=container_dtype(out_qmin, out_qmax))
+
+
+def _csr_sum_narrow(dst, src, weight, table, zero, rows, qmin, bits, epilogue: native.Epilogue | None):
+    if packing_pays(table):
+        packed = torch.ops.mixq.pack(table, qmin, bits)
+        return _csr_sum_packed(dst, src, weight, packed, zero, rows, qmin, bits, table.shape[1], epilogue)
+    if epilogue is None:
+        return torch.ops.mixq.csr_sum(dst, src, weight, table, zero, rows)
+    e = epilogue
+    return torch.ops.mixq.csr_sum_requantize(dst, src, weight, table, zero, rows, e.multiplier, e.zero, e.qmin, e.qmax)
+
+
+@operator("csr_sum_narrow")
+def csr_sum_narrow(
+    dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int, qmin: int, bits: int
+) -> Tensor:
+    """``mixq::csr_sum`` over an int8 table of ``bits``-bit codes (``[qmin, qmin + 2**bits)``, the producer's clamp),
+    read packed where :func:`packing_pays`."""
+    return _csr_sum_narrow(dst, src, weight, table, zero, rows, qmin, bits, None)
+
+
+@csr_sum_narrow.register_fake
+def _(dst, src, weight, table, zero, rows, qmin, bits) -> Tensor:
+    return table.new_empty((rows, table.shape[1]), dtype=torch.int32)
+
+
+@operator("csr_sum_narrow_requantize")
+def csr_sum_narrow_requantize(
+    dst: Tensor,
+    src: Tensor,
+    weight: Tensor | None,
+    table: Tensor,
+    zero: Tensor | None,
+    rows: int,
+    qmin: int,
+    bits: int,
+    multiplier: Tensor,
+    out_zero: Tensor,
+    out_qmin: int,
+    out_qmax: int,
+) -> Tensor:
+    """``mixq::csr_sum_requantize`` over an int8 table of ``bits``-bit codes, read packed where
+    :func:`packing_pays`."""
+    epilogue = native.Epilogue(multiplier, out_zero, out_qmin, out_qmax)
+    return _csr_sum_narrow(dst, src, weight, table, zero, rows, qmin, bits, epilogue)
+
+
+@csr_sum_narrow_requantize.register_fake
+def _(dst, src, weight, table, zero, rows, qmin, bits, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
+    return table.new_empty((rows, table.shape[1]), dtype=container_dtype(out_qmin, out_qmax))

@@ -136,7 +136,7 @@ class TvmBackend(Backend):
             if entries.get("packed_input_weights"):
                 paths["input_layer"] += f", {entries['packed_input_weights']} with packed 2/4-bit weights"
         if entries.get("narrow_aggregations"):
-            from .kernels import PACK_FROM_BYTES
+            from ...ops.packed import PACK_FROM_BYTES
 
             paths["aggregation"] = (
                 f"CSR row sums, {entries['narrow_aggregations']} of them over 2/4-bit codes, packed from "

@@ -11,6 +11,7 @@ from tvm import relax
 
 from ...lowering.code_ranges import code_range
 from ...lowering.csr_aggregation import Aggregation
+from ...ops import packed as P
 from ...ops.packed import packed_stride, packing_bits
 from . import kernels as TK
 from .schedule import static_extent as _static
@@ -50,12 +51,13 @@ def csr_aggregation(c: Converter, agg: Aggregation, size: object, dtype: str) ->
     if agg.zero is not None:
         zero = np.broadcast_to(c.array(agg.zero).reshape(-1).astype(dtype), (channels,)).copy()
     rowptr = c.call_kernel(TK.csr_rowptr, "csr_rowptr", [dst], [rows + 1], "int64")
-    narrow = _narrow_codes(c, agg, dtype_of(table))
+    # int8 rows shorter than a cache line cost one line a gather either way: such tables are never packed
+    narrow = _narrow_codes(c, agg, dtype_of(table)) if channels >= P.PACK_FROM_ROW_BYTES else None
     if narrow is not None:
         c.narrow_used += 1
         qmin, bits = narrow
         w_dtype = dtype_of(weight) if agg.weight is not None else None
-        kernel = TK.csr_aggregate_narrow(channels, bits, qmin, w_dtype, TK.PACK_FROM_BYTES)
+        kernel = TK.csr_aggregate_narrow(channels, bits, qmin, w_dtype, P.PACK_FROM_BYTES)
         args = [rowptr, src, weight, table, relax.const(zero.astype(np.int32))]
         scratch = ([shape[0], packed_stride(channels, bits)], "uint8")  # the packed table, when it is packed
         return c.call_kernel(kernel, "csr_aggregate_narrow", args, [rows, channels], dtype, scratch=scratch)

@@ -33,7 +33,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from ...ops.packed import packed_stride
+from ...ops.packed import PACK_FROM_BYTES, packed_stride
 
 #: output channels per vector register (16 int32 / float32 lanes in a zmm register).
 LANES = 16
@@ -489,13 +489,6 @@ def csr_aggregate(channels: int, table_dtype: str, weight_dtype: str | None, cen
     return kernel
 
 
-#: code tables from this size on (as int8) are packed before a narrow aggregation gathers them. 200k nodes, 2.2M
-#: edges, 256 channels (a 51 MB table, within this VM's 480 MB L3), 2 threads: int8 47.5 ms, packing + packed
-#: 4-bit 46.1, 2-bit 45.8; 1M nodes, 10M edges (256 MB): 427 / 281 / 232 ms; Cora (346 kB): packing costs 0.07 ms
-#: an aggregation and gains nothing.
-PACK_FROM_BYTES = 16 << 20
-
-
 def _packed_field(packed: tirx.PrimExpr, group: tirx.PrimExpr, bits: int) -> tirx.PrimExpr:
     """The unsigned code of the 16-channel ``group`` (within its 16-byte block) held in the bytes ``packed``."""
     return tirx.bitwise_and(
@@ -533,13 +526,13 @@ def csr_aggregate_narrow(
     """:func:`csr_aggregate` over int8 codes ``qmin + u`` with ``0 <= u < 2**bits`` (``bits`` 2 or 4), centered
     on ``zero`` (int32 per channel).
 
-    A table of at least ``pack_from`` bytes (:data:`PACK_FROM_BYTES`) is first packed into ``P`` (the second
-    output, scratch), one vectorized pass, and each edge then reads its row's ``packed_stride`` bytes (256
-    channels: 128 at 4 bits, 64 at 2, against 256); the fields of one 16-byte load are 16 consecutive channels per
-    shift, so unpacking is a vector shift and mask. Rows accumulate ``Σ_e w[e] u`` in a local buffer of the padded
-    channel count (padding codes are 0) and add ``(qmin - zero) Σ_e w[e]`` once: the same integers. Smaller
-    tables, in the caches, are summed as int8 codes by :func:`csr_aggregate`'s loop (unpacking cost 0.06 ms an
-    aggregation on Cora).
+    A table of at least ``pack_from`` bytes (:data:`~mixq_compile.ops.packed.PACK_FROM_BYTES`) is first packed into
+    ``P`` (the second output, scratch), one vectorized pass, and each edge then reads its row's ``packed_stride``
+    bytes (256 channels: 128 at 4 bits, 64 at 2, against 256); the fields of one 16-byte load are 16 consecutive
+    channels per shift, so unpacking is a vector shift and mask. Rows accumulate ``Σ_e w[e] u`` in a local buffer of
+    the padded channel count (padding codes are 0) and add ``(qmin - zero) Σ_e w[e]`` once: the same integers.
+    Smaller tables, in the caches, are summed as int8 codes by :func:`csr_aggregate`'s loop (unpacking cost 0.06 ms
+    an aggregation on Cora).
     """
     per, stride = 8 // bits, packed_stride(channels, bits)
     blocks, padded = stride // 16, stride * per
