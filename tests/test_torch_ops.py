@@ -263,6 +263,7 @@ def test_quantize_linear_refuses_non_finite_features_on_every_path(kernels, bad,
     x[3, 17] = bad  # inside a vector block
     with pytest.raises(InputValueError, match=r"NaN or infinite.*nan_to_num"):
         torch.ops.mixq.quantize_linear(x, *args)
+    assert torch.ops.mixq.quantize(x, *args[:4]).shape == x.shape  # the quantize op alone passes NaN/Inf on
 
 
 def test_quantize_linear_takes_the_sparse_kernel_only_for_sparse_features(kernels, monkeypatch):

@@ -66,13 +66,21 @@ def _input_layer(
     else:
         if packed is not None:
             w_t = unpack(w_t, packed.qmin, packed.bits, packed.channels)
-        if not all_finite(x):
-            raise non_finite_error(native.NODE_FEATURES)
-        codes = torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
+        codes = _quantize_finite(x, scale, zero, qmin, qmax)
         if epilogue is not None:
             return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)
         acc = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
     return acc if epilogue is None else epilogue.apply(acc)
+
+
+def _quantize_finite(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``mixq::quantize(x)``, refusing NaN/Inf features: in the native kernel's one pass where it runs."""
+    code = container_dtype(qmin, qmax)
+    if native.supports_quantize(x, scale, zero, code):
+        return native.quantize(x, scale, zero, qmin, qmax, code, refuse_non_finite=True)
+    if not all_finite(x):
+        raise non_finite_error(native.NODE_FEATURES)
+    return torch.ops.mixq.quantize(x, scale, zero, qmin, qmax)
 
 
 @quantize_linear.register_fake

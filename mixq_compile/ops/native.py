@@ -120,7 +120,7 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer, pointer]
     for name in (*_QUANTIZE.values(), *_REQUANTIZE.values()):
         function = getattr(lib, name)
-        function.restype = None
+        function.restype = i32
         function.argtypes = [pointer] * 3 + [i64] * 2 + [i32, f32, f32, i32, pointer]
     for name in (*_QUANTIZE_LINEAR.values(), *_QUANTIZE_LINEAR_PACKED.values()):
         function = getattr(lib, name)
@@ -248,9 +248,16 @@ def supports_requantize(acc: Tensor, multiplier: Tensor, zero: Tensor, code: tor
     )
 
 
-def quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype) -> Tensor:
-    """``mixq::quantize`` in native code (call only where :func:`supports_quantize` holds)."""
-    return _elementwise(_QUANTIZE[code], x, scale, zero, qmin, qmax, code)
+def quantize(
+    x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, code: torch.dtype, refuse_non_finite: bool = False
+) -> Tensor:
+    """``mixq::quantize`` in native code (call only where :func:`supports_quantize` holds). With
+    ``refuse_non_finite`` (an input layer's features) raises :class:`~mixq_compile.errors.InputValueError` if ``x``
+    holds NaN or infinite values, found in the same pass."""
+    out, bad = _elementwise(_QUANTIZE[code], x, scale, zero, qmin, qmax, code)
+    if bad and refuse_non_finite:
+        raise non_finite_error(NODE_FEATURES)
+    return out
 
 
 def requantize(
@@ -258,7 +265,7 @@ def requantize(
 ) -> Tensor:
     """``mixq::requantize`` in native code (call only where :func:`supports_requantize` holds); into ``out`` (a
     contiguous tensor of ``acc``'s shape and dtype ``code``) when given."""
-    return _elementwise(_REQUANTIZE[code], acc, multiplier, zero, qmin, qmax, code, out)
+    return _elementwise(_REQUANTIZE[code], acc, multiplier, zero, qmin, qmax, code, out)[0]
 
 
 def _elementwise(
@@ -270,18 +277,19 @@ def _elementwise(
     qmax: int,
     code: torch.dtype,
     out: Tensor | None = None,
-):
-    """One of the per-element kernels over the last dim, with per-tensor or per-channel float32 parameters."""
+) -> tuple[Tensor, bool]:
+    """One of the per-element kernels over the last dim, with per-tensor or per-channel float32 parameters: the
+    codes, and whether an input was NaN or infinite."""
     out = buffers.empty(x.shape, code) if out is None else out
     channels = x.shape[-1] if x.dim() else 1
     if x.numel() == 0:
-        return out
+        return out, False
     x = x.contiguous()
     scale, zero = (t.reshape(-1).to(torch.float32).contiguous() for t in (scale, zero))
     per_channel = int(scale.numel() > 1 or zero.numel() > 1)
     if per_channel:
         scale, zero = scale.expand(channels).contiguous(), zero.expand(channels).contiguous()
-    getattr(library(), kernel)(
+    bad = getattr(library(), kernel)(
         x.data_ptr(),
         scale.data_ptr(),
         zero.data_ptr(),
@@ -293,7 +301,7 @@ def _elementwise(
         torch.get_num_threads(),
         out.data_ptr(),
     )
-    return out
+    return out, bool(bad)
 
 
 def csr_sum(

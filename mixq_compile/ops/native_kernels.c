@@ -179,6 +179,9 @@ ACCUMULATE_INT8(accumulate_int8_i64, int64_t)
 #define THREAD_NUM(var) (void)(var)
 #endif
 
+/* NaN and +-Inf are exactly the floats that are not <= FLT_MAX in magnitude (a compare that vectorizes) */
+#define NOT_FINITE(v) (!(fabsf(v) <= FLT_MAX))
+
 static inline float clampf(float v, float lo, float hi) {
     v = v < lo ? lo : v;
     return v > hi ? hi : v;
@@ -295,29 +298,39 @@ CSR_SUM(csr_sum_int32, int32_t, accumulate_int32_i64, DENSE_STRIDE)
 
 
 /* One pass over rows x channels of IN, writing CODE = clamp(STEP(x, s, z), qmin, qmax) with per-tensor or
- * per-channel (last dim) s and z. */
-#define ELEMENTWISE(NAME, IN, CODE, STEP)                                                                    \
-    void NAME(const IN *x, const float *scale, const float *zero, int64_t rows, int64_t channels,             \
-              int per_channel, float qmin, float qmax, int threads, CODE *out) {                              \
-        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                    \
+ * per-channel (last dim) s and z. Returns whether any input was NaN or infinite (BAD(x); never, for int32), found
+ * in the same pass: a dense input layer then reads its features once, not a second time for the signature's
+ * NaN/Inf check (1M x 128 features: 9-16 ms a call). */
+#define ELEMENTWISE(NAME, IN, CODE, STEP, BAD)                                                               \
+    int NAME(const IN *x, const float *scale, const float *zero, int64_t rows, int64_t channels,              \
+             int per_channel, float qmin, float qmax, int threads, CODE *out) {                               \
+        int bad = 0;                                                                                         \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(|: bad)")                  \
         for (int64_t r = 0; r < rows; ++r) {                                                                 \
             const IN *restrict xr = x + r * channels;                                                        \
             CODE *restrict o = out + r * channels;                                                           \
             if (per_channel) {                                                                               \
-                for (int64_t c = 0; c < channels; ++c)                                                       \
+                for (int64_t c = 0; c < channels; ++c) {                                                     \
+                    bad |= BAD(xr[c]);                                                                       \
                     o[c] = (CODE)clampf(STEP(xr[c], scale[c], zero[c]), qmin, qmax);                         \
+                }                                                                                            \
             } else {                                                                                         \
                 const float s = scale[0], z = zero[0];                                                       \
-                for (int64_t c = 0; c < channels; ++c) o[c] = (CODE)clampf(STEP(xr[c], s, z), qmin, qmax);  \
+                for (int64_t c = 0; c < channels; ++c) {                                                     \
+                    bad |= BAD(xr[c]);                                                                       \
+                    o[c] = (CODE)clampf(STEP(xr[c], s, z), qmin, qmax);                                      \
+                }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
+        return bad;                                                                                          \
     }
 
+#define NEVER(v) 0
 
-ELEMENTWISE(quantize_int8, float, int8_t, QUANTIZE_STEP)
-ELEMENTWISE(quantize_int16, float, int16_t, QUANTIZE_STEP)
-ELEMENTWISE(requantize_int8, int32_t, int8_t, REQUANTIZE_STEP)
-ELEMENTWISE(requantize_int16, int32_t, int16_t, REQUANTIZE_STEP)
+ELEMENTWISE(quantize_int8, float, int8_t, QUANTIZE_STEP, NOT_FINITE)
+ELEMENTWISE(quantize_int16, float, int16_t, QUANTIZE_STEP, NOT_FINITE)
+ELEMENTWISE(requantize_int8, int32_t, int8_t, REQUANTIZE_STEP, NEVER)
+ELEMENTWISE(requantize_int16, int32_t, int16_t, REQUANTIZE_STEP, NEVER)
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 /* compress_lut[m]: the positions of m's set bits, one per byte, lowest first (AVX2 has no compress). */
@@ -414,7 +427,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
                 int bad = 0;                                                                                 \
                 for (int64_t i = 0; i < count; ++i) {                                                        \
                     const float v = xr[idx[i]];                                                              \
-                    bad |= !(fabsf(v) <= FLT_MAX);                                                           \
+                    bad |= NOT_FINITE(v);                                                                    \
                     d[i] = (int32_t)clampf(QUANTIZE_STEP(v, scale, zero), qmin, qmax) - (int32_t)zero;       \
                 }                                                                                            \
                 nonfinite |= bad;                                                                            \
