@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import mixq_compile as mq
+from mixq_compile import cpu
 from mixq_compile.models import CSLGCN, SAGE, TAG, TUGIN, ArxivGCN, PlanetoidGCN
 
 
@@ -115,6 +116,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
+        "cpu": cpu.describe(),
         "data": name,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
@@ -130,7 +132,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(zoo[0]))
         writer.writeheader()
         writer.writerows(zoo)
-    print(f"\n{name}: training step (median of {args.steps})")
+    print(f"\n{name}: training step (median of {args.steps}), on {cpu.summary()}")
     print(
         f"  FP32 {t_fp32 * 1e3:8.2f} ms   MixQ search {t_mixq * 1e3:8.2f} ms   "
         f"ratio {t_mixq / t_fp32:.2f}x (target <= 3x)"
