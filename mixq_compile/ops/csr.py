@@ -65,6 +65,25 @@ def _(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tens
     return table.new_empty((rows, table.shape[1]), dtype=dtype)
 
 
+def sum_rows(
+    dst: Tensor,
+    src: Tensor,
+    weight: Tensor | None,
+    table: Tensor,
+    zero: Tensor | None,
+    rows: int,
+    epilogue: native.Epilogue | None = None,
+) -> Tensor:
+    """:func:`csr_sum`, followed by ``epilogue`` where one is given: applied on each row by the native kernel where
+    it takes it, after the sums otherwise. ``mixq::csr_sum_requantize`` and the ops over narrow and packed codes
+    (for tables they read unpacked) share it."""
+    fused = epilogue is not None and native.supports_epilogue(epilogue, table.shape[1])
+    if fused and native.supports_csr_sum(table, weight):
+        return native.csr_sum(dst, src, weight, table, zero, rows, epilogue)
+    acc = csr_sum(dst, src, weight, table, zero, rows)
+    return acc if epilogue is None else epilogue.apply(acc)
+
+
 @operator("csr_sum_requantize")
 def csr_sum_requantize(
     dst: Tensor,
@@ -80,10 +99,7 @@ def csr_sum_requantize(
 ) -> Tensor:
     """``requantize(csr_sum(...), multiplier, out_zero, qmin, qmax)``: with the native kernels each finished row is
     requantized in place of being stored, so the ``[rows, C]`` int32 sums are never materialised."""
-    epilogue = native.Epilogue(multiplier, out_zero, qmin, qmax)
-    if native.supports_csr_sum(table, weight) and native.supports_epilogue(epilogue, table.shape[1]):
-        return native.csr_sum(dst, src, weight, table, zero, rows, epilogue)
-    return epilogue.apply(csr_sum(dst, src, weight, table, zero, rows))
+    return sum_rows(dst, src, weight, table, zero, rows, native.Epilogue(multiplier, out_zero, qmin, qmax))
 
 
 @csr_sum_requantize.register_fake

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..ir.instructions import container_dtype
-from . import native
+from . import csr, native
 from .op_registry import operator
 
 PACKED_BITS = (2, 4)
@@ -104,8 +104,7 @@ def _csr_sum_packed(dst, src, weight, table, zero, rows, qmin, bits, channels, e
         epilogue is None or native.supports_epilogue(epilogue, channels)
     ):
         return native.csr_sum(dst, src, weight, table, zero, rows, epilogue, layout)
-    acc = torch.ops.mixq.csr_sum(dst, src, weight, unpack(table, qmin, bits, channels), zero, rows)
-    return acc if epilogue is None else epilogue.apply(acc)
+    return csr.sum_rows(dst, src, weight, unpack(table, qmin, bits, channels), zero, rows, epilogue)
 
 
 @operator("csr_sum_packed")
@@ -159,10 +158,7 @@ def _csr_sum_narrow(dst, src, weight, table, zero, rows, qmin, bits, epilogue: n
     if packing_pays(table):
         packed = torch.ops.mixq.pack(table, qmin, bits)
         return _csr_sum_packed(dst, src, weight, packed, zero, rows, qmin, bits, table.shape[1], epilogue)
-    if epilogue is None:
-        return torch.ops.mixq.csr_sum(dst, src, weight, table, zero, rows)
-    e = epilogue
-    return torch.ops.mixq.csr_sum_requantize(dst, src, weight, table, zero, rows, e.multiplier, e.zero, e.qmin, e.qmax)
+    return csr.sum_rows(dst, src, weight, table, zero, rows, epilogue)
 
 
 @operator("csr_sum_narrow")
