@@ -43,6 +43,9 @@ FIXTURE_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 #: output widths that reach every register-tile case of the kernels: 1..8 vectors of 16 (AVX-512) or 8 (AVX2)
 #: lanes, masked or generic tails, more than one 128-wide tile.
 CHANNELS = [1, 7, 8, 12, 17, 64, 100, 129, 300]
+#: edge weights: 8-bit codes; the int16 extremes (the kernels then add two terms per multiply, and -32768 * -32768
+#: * 2 wraps); and int32 weights, which take the one-term path (and wrap around in int32)
+WEIGHT_RANGES = [(-255, 256), (-32768, -32766), (32766, 32768), (-(2**31), 2**31)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
@@ -51,21 +54,22 @@ CHANNELS = [1, 7, 8, 12, 17, 64, 100, 129, 300]
     weighted=st.booleans(),
     per_channel_zero=st.booleans(),
     channels=st.sampled_from(CHANNELS),
+    weights=st.sampled_from(WEIGHT_RANGES),
     seed=st.integers(0, 99),
 )
-def test_int8_codes_sum_exactly_on_adversarial_graphs(graph, weighted, per_channel_zero, channels, seed):
+def test_int8_codes_sum_exactly_on_adversarial_graphs(graph, weighted, per_channel_zero, channels, weights, seed):
     x, edge_index = graph
     gen = torch.Generator().manual_seed(seed)
     n, edges = x.shape[0], edge_index.shape[1]
     table = torch.randint(-128, 128, (n, channels), dtype=torch.int8, generator=gen)
     zero = torch.randint(-128, 128, (channels,) if per_channel_zero else (), generator=gen)
-    weight = torch.randint(-255, 256, (edges,), dtype=torch.int32, generator=gen) if weighted else None
+    weight = torch.randint(*weights, (edges,), dtype=torch.int32, generator=gen) if weighted else None
     dst, src = _sorted(edge_index)
     if weight is not None:
         weight = weight[torch.argsort(edge_index[1], stable=True)]
     got = csr_sum(dst, src, weight, table, zero, n)
     assert got.dtype == torch.int32 and got.shape == (n, channels)
-    assert torch.equal(got.long(), _reference(dst, src, weight, table, zero, n))
+    assert torch.equal(got, _reference(dst, src, weight, table, zero, n).to(torch.int32))  # modulo 2**32
 
 
 def test_sums_beyond_float32_precision_switch_to_float64_and_stay_exact():

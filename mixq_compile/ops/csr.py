@@ -44,19 +44,21 @@ def csr_sum(dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero
         return native.csr_sum(dst, src, weight, table, zero, rows)
     integer = not table.is_floating_point()
     dtype = torch.float64 if table.dtype == torch.float64 else torch.float32
-    values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
     rowptr = torch._convert_indices_from_coo_to_csr(dst, rows, out_int32=False)
     if integer and src.numel() > 0 and rows > 0 and table.numel() > 0:
         info = torch.iinfo(table.dtype)  # codes and zero-points both lie in the container's range
         degree = int((rowptr[1:] - rowptr[:-1]).max())
-        if float(values.abs().max()) * degree * (info.max - info.min) >= _FLOAT32_EXACT:
-            dtype, values = torch.float64, values.double()
+        largest = 1.0 if weight is None else float(weight.double().abs().max())  # weights past 2**24 too
+        if largest * degree * (info.max - info.min) >= _FLOAT32_EXACT:
+            dtype = torch.float64
+    values = torch.ones(src.shape[0], dtype=dtype) if weight is None else weight.reshape(-1).to(dtype)
     centered = table.to(dtype) if zero is None else table.to(dtype) - zero.to(dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         matrix = torch.sparse_csr_tensor(rowptr, src, values, (rows, table.shape[0]), check_invariants=False)
     out = torch.sparse.mm(matrix, centered)
-    return out.to(torch.int32) if integer else out.to(table.dtype)
+    # through int64: a float64 sum past the int32 range converts to INT_MIN directly, modulo 2**32 this way
+    return out.to(torch.int64).to(torch.int32) if integer else out.to(table.dtype)
 
 
 @csr_sum.register_fake
