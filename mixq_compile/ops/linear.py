@@ -109,10 +109,10 @@ def linear_requantize(
     The same integers as the two ops one after the other, without their ``[rows, out]`` int32 tensor: on a big
     graph's input layer (1M x 256 outputs) that tensor is 1 GiB, faulted in page by page and read back from
     memory by the requantize (together ~0.5 s of a 2.5 s single-threaded forward pass)."""
+    if q_x.device.type != "cpu":
+        return epilogue.apply(torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias))
     flat = q_x.reshape(-1, q_x.shape[-1])
     rows_per_block = max(1, BLOCK_BYTES // (4 * max(1, w_t.shape[1])))
-    if flat.shape[0] <= rows_per_block or q_x.device.type != "cpu":  # one block: the two ops as they are
-        return epilogue.apply(torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias))
     code = container_dtype(epilogue.qmin, epilogue.qmax)
     out = buffers.empty((flat.shape[0], w_t.shape[1]), code)
     block = torch.empty((0, w_t.shape[1]), dtype=torch.int32)

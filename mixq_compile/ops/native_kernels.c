@@ -395,6 +395,9 @@ CSR_SUM(csr_sum_int16, int16_t, accumulate_int16_i64, DENSE_STRIDE)
 CSR_SUM(csr_sum_int32, int32_t, accumulate_int32_i64, DENSE_STRIDE)
 
 
+#define ELEMENT_BLOCK 4096 /* elements a thread takes at a time */
+#define SERIAL_BELOW 65536 /* tensors smaller than this take one thread: waking a second costs more */
+
 /* One pass over rows x channels of IN, writing CODE = clamp(STEP(x, s, z), qmin, qmax) with per-tensor or
  * per-channel (last dim) s and z. Returns whether any input was NaN or infinite (BAD(x); never, for int32), found
  * in the same pass: a dense input layer then reads its features once, not a second time for the signature's
@@ -403,21 +406,27 @@ CSR_SUM(csr_sum_int32, int32_t, accumulate_int32_i64, DENSE_STRIDE)
     int NAME(const IN *x, const float *scale, const float *zero, int64_t rows, int64_t channels,              \
              int per_channel, float qmin, float qmax, int threads, CODE *out) {                               \
         int bad = 0;                                                                                         \
+        if (!per_channel) { /* one grid: blocks of the flat tensor, whatever its rows (7-channel rows: 2x) */ \
+            const int64_t n = rows * channels;                                                               \
+            const float s = scale[0], z = zero[0];                                                           \
+            const int team = n >= SERIAL_BELOW ? threads : 1;                                                \
+            _Pragma("omp parallel for num_threads(team) schedule(static) reduction(|: bad)")                 \
+            for (int64_t b = 0; b < n; b += ELEMENT_BLOCK) {                                                 \
+                const int64_t end = b + ELEMENT_BLOCK < n ? b + ELEMENT_BLOCK : n;                           \
+                for (int64_t i = b; i < end; ++i) {                                                          \
+                    bad |= BAD(x[i]);                                                                        \
+                    out[i] = (CODE)clampf(STEP(x[i], s, z), qmin, qmax);                                     \
+                }                                                                                            \
+            }                                                                                                \
+            return bad;                                                                                      \
+        }                                                                                                    \
         _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(|: bad)")                  \
         for (int64_t r = 0; r < rows; ++r) {                                                                 \
             const IN *restrict xr = x + r * channels;                                                        \
             CODE *restrict o = out + r * channels;                                                           \
-            if (per_channel) {                                                                               \
-                for (int64_t c = 0; c < channels; ++c) {                                                     \
-                    bad |= BAD(xr[c]);                                                                       \
-                    o[c] = (CODE)clampf(STEP(xr[c], scale[c], zero[c]), qmin, qmax);                         \
-                }                                                                                            \
-            } else {                                                                                         \
-                const float s = scale[0], z = zero[0];                                                       \
-                for (int64_t c = 0; c < channels; ++c) {                                                     \
-                    bad |= BAD(xr[c]);                                                                       \
-                    o[c] = (CODE)clampf(STEP(xr[c], s, z), qmin, qmax);                                      \
-                }                                                                                            \
+            for (int64_t c = 0; c < channels; ++c) {                                                         \
+                bad |= BAD(xr[c]);                                                                           \
+                o[c] = (CODE)clampf(STEP(xr[c], scale[c], zero[c]), qmin, qmax);                             \
             }                                                                                                \
         }                                                                                                    \
         return bad;                                                                                          \
