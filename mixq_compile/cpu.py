@@ -8,10 +8,12 @@ level is in force and picks an exact kernel for it:
 
 - ``"vnni"``: x86 with AVX-512 VNNI or AVX-VNNI: exact and fast u8 × s8 (``torch._int_mm``, ORT u8 × s8, TVM
   ``vpdpbusd`` where the 512-bit form exists);
+- ``"amx"``: "vnni" plus AMX-INT8 tiles (Sapphire Rapids and later): the torch backend's int8 GEMM runs on tiles;
 - ``"avx512"``: AVX-512 without VNNI; ``"avx2"``: AVX2 + FMA; ``"portable"``: anything else (or non-x86).
 
-``MIXQ_ISA`` (``portable`` | ``avx2`` | ``avx512`` | ``native``) forces a *lower* level than the CPU's, so a VNNI
-machine builds and tests what an AVX2 or baseline machine runs; asking for a level the CPU lacks is an error.
+``MIXQ_ISA`` (``portable`` | ``avx2`` | ``avx512`` | ``vnni`` | ``native``) forces a *lower* level than the
+CPU's, so a VNNI or AMX machine builds and tests what an AVX2 or baseline machine runs; asking for a level the CPU
+lacks is an error.
 :func:`describe` is what manifests and benchmarks record.
 """
 
@@ -24,11 +26,11 @@ from pathlib import Path
 
 #: levels from least to most capable; each implies the ones before it (AVX-VNNI without AVX-512 counts as "vnni"
 #: for dot products but reports ``avx512=False``).
-LEVELS = ("portable", "avx2", "avx512", "vnni")
+LEVELS = ("portable", "avx2", "avx512", "vnni", "amx")
 ENV = "MIXQ_ISA"
 #: the /proc/cpuinfo flags a manifest records (the ones our kernels or our libraries' kernels dispatch on).
 RECORDED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                  "avx_vnni", "avx512_bf16", "amx_int8")  # fmt: skip
+                  "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")  # fmt: skip
 
 
 class CpuLevelError(ValueError):
@@ -65,14 +67,14 @@ def _flag_level(flags: frozenset[str]) -> str:
     if not is_x86() or "avx2" not in flags or "fma" not in flags:
         return "portable"
     if "avx512_vnni" in flags or "avx_vnni" in flags:
-        return "vnni"
+        return "amx" if {"amx_tile", "amx_int8", "avx512f"} <= flags else "vnni"
     if {"avx512f", "avx512bw", "avx512vl"} <= flags:
         return "avx512"
     return "avx2"
 
 
 #: the highest level compatible with what ATen's own CPUID probe found (``torch.backends.cpu``).
-_ATEN_CAP = {"AVX512": "vnni", "AVX2": "avx2"}
+_ATEN_CAP = {"AVX512": "amx", "AVX2": "avx2"}
 
 
 @functools.cache

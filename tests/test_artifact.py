@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mixq_compile as mq
+from mixq_compile import cpu
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.runtimes import BackendUnavailableError, available_backends, get_backend
 
@@ -46,7 +47,7 @@ def test_manifest_records_signature_bits_costs_versions_and_checksums(frozen_gcn
     assert manifest["model_bytes"] < 12 * 16 * 4  # sub-8-bit weights are counted at their width
     assert {"torch", "mixq_compile"} <= set(manifest["versions"])
     assert set(manifest["files"]) == {"structure.pt2", "features.pt2", "selfcheck.safetensors"}
-    assert manifest["cpu"]["level"] in ("portable", "avx2", "avx512", "vnni") and manifest["cpu"]["model"]
+    assert manifest["cpu"]["level"] in cpu.LEVELS and manifest["cpu"]["model"]
     assert manifest["selfcheck"]["checked_at_export"] and manifest["selfcheck"]["mismatched"] == 0
     assert "linear_int" in manifest["kernel_paths"]
     assert manifest["backend_entries"]["csr_aggregations"] == 2, "both layers aggregate with mixq::csr_sum"

@@ -36,8 +36,8 @@ def test_the_level_can_be_forced_down_but_not_up(monkeypatch):
     monkeypatch.setenv(cpu.ENV, "sse9")
     with pytest.raises(cpu.CpuLevelError, match="not a kernel level"):
         cpu.level()
-    if cpu.native_level() != "vnni":
-        monkeypatch.setenv(cpu.ENV, "vnni")
+    if cpu.native_level() != cpu.LEVELS[-1]:
+        monkeypatch.setenv(cpu.ENV, cpu.LEVELS[-1])
         with pytest.raises(cpu.CpuLevelError, match="more than this CPU"):
             cpu.level()
     monkeypatch.setenv(cpu.ENV, "native")
@@ -47,10 +47,11 @@ def test_the_level_can_be_forced_down_but_not_up(monkeypatch):
 @pytest.mark.parametrize(
     ("m", "k", "n", "dtype"),
     [(37, 5, 3, torch.int8), (64, 1024, 16, torch.int8), (33, 1025, 17, torch.int8), (9, 3001, 8, torch.int8),
-     (20, 70, 11, torch.int16)],
+     (20, 70, 11, torch.int16), (16, 140_000, 16, torch.int8)],
 )  # fmt: skip
 def test_linear_int_equals_the_reference_on_every_path(level, m, k, n, dtype):
-    """Random codes, and the worst case for exactness (every product -128 * -128, K past the 1024-term chunk)."""
+    """Random codes, and the worst case for exactness (every product -128 * -128, K past the 1024-term chunk; at
+    K = 140,000 the int32 sums wrap around)."""
     gen = torch.Generator().manual_seed(k)
     info = torch.iinfo(dtype)
     for codes in (
@@ -64,7 +65,8 @@ def test_linear_int_equals_the_reference_on_every_path(level, m, k, n, dtype):
         expected = K.linear_int(codes, zero, w_t, w_sum, bias)
         got = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
         assert torch.equal(got, expected)
-    assert linear.path(codes, w_t) == ("int8_vnni" if level == "vnni" and dtype == torch.int8 else "float_exact")
+    expected = {"amx": "int8_amx", "vnni": "int8_vnni"}.get(level, "float_exact") if dtype == torch.int8 else None
+    assert linear.path(codes, w_t) == (expected or "float_exact")
 
 
 def test_linear_int_stays_exact_when_fp32_matmuls_are_allowed_to_round(monkeypatch):
@@ -116,7 +118,7 @@ def test_u8u8_rewrite_changes_no_result(mlp, tmp_path):
 def test_onnx_formulation_follows_the_cpu_at_export_and_at_load(mlp, level, tmp_path):
     frozen, args, other = mlp
     program = mq.lower(frozen)
-    exact_here = "u8s8" if level == "vnni" else "u8u8"
+    exact_here = "u8s8" if level in ("vnni", "amx") else "u8u8"
     path = mq.export(frozen, args, tmp_path / "auto", backend="onnx")
     assert mq.load_artifact(path).manifest["backend_entries"]["matmul"] == exact_here
     # an artifact made for a VNNI machine, loaded here: rewritten in memory unless this CPU has VNNI

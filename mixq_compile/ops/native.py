@@ -49,6 +49,7 @@ _ERRORS = {
     1: "edge targets (dst) must be sorted ascending and lie in [0, rows)",
     2: "edge sources (src) must lie in [0, number of table rows)",
     3: "out of memory for the kernel's scratch buffers",
+    5: "the OS did not grant this process the AMX tile state",
 }
 _CSR = {torch.int8: "csr_sum_int8", torch.int16: "csr_sum_int16", torch.int32: "csr_sum_int32"}
 _QUANTIZE = {torch.int8: "quantize_int8", torch.int16: "quantize_int16"}
@@ -65,7 +66,7 @@ def _cache_dir() -> Path:
 
 
 #: the code generation flag of each kernel level (x86); other architectures build for their native CPU.
-_MARCH = {"vnni": "-march=native", "avx512": "-march=skylake-avx512", "avx2": "-march=haswell",
+_MARCH = {"amx": "-march=native", "vnni": "-march=native", "avx512": "-march=skylake-avx512", "avx2": "-march=haswell",
           "portable": "-march=x86-64"}  # fmt: skip
 
 
@@ -126,6 +127,10 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function = getattr(lib, name)
         function.restype = i32
         function.argtypes = [pointer] + [f32] * 4 + [pointer, i32, pointer] + [i64] * 3 + [i32, pointer, pointer]
+    lib.gemm_s8_amx.restype = i32
+    lib.gemm_s8_amx.argtypes = [pointer] + [i64] * 3 + [pointer, i64, pointer, i32, pointer, pointer]
+    lib.amx_available.restype = i32
+    lib.amx_available.argtypes = []
     lib.pack_codes.restype = None
     lib.pack_codes.argtypes = [pointer, i64, i64, i32, i32, i32, pointer]
     return lib, None
@@ -404,6 +409,37 @@ def quantize_linear(
     if status:
         raise MemoryError(f"mixq::quantize_linear: {_ERRORS[status]}")
     return out.reshape(*x.shape[:-1], outputs)
+
+
+def amx_ready() -> bool:
+    """Whether the AMX GEMM runs here: level "amx" in force, the kernels built, and the OS granting this process
+    the tile state (Linux ``arch_prctl``, asked once)."""
+    lib = library() if cpu.at_least("amx") else None
+    return lib is not None and bool(lib.amx_available())
+
+
+def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None = None) -> Tensor:
+    """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights on AMX tiles
+    (call only where :func:`amx_ready` holds), or with an ``epilogue`` its requantized int8 codes."""
+    flat, w_t = flat.contiguous(), w_t.contiguous()
+    out, alive, requant = _requant(epilogue, flat.shape[0], w_t.shape[1])
+    offset = offset.to(torch.int32).expand(w_t.shape[1]).contiguous()
+    status = library().gemm_s8_amx(
+        flat.data_ptr(),
+        flat.shape[0],
+        flat.shape[1],
+        flat.shape[1],
+        w_t.data_ptr(),
+        w_t.shape[1],
+        offset.data_ptr(),
+        torch.get_num_threads(),
+        out.data_ptr(),
+        requant,
+    )
+    del alive
+    if status:
+        raise RuntimeError(f"mixq::linear_int: the AMX kernel failed ({_ERRORS.get(status, f'status {status}')})")
+    return out
 
 
 def pack_codes(codes: Tensor, qmin: int, bits: int, stride: int) -> Tensor:

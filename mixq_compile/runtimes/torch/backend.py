@@ -89,7 +89,11 @@ class TorchBackend(Backend):
 
     def kernel_paths(self, entries: dict) -> dict[str, str]:
         reason = native.unavailable_reason()
-        described = {"int8_vnni": "torch._int_mm", "float_exact": "K-chunked FP32 GEMM, exact"}
+        described = {
+            "int8_amx": "AMX tiles, native C",
+            "int8_vnni": "torch._int_mm",
+            "float_exact": "K-chunked FP32 GEMM, exact",
+        }
         gemm = linear.int8_path()
         return {
             "linear_int": f"{gemm} ({described[gemm]})",
