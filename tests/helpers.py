@@ -130,3 +130,8 @@ def output_step(program) -> float:
             pending += [n for n in node.all_input_nodes if n.op == "call_function"]
     assert total > 0
     return total
+
+
+#: edge weights: 8-bit codes; the int16 extremes (the kernels then add two terms per multiply, and -32768 * -32768
+#: * 2 wraps); and int32 weights, which take the one-term path (and wrap around in int32)
+WEIGHT_RANGES = [(-255, 256), (-32768, -32766), (32766, 32768), (-(2**31), 2**31)]

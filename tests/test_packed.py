@@ -20,7 +20,7 @@ from mixq_compile.lowering.pack_codes import pack_narrow_codes
 from mixq_compile.ops.packed import pack_reference, packed_stride, packing_bits, unpack
 from mixq_compile.runtimes.torch.integer_ops import dispatching_ops
 
-from helpers import adversarial_graphs, random_graph
+from helpers import WEIGHT_RANGES, adversarial_graphs, random_graph
 from zoo import frozen_at_random_bits
 
 pytestmark = pytest.mark.usefixtures("kernels")  # every test on every kernel level (conftest.py)
@@ -63,10 +63,11 @@ def test_pack_round_trips_and_every_path_packs_alike(rows, channels, bits, signe
     per_channel_zero=st.booleans(),
     channels=st.sampled_from(CHANNELS),
     requantized=st.booleans(),
+    weights=st.sampled_from(WEIGHT_RANGES),
     seed=st.integers(0, 99),
 )
 def test_packed_aggregation_equals_the_unpacked_one(
-    graph, bits, signed, weighted, per_channel_zero, channels, requantized, seed
+    graph, bits, signed, weighted, per_channel_zero, channels, requantized, weights, seed
 ):
     x, edge_index = graph
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +76,7 @@ def test_packed_aggregation_equals_the_unpacked_one(
     zero = torch.randint(qmin, qmin + 2**bits, (channels,) if per_channel_zero else (), generator=gen)
     order = torch.argsort(edge_index[1], stable=True)
     dst, src = edge_index[1][order], edge_index[0][order]
-    weight = torch.randint(-255, 256, (edges,), dtype=torch.int32, generator=gen) if weighted else None
+    weight = torch.randint(*weights, (edges,), dtype=torch.int32, generator=gen) if weighted else None
     packed = mixq.pack(table, qmin, bits)
     if requantized:
         multiplier, out_zero = torch.tensor(0.013), torch.tensor(-3, dtype=torch.int32)

@@ -17,7 +17,7 @@ from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregation
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.ops import csr, elementwise, native  # noqa: F401
 
-from helpers import adversarial_graphs
+from helpers import WEIGHT_RANGES, adversarial_graphs
 from zoo import lowered
 
 csr_sum = torch.ops.mixq.csr_sum
@@ -43,9 +43,6 @@ FIXTURE_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 #: output widths that reach every register-tile case of the kernels: 1..8 vectors of 16 (AVX-512) or 8 (AVX2)
 #: lanes, masked or generic tails, more than one 128-wide tile.
 CHANNELS = [1, 7, 8, 12, 17, 64, 100, 129, 300]
-#: edge weights: 8-bit codes; the int16 extremes (the kernels then add two terms per multiply, and -32768 * -32768
-#: * 2 wraps); and int32 weights, which take the one-term path (and wrap around in int32)
-WEIGHT_RANGES = [(-255, 256), (-32768, -32766), (32766, 32768), (-(2**31), 2**31)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)

@@ -128,6 +128,41 @@ static inline int32_t int16_pair(int32_t first, int32_t second) {
             (base) ? _mm512_mullo_epi32(_mm512_set1_epi32((int32_t)(k)),                                     \
                                         _mm512_maskz_loadu_epi32(j == (nv) - 1 ? (tail) : 0xFFFF, (base) + 16 * j)) \
                    : _mm512_setzero_si512())
+/* pairs of terms (see fits_int16): NV 16-channel outputs from (NV + 1) / 2 groups of 32 channels, each group's
+ * int32 sums in two registers whose lanes are channel quads interleaved by the unpacks; WIDEN32(row, j, mask)
+ * gives group j of a row (channels 32 j ..; mask: its valid bytes of int8 codes) as 32 int16 codes */
+#define PAIR_TILE_512(NAME, CODE, INDEX, WIDEN32)                                                            \
+    static inline __attribute__((always_inline)) void NAME(                                                 \
+        int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const CODE *w, int64_t stride,          \
+        const INDEX *idx, const int32_t *d, int64_t count, const __mmask16 tail, const int nv) {             \
+        const int groups = (nv + 1) / 2;                                                                     \
+        const __mmask32 last = nv % 2 ? (__mmask32)tail : ((__mmask32)tail << 16 | 0xFFFFu);                 \
+        __m512i lo[8], hi[8];                                                                                \
+        for (int j = 0; j < groups; ++j) lo[j] = hi[j] = _mm512_setzero_si512();                            \
+        for (int64_t i = 0; i < count; i += 2) {                                                             \
+            const int odd = i + 1 == count; /* the last term of an odd count pairs with zeros */             \
+            const CODE *r0 = w + (int64_t)idx[i] * stride, *r1 = w + (int64_t)idx[odd ? i : i + 1] * stride;   \
+            const __m512i pair = _mm512_set1_epi32(int16_pair(d[i], odd ? 0 : d[i + 1]));                   \
+            for (int j = 0; j < groups; ++j) {                                                               \
+                const __mmask32 m = j == groups - 1 ? last : 0xFFFFFFFFu;                                   \
+                const __m512i c0 = WIDEN32(r0, j, m), c1 = WIDEN32(r1, j, m);                                \
+                lo[j] = DOT_PAIRS_512(lo[j], _mm512_unpacklo_epi16(c0, c1), pair);                           \
+                hi[j] = DOT_PAIRS_512(hi[j], _mm512_unpackhi_epi16(c0, c1), pair);                           \
+            }                                                                                                \
+        }                                                                                                    \
+        __m512i a[16];                                                                                       \
+        ACC_INIT_512(a, base, k, off, tail, nv);                                                             \
+        /* lo holds channels 8q + 0..3 in 128-bit lane q, hi 8q + 4..7: back to channel order */             \
+        const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);     \
+        const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31); \
+        for (int j = 0; j < groups; ++j) {                                                                   \
+            a[2 * j] = _mm512_add_epi32(a[2 * j], _mm512_permutex2var_epi32(lo[j], first, hi[j]));           \
+            if (2 * j + 1 < nv)                                                                              \
+                a[2 * j + 1] = _mm512_add_epi32(a[2 * j + 1], _mm512_permutex2var_epi32(lo[j], second, hi[j])); \
+        }                                                                                                    \
+        for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
+    }
+#define WIDEN32_INT8(row, j, m) _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8((m), (row) + 32 * (j)))
 /* up to 256 outputs in NV zmm registers, the last one masked */
 #define ACCUMULATE_INT8(NAME, INDEX)                                                                         \
     static inline __attribute__((always_inline)) void NAME##_tile(                                          \
@@ -146,39 +181,7 @@ static inline int32_t int16_pair(int32_t first, int32_t second) {
         }                                                                                                    \
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
     }                                                                                                        \
-    /* pairs of terms (see fits_int16): NV 16-channel outputs from (NV + 1) / 2 groups of 32 channels, each     \
-     * group's int32 sums in two registers whose lanes are channel quads interleaved by the unpacks */        \
-    static inline __attribute__((always_inline)) void NAME##_pair_tile(                                     \
-        int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const int8_t *w, int64_t stride,        \
-        const INDEX *idx, const int32_t *d, int64_t count, const __mmask16 tail, const int nv) {             \
-        const int groups = (nv + 1) / 2;                                                                     \
-        const __mmask32 last = nv % 2 ? (__mmask32)tail : ((__mmask32)tail << 16 | 0xFFFFu);                 \
-        __m512i lo[8], hi[8];                                                                                \
-        for (int j = 0; j < groups; ++j) lo[j] = hi[j] = _mm512_setzero_si512();                            \
-        for (int64_t i = 0; i < count; i += 2) {                                                             \
-            const int odd = i + 1 == count; /* the last term of an odd count pairs with zeros */             \
-            const int8_t *r0 = w + (int64_t)idx[i] * stride, *r1 = w + (int64_t)idx[odd ? i : i + 1] * stride; \
-            const __m512i pair = _mm512_set1_epi32(int16_pair(d[i], odd ? 0 : d[i + 1]));                   \
-            for (int j = 0; j < groups; ++j) {                                                               \
-                const __mmask32 m = j == groups - 1 ? last : 0xFFFFFFFFu;                                   \
-                const __m512i c0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, r0 + 32 * j));            \
-                const __m512i c1 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, r1 + 32 * j));            \
-                lo[j] = DOT_PAIRS_512(lo[j], _mm512_unpacklo_epi16(c0, c1), pair);                           \
-                hi[j] = DOT_PAIRS_512(hi[j], _mm512_unpackhi_epi16(c0, c1), pair);                           \
-            }                                                                                                \
-        }                                                                                                    \
-        __m512i a[16];                                                                                       \
-        ACC_INIT_512(a, base, k, off, tail, nv);                                                             \
-        /* lo holds channels 8q + 0..3 in 128-bit lane q, hi 8q + 4..7: back to channel order */             \
-        const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);     \
-        const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31); \
-        for (int j = 0; j < groups; ++j) {                                                                   \
-            a[2 * j] = _mm512_add_epi32(a[2 * j], _mm512_permutex2var_epi32(lo[j], first, hi[j]));           \
-            if (2 * j + 1 < nv)                                                                              \
-                a[2 * j + 1] = _mm512_add_epi32(a[2 * j + 1], _mm512_permutex2var_epi32(lo[j], second, hi[j])); \
-        }                                                                                                    \
-        for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
-    }                                                                                                        \
+    PAIR_TILE_512(NAME##_pair_tile, int8_t, INDEX, WIDEN32_INT8)                                            \
     static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const int8_t *w,      \
                             int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
         const int pairs = d != NULL && count > 1 && fits_int16(d, count);                                    \
@@ -634,7 +637,14 @@ void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, i
                   _mm_set1_epi8((char)((1 << (BITS)) - 1)))
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-/* up to 256 outputs (16 groups of 16) in NV zmm registers, the last one masked; unweighted sums skip the product */
+/* channels 32 j .. 32 j + 31 of packed blocks as 32 int16 codes: groups 2 j and 2 j + 1, in one block (a block holds
+ * 2 or 4 groups); codes past the row's channels are the block's zero padding */
+#define WIDEN32_PACKED(row, j, BITS)                                                                          \
+    _mm512_cvtepu8_epi16(_mm256_set_m128i(PACKED_GROUP(row, 2 * (j) + 1, BITS), PACKED_GROUP(row, 2 * (j), BITS)))
+#define WIDEN32_PACKED2(row, j, m) ((void)(m), WIDEN32_PACKED(row, j, 2))
+#define WIDEN32_PACKED4(row, j, m) ((void)(m), WIDEN32_PACKED(row, j, 4))
+/* up to 256 outputs (16 groups of 16) in NV zmm registers, the last one masked; unweighted sums skip the product;
+ * weights that fit int16 take two terms per multiply (PAIR_TILE_512) */
 #define ACCUMULATE_PACKED(NAME, INDEX, BITS)                                                                 \
     ACCUMULATE_PACKED_GENERIC(NAME##_generic, INDEX, BITS)                                                   \
     static inline __attribute__((always_inline)) void NAME##_tile(                                          \
@@ -652,13 +662,20 @@ void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, i
         }                                                                                                    \
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
     }                                                                                                        \
+    PAIR_TILE_512(NAME##_pair_tile, uint8_t, INDEX, WIDEN32_PACKED##BITS)                                    \
     static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const uint8_t *w,     \
                             int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
+        const int pairs = d != NULL && count > 1 && fits_int16(d, count);                                    \
         for (int64_t n0 = 0; n0 < out; n0 += 256) {                                                          \
             const int64_t width = out - n0 < 256 ? out - n0 : 256, vectors = (width + 15) / 16;             \
             const __mmask16 tail = width % 16 ? (__mmask16)((1u << (width % 16)) - 1u) : (__mmask16)0xFFFF;  \
-            TILE_SWITCH16(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0 * (BITS) / 8, stride, \
-                          idx, d, count, tail)                                                               \
+            if (pairs) {                                                                                     \
+                TILE_SWITCH16(NAME##_pair_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0 * (BITS) / 8, \
+                              stride, idx, d, count, tail)                                                   \
+            } else {                                                                                         \
+                TILE_SWITCH16(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0 * (BITS) / 8,   \
+                              stride, idx, d, count, tail)                                                   \
+            }                                                                                                \
         }                                                                                                    \
     }
 #elif defined(__AVX2__)
