@@ -69,6 +69,17 @@ def test_linear_int_equals_the_reference_on_every_path(level, m, k, n, dtype):
     assert linear.path(codes, w_t) == (expected or "float_exact")
 
 
+@pytest.mark.parametrize(("m", "n"), [(0, 3), (4, 0)])
+def test_linear_int_takes_empty_operands_on_every_path(level, m, n):
+    codes, w_t = torch.ones((m, 5), dtype=torch.int8), torch.ones((5, n), dtype=torch.int8)
+    w_sum, zero, bias = w_t.to(torch.int32).sum(0), torch.tensor(3), torch.arange(n, dtype=torch.int32)
+    got = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
+    assert torch.equal(got, K.linear_int(codes, zero, w_t, w_sum, bias)) and got.shape == (m, n)
+    multiplier, out_zero = torch.tensor(0.01), torch.tensor(1, dtype=torch.int32)
+    codes_out = torch.ops.mixq.linear_int_requantize(codes, zero, w_t, w_sum, bias, multiplier, out_zero, -128, 127)
+    assert codes_out.shape == (m, n) and codes_out.dtype == torch.int8
+
+
 def test_linear_int_stays_exact_when_fp32_matmuls_are_allowed_to_round(monkeypatch):
     monkeypatch.setenv(cpu.ENV, "avx2" if "avx2" in RUNNABLE else "portable")
     codes = torch.full((8, 2000), -128, dtype=torch.int8)

@@ -422,8 +422,11 @@ def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | Non
     """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights on AMX tiles
     (call only where :func:`amx_ready` holds), or with an ``epilogue`` its requantized int8 codes."""
     flat, w_t = flat.contiguous(), w_t.contiguous()
-    out, alive, requant = _requant(epilogue, flat.shape[0], w_t.shape[1])
     offset = offset.to(torch.int32).expand(w_t.shape[1]).contiguous()
+    if 0 in (*flat.shape, w_t.shape[1]):  # nothing for the tiles: each row is its offset
+        acc = offset.expand(flat.shape[0], w_t.shape[1]).clone()
+        return acc if epilogue is None else epilogue.apply(acc)
+    out, alive, requant = _requant(epilogue, flat.shape[0], w_t.shape[1])
     status = library().gemm_s8_amx(
         flat.data_ptr(),
         flat.shape[0],
