@@ -174,7 +174,12 @@ def test_requantize_gives_the_instruction_s_codes_bit_for_bit(shape, per_channel
     [
         ([1, 0, 2], [0, 1, 2], "sorted ascending"),
         ([0, 1, 3], [0, 1, 2], "sorted ascending"),
+        ([0, 5, 1], [0, 1, 2], "sorted ascending"),  # out of range inside, the ends in range
+        ([0, -1, 2], [0, 1, 2], "sorted ascending"),
+        ([0] * 600 + [2, 1] + [2] * 600, [0] * 1202, "sorted ascending"),  # in the second thread's half
         ([0, 1, 2], [0, 1, 9], "src"),
+        ([0, 1, 2], [0, -1, 2], "src"),
+        ([0] * 1000, [0] * 999 + [3], "src"),
     ],
 )
 def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src, message):

@@ -315,21 +315,39 @@ static inline void requantize_row(const int32_t *restrict acc, int64_t channels,
  * line (measured: sharing one line per row made a 2-thread csr_sum with epilogue 2.5x slower). */
 static inline size_t padded_slots(size_t n) { return (n + 15) / 16 * 16 + 16; }
 
-static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr) {
-    int64_t e = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-        rowptr[r] = e;
-        while (e < edges && dst[e] == r) ++e;
-        if (e < edges && (dst[e] < r || dst[e] >= rows)) return 1;
+/* rowptr[r] = the first edge whose target is >= r, for targets sorted ascending in [0, rows): 1 if they are not.
+ * Each edge where the target changes writes the pointers of the rows it skips (disjoint ranges, so in parallel);
+ * every write stays in [0, rows] whatever dst holds. Both checks run every call (a 10M-edge graph: a few ms),
+ * since the kernels index with these arrays. */
+static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr, int threads) {
+    if (edges == 0) {
+        for (int64_t r = 0; r <= rows; ++r) rowptr[r] = 0;
+        return 0;
     }
-    rowptr[rows] = e;
-    return e == edges ? 0 : 1;
+    if (dst[0] < 0 || dst[0] >= rows || dst[edges - 1] < 0 || dst[edges - 1] >= rows) return 1;
+    int bad = 0;
+    for (int64_t r = 0; r <= dst[0]; ++r) rowptr[r] = 0;
+    _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(|: bad)")
+    for (int64_t e = 1; e < edges; ++e) {
+        const int64_t previous = dst[e - 1], target = dst[e];
+        if (target != previous) {
+            if (target < previous || previous < 0 || target >= rows)
+                bad = 1;
+            else
+                for (int64_t r = previous + 1; r <= target; ++r) rowptr[r] = e;
+        }
+    }
+    for (int64_t r = dst[edges - 1] + 1; r <= rows; ++r) rowptr[r] = edges;
+    return bad;
 }
 
-static int check_sources(const int64_t *src, int64_t edges, int64_t nodes) {
-    for (int64_t e = 0; e < edges; ++e)
-        if (src[e] < 0 || src[e] >= nodes) return 2;
-    return 0;
+/* 2 if a source lies outside [0, nodes) (negative ones wrap to huge unsigned values): a branch-free OR that
+ * vectorizes, in parallel */
+static int check_sources(const int64_t *src, int64_t edges, int64_t nodes, int threads) {
+    int bad = 0;
+    _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(|: bad)")
+    for (int64_t e = 0; e < edges; ++e) bad |= (uint64_t)src[e] >= (uint64_t)nodes;
+    return bad ? 2 : 0;
 }
 
 /* Gathered table rows are random accesses that the hardware prefetcher cannot predict: csr_sum asks for the lines
@@ -360,8 +378,8 @@ static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const 
         int64_t *rowptr = (int64_t *)malloc((size_t)(rows + 1) * sizeof(int64_t));                          \
         const size_t row_slots = padded_slots((size_t)channels);                                            \
         int32_t *scratch = rq ? (int32_t *)aligned_alloc(64, (size_t)(threads > 0 ? threads : 1) * row_slots * 4) : NULL; \
-        int status = !rowptr || (rq && !scratch) ? 3 : row_pointers(dst, edges, rows, rowptr);              \
-        if (!status) status = check_sources(src, edges, nodes);                                              \
+        int status = !rowptr || (rq && !scratch) ? 3 : row_pointers(dst, edges, rows, rowptr, threads);     \
+        if (!status) status = check_sources(src, edges, nodes, threads);                                     \
         if (status) {                                                                                        \
             free(rowptr);                                                                                    \
             free(scratch);                                                                                   \
