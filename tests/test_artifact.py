@@ -252,6 +252,40 @@ def test_a_bound_artifact_serves_new_features_on_its_graph(frozen_gcn, backend, 
         artifact.bind(x, torch.full_like(edge_index, x.shape[0]))
 
 
+def test_node_ids_are_checked_once_per_cached_graph(frozen_gcn, tmp_path, monkeypatch):
+    """A graph the structure cache holds from a checked call is not scanned for node ids again (the cache just
+    compared it equal); another graph is, and a bad one is refused even right after a good one, or when the cache
+    holds it from a direct ``structure()`` call."""
+    from mixq_compile.ir import signature
+
+    _, frozen, (x, edge_index) = frozen_gcn
+    artifact = mq.load_artifact(mq.export(frozen, (x, edge_index), tmp_path / "a", backend="torch"))
+    checks = []
+    original = signature.IndexRule.check
+    monkeypatch.setattr(signature.IndexRule, "check", lambda rule, *a: checks.append(rule) or original(rule, *a))
+    first = artifact(x, edge_index)
+    assert len(checks) == 1
+    for _ in range(3):
+        assert torch.equal(artifact(x, edge_index.clone()), first)  # an equal graph in a new tensor: a hit
+    assert len(checks) == 1
+    other = edge_index.flip(0).contiguous()
+    artifact(x, other)
+    assert len(checks) == 2
+    bad = edge_index.clone()
+    bad[0, 0] = x.shape[0]
+    with pytest.raises(mq.InputValueError, match="node id"):
+        artifact(x, bad)
+    artifact.structure(x, other)  # cached by a call that checked nothing
+    artifact.structure_cache.clear()
+    artifact.structure(x, other)
+    artifact(x, other)
+    assert len(checks) == 4
+    uncached = mq.load_artifact(tmp_path / "a", cache_structure=False)
+    uncached(x, edge_index)
+    uncached(x, edge_index)
+    assert len(checks) == 6
+
+
 def test_two_bit_artifact_stores_its_input_layer_weights_packed(tmp_path):
     x, edge_index = random_graph(120, 500, 300)
     x = x * (torch.rand(x.shape) < 0.02)

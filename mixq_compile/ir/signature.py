@@ -213,10 +213,11 @@ class Signature:
     def names(self) -> list[str]:
         return [s.name for s in self.inputs]
 
-    def check(self, args: tuple, what: str, finite_checked_later: Collection[str] = ()) -> None:
+    def check(self, args: tuple, what: str, finite_checked_later: Collection[str] = (), node_ids: bool = True) -> None:
         """Raise :class:`InputSignatureError` / :class:`InputValueError` unless ``args`` fit this signature.
         ``finite_checked_later``: inputs whose NaN/Inf test the program's own kernels make (with the same error)
-        while they read them anyway, sparing a separate pass over, e.g., 15 MB of node features."""
+        while they read them anyway, sparing a separate pass over, e.g., 15 MB of node features. ``node_ids=False``
+        leaves out the node-id ranges (:meth:`check_node_ids`), for a caller that knows they were checked."""
         if len(args) != len(self.inputs):
             raise InputSignatureError(
                 f"{what} takes {len(self.inputs)} inputs ({', '.join(self.names)}), got {len(args)}"
@@ -236,6 +237,12 @@ class Signature:
         for name, value in by_name.items():
             if value.is_floating_point() and name not in finite_checked_later and not all_finite(value):
                 raise non_finite_error(f"input '{name}'")
+        if node_ids:
+            self.check_node_ids(args)
+
+    def check_node_ids(self, args: tuple) -> None:
+        """Raise :class:`InputValueError` unless every node-id input lies in its range (``index_rules``)."""
+        by_name = dict(zip(self.names, args))
         for rule in self.index_rules:
             rows = by_name[rule.bound].shape[0] if rule.bound is not None else None
             rule.check(by_name[rule.input], rows)
