@@ -13,7 +13,7 @@ import torch
 import mixq_compile as mq
 from mixq_compile import cpu
 from mixq_compile.ir import instructions as K
-from mixq_compile.ops import linear
+from mixq_compile.ops import linear, native
 from mixq_compile.runtimes import available_backends
 from mixq_compile.runtimes.onnx import matmul as onnx_matmul
 
@@ -65,8 +65,20 @@ def test_linear_int_equals_the_reference_on_every_path(level, m, k, n, dtype):
         expected = K.linear_int(codes, zero, w_t, w_sum, bias)
         got = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
         assert torch.equal(got, expected)
-    expected = {"amx": "int8_amx", "vnni": "int8_vnni"}.get(level, "float_exact") if dtype == torch.int8 else None
-    assert linear.path(codes, w_t) == (expected or "float_exact")
+    # at "amx" the tiles run unless this build has no AMX code (an older compiler) or the OS refuses the tile state
+    amx = "int8_amx" if native.amx_ready() else "int8_vnni"
+    expected = {"amx": amx, "vnni": "int8_vnni"}.get(level, "float_exact") if dtype == torch.int8 else "float_exact"
+    assert linear.path(codes, w_t) == expected
+
+
+def test_the_amx_level_runs_the_tiles_where_the_build_and_the_os_allow(monkeypatch):
+    if cpu.native_level() != "amx":
+        pytest.skip(f"this CPU ({cpu.model()}) has no AMX-INT8 tiles (its level: {cpu.native_level()})")
+    if native.library() is None:
+        pytest.skip(f"native kernels unavailable here: {native.unavailable_reason()}")
+    assert linear.int8_path() == ("int8_amx" if native.library().amx_available() else "int8_vnni")
+    monkeypatch.setenv(cpu.ENV, "vnni")
+    assert not native.amx_ready() and linear.int8_path() == "int8_vnni"
 
 
 @pytest.mark.parametrize(("m", "n"), [(0, 3), (4, 0)])
