@@ -242,8 +242,8 @@ class Artifact:
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, backend={self.backend!r}, precision={self.manifest['precision']!r})"
 
-    def check_inputs(self, args: tuple) -> None:
-        self.signature.check(args, "the artifact", self.finite_checked_later)
+    def check_inputs(self, args: tuple, node_ids: bool = True) -> None:
+        self.signature.check(args, "the artifact", self.finite_checked_later, node_ids)
 
     def structure(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         return tuple(self._structure(*inputs))
@@ -252,12 +252,14 @@ class Artifact:
         """Check the inputs, then run. The node-id ranges (a pass over ``edge_index``: 12 ms on 10M edges) are
         checked unless the structure cache holds this very graph from a call that checked them: its comparison
         has just found the ids equal to those."""
-        self.signature.check(inputs, "the artifact", self.finite_checked_later, node_ids=False)
-        frontier = self.structure_cache.lookup(inputs) if self.structure_cache is not None else None
+        self.check_inputs(inputs, node_ids=False)
+        cache = self.structure_cache
+        frontier = cache.lookup(inputs) if cache is not None else None
         if frontier is None or frontier is not self._checked_frontier:
             self.signature.check_node_ids(inputs)
-            frontier = tuple(self._structure(*inputs)) if frontier is None else frontier
-            self._checked_frontier = frontier  # the cache's own tuple when it kept the graph (tuple() keeps it)
+            if frontier is None:
+                frontier = cache.store(inputs) if cache is not None else tuple(self._structure(*inputs))
+            self._checked_frontier = frontier  # the cache's own tuple when it kept the graph
         return self.outputs(self._features(*inputs, *frontier))
 
     def outputs(self, flat: Sequence[Tensor]) -> object:

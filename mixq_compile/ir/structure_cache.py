@@ -69,9 +69,13 @@ class StructureCache(nn.Module):
         return None
 
     def forward(self, *inputs):
+        outputs = self.lookup(inputs)
+        return outputs if outputs is not None else self.store(inputs)
+
+    def store(self, inputs: tuple) -> tuple:
+        """Run the subgraph on ``inputs`` and keep its outputs for them (where they may be cached): for a caller
+        whose :meth:`lookup` just missed, without comparing the graph again."""
         key = self._key_of(inputs)
-        if key is not None and self._key is not None and self._same(key, self._key):
-            return self._outputs
         outputs = tuple(self.subgraph(*inputs))
         self.misses += 1
         if key is None:
