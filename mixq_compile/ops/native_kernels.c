@@ -162,6 +162,25 @@ static inline int32_t int16_pair(int32_t first, int32_t second) {
         }                                                                                                    \
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
     }
+/* NAME: the row sums over `out` channels in tiles of up to 256 (NAME##_tile, or NAME##_pair_tile where the
+ * multipliers fit int16), for codes of BITS bits (8: int8 tables; 2, 4: packed, whose tiles start on whole blocks) */
+#define TILES_512(NAME, CODE, INDEX, BITS)                                                                   \
+    static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const CODE *w,        \
+                            int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
+        const int pairs = d != NULL && count > 1 && fits_int16(d, count);                                    \
+        for (int64_t n0 = 0; n0 < out; n0 += 256) {                                                          \
+            const int64_t width = out - n0 < 256 ? out - n0 : 256, vectors = (width + 15) / 16;             \
+            const __mmask16 tail = width % 16 ? (__mmask16)((1u << (width % 16)) - 1u) : (__mmask16)0xFFFF;  \
+            const CODE *codes = w + n0 * (BITS) / 8;                                                         \
+            if (pairs) {                                                                                     \
+                TILE_SWITCH16(NAME##_pair_tile, acc + n0, base ? base + n0 : NULL, k, off, codes, stride, idx, d, \
+                              count, tail)                                                                   \
+            } else {                                                                                         \
+                TILE_SWITCH16(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, off, codes, stride, idx, d,  \
+                              count, tail)                                                                   \
+            }                                                                                                \
+        }                                                                                                    \
+    }
 #define WIDEN32_INT8(row, j, m) _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8((m), (row) + 32 * (j)))
 /* up to 256 outputs in NV zmm registers, the last one masked */
 #define ACCUMULATE_INT8(NAME, INDEX)                                                                         \
@@ -182,21 +201,7 @@ static inline int32_t int16_pair(int32_t first, int32_t second) {
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
     }                                                                                                        \
     PAIR_TILE_512(NAME##_pair_tile, int8_t, INDEX, WIDEN32_INT8)                                            \
-    static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const int8_t *w,      \
-                            int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
-        const int pairs = d != NULL && count > 1 && fits_int16(d, count);                                    \
-        for (int64_t n0 = 0; n0 < out; n0 += 256) {                                                          \
-            const int64_t width = out - n0 < 256 ? out - n0 : 256, vectors = (width + 15) / 16;             \
-            const __mmask16 tail = width % 16 ? (__mmask16)((1u << (width % 16)) - 1u) : (__mmask16)0xFFFF;  \
-            if (pairs) {                                                                                     \
-                TILE_SWITCH16(NAME##_pair_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0, stride, idx, d, \
-                              count, tail)                                                                   \
-            } else {                                                                                         \
-                TILE_SWITCH16(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0, stride, idx, d, \
-                              count, tail)                                                                   \
-            }                                                                                                \
-        }                                                                                                    \
-    }
+    TILES_512(NAME, int8_t, INDEX, 8)
 #elif defined(__AVX2__)
 #if defined(__AVXVNNI__)
 #define DOT_PAIRS_256(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
@@ -681,21 +686,7 @@ void pack_codes(const int8_t *codes, int64_t rows, int64_t channels, int bits, i
         for (int j = 0; j < nv; ++j) _mm512_mask_storeu_epi32(acc + 16 * j, j == nv - 1 ? tail : 0xFFFF, a[j]); \
     }                                                                                                        \
     PAIR_TILE_512(NAME##_pair_tile, uint8_t, INDEX, WIDEN32_PACKED##BITS)                                    \
-    static inline void NAME(int32_t *acc, const int32_t *base, uint32_t k, uint32_t off, const uint8_t *w,     \
-                            int64_t stride, int64_t out, const INDEX *idx, const int32_t *d, int64_t count) { \
-        const int pairs = d != NULL && count > 1 && fits_int16(d, count);                                    \
-        for (int64_t n0 = 0; n0 < out; n0 += 256) {                                                          \
-            const int64_t width = out - n0 < 256 ? out - n0 : 256, vectors = (width + 15) / 16;             \
-            const __mmask16 tail = width % 16 ? (__mmask16)((1u << (width % 16)) - 1u) : (__mmask16)0xFFFF;  \
-            if (pairs) {                                                                                     \
-                TILE_SWITCH16(NAME##_pair_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0 * (BITS) / 8, \
-                              stride, idx, d, count, tail)                                                   \
-            } else {                                                                                         \
-                TILE_SWITCH16(NAME##_tile, acc + n0, base ? base + n0 : NULL, k, off, w + n0 * (BITS) / 8,   \
-                              stride, idx, d, count, tail)                                                   \
-            }                                                                                                \
-        }                                                                                                    \
-    }
+    TILES_512(NAME, uint8_t, INDEX, BITS)
 #elif defined(__AVX2__)
 /* up to 64 outputs (8 half-groups of 8) in NV ymm registers; channels past the last multiple of 8: generic loop */
 #define ACCUMULATE_PACKED(NAME, INDEX, BITS)                                                                 \
