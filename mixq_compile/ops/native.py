@@ -415,7 +415,13 @@ def amx_ready() -> bool:
     """Whether the AMX GEMM runs here: level "amx" in force, the kernels built, and the OS granting this process
     the tile state (Linux ``arch_prctl``, asked once)."""
     lib = library() if cpu.at_least("amx") else None
-    return lib is not None and bool(lib.amx_available())
+    return lib is not None and _amx_granted(lib)
+
+
+@functools.cache
+def _amx_granted(lib: ctypes.CDLL) -> bool:
+    """The OS's answer for this process (asked once; every GEMM dispatch reads it)."""
+    return bool(lib.amx_available())
 
 
 def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None = None) -> Tensor:
