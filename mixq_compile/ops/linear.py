@@ -29,6 +29,7 @@ from .. import cpu
 from ..ir import instructions as K
 from ..ir.instructions import container_dtype
 from . import buffers, native
+from .derived import derived
 from .op_registry import operator
 
 _EXACT_BITS = {torch.float32: 24, torch.float64: 53}
@@ -81,8 +82,9 @@ def _accumulate(flat: Tensor, w_t: Tensor, offset: Tensor) -> Tensor:
     return acc.add_(offset)
 
 
+@derived
 def _offset(x_zero: Tensor, w_sum: Tensor, bias: Tensor | None) -> Tensor:
-    """``bias - x_zero * w_sum`` in int32 (the terms :func:`_accumulate` adds)."""
+    """``bias - x_zero * w_sum`` in int32 (the terms :func:`_accumulate` adds; memoized: callers only read it)."""
     offset = -(x_zero.to(torch.int32) * w_sum.to(torch.int32))
     return offset if bias is None else offset.add_(bias)
 

@@ -39,6 +39,7 @@ from .. import cpu
 from ..ir.instructions import container_dtype
 from ..ir.signature import non_finite_error
 from . import buffers
+from .derived import channel_vector
 
 #: how a NaN/Inf error from the fused input layer names what it read
 NODE_FEATURES = "the node features read by the quantized input layer"
@@ -180,7 +181,7 @@ def _requant(epilogue: Epilogue | None, rows: int, channels: int) -> tuple[Tenso
     """(int32 output or int8 codes, tensors to keep alive, the ``requant_t`` pointer or None)."""
     if epilogue is None:
         return buffers.empty((rows, channels), torch.int32), (), None
-    m, z = (t.reshape(-1).to(torch.float32).expand(channels).contiguous() for t in (epilogue.multiplier, epilogue.zero))
+    m, z = (channel_vector(t, channels, torch.float32) for t in (epilogue.multiplier, epilogue.zero))
     codes = buffers.empty((rows, channels), torch.int8)
     spec = _Requant(m.data_ptr(), z.data_ptr(), float(epilogue.qmin), float(epilogue.qmax), codes.data_ptr())
     return codes, (m, z, spec), ctypes.byref(spec)
@@ -290,10 +291,8 @@ def _elementwise(
     if x.numel() == 0:
         return out, False
     x = x.contiguous()
-    scale, zero = (t.reshape(-1).to(torch.float32).contiguous() for t in (scale, zero))
     per_channel = int(scale.numel() > 1 or zero.numel() > 1)
-    if per_channel:
-        scale, zero = scale.expand(channels).contiguous(), zero.expand(channels).contiguous()
+    scale, zero = (channel_vector(t, channels if per_channel else 1, torch.float32) for t in (scale, zero))
     bad = getattr(library(), kernel)(
         x.data_ptr(),
         scale.data_ptr(),
@@ -325,9 +324,7 @@ def csr_sum(
     channels = table.shape[1] if packed is None else packed.channels
     out, alive, requant = _requant(epilogue, rows, channels)
     dst, src, table = dst.contiguous().to(torch.int64), src.contiguous().to(torch.int64), table.contiguous()
-    zeros = torch.zeros(1, dtype=torch.int32) if zero is None else zero.reshape(-1).to(torch.int32)
-    base = zeros.expand(channels) - (0 if packed is None else packed.qmin)  # see native_kernels.c, packed codes
-    base = base.to(torch.int32).contiguous()
+    base = channel_vector(zero, channels, torch.int32, 0 if packed is None else packed.qmin)  # see packed codes
     weights = None if weight is None else weight.reshape(-1).to(torch.int32).contiguous()
     kernel = _CSR[table.dtype] if packed is None else _CSR_PACKED[packed.bits]
     status = getattr(library(), kernel)(
@@ -385,7 +382,7 @@ def quantize_linear(
     w_t = w_t.contiguous()
     outputs = w_t.shape[1] if packed is None else packed.channels
     out, alive, requant = _requant(epilogue, rows.shape[0], outputs)
-    bias32 = None if bias is None else bias.to(torch.int32).expand(outputs).contiguous()
+    bias32 = None if bias is None else channel_vector(bias, outputs, torch.int32)
     kernel = _QUANTIZE_LINEAR[w_t.dtype] if packed is None else _QUANTIZE_LINEAR_PACKED[packed.bits]
     status = getattr(library(), kernel)(
         rows.data_ptr(),
@@ -428,7 +425,7 @@ def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | Non
     """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights on AMX tiles
     (call only where :func:`amx_ready` holds), or with an ``epilogue`` its requantized int8 codes."""
     flat, w_t = flat.contiguous(), w_t.contiguous()
-    offset = offset.to(torch.int32).expand(w_t.shape[1]).contiguous()
+    offset = channel_vector(offset, w_t.shape[1], torch.int32)
     if 0 in (*flat.shape, w_t.shape[1]):  # nothing for the tiles: each row is its offset
         acc = offset.expand(flat.shape[0], w_t.shape[1]).clone()
         return acc if epilogue is None else epilogue.apply(acc)
