@@ -190,6 +190,18 @@ def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src,
         csr_sum(torch.tensor(dst), torch.tensor(src), None, table, None, 3)
 
 
+@pytest.mark.parametrize(
+    "dst",
+    [[2, 2, 4], [0, 0, 1], [5], [], [1, 3, 3, 3, 5], list(range(6))],  # rows without edges first, between, last
+)
+def test_rows_without_edges_sum_to_nothing(kernels, dst):
+    table = torch.arange(-6, 6, dtype=torch.int8).reshape(6, 2)
+    src = torch.tensor([(3 * i + 1) % 6 for i in range(len(dst))], dtype=torch.int64)
+    dst = torch.tensor(dst, dtype=torch.int64)
+    expected = torch.zeros(6, 2, dtype=torch.int32).index_add_(0, dst, table[src].to(torch.int32))
+    assert torch.equal(csr_sum(dst, src, None, table, None, 6), expected)
+
+
 def _dense_reference(x, scale, zero, bits, w_t, bias):
     w_sum = w_t.to(torch.int32).sum(0, dtype=torch.int32)
     return K.linear_int(K.quantize(x, scale, zero, *bits), zero, w_t, w_sum, bias), w_sum
