@@ -485,7 +485,13 @@ __attribute__((constructor)) static void fill_compress_lut(void) {
 /* Writes the indices k in [0, n) with x[k] != 0.0f (NaN included) to idx, lowest first; returns how many. idx
  * needs 64 slots of slack past n: the vector paths store whole registers. Branch-free: with AVX-512 VBMI2 one byte
  * compress per 64 features; AVX-512F one dword compress per 16 (into a register: the memory form of vpcompressd is
- * microcoded and very slow on AMD Zen 4); AVX2 a table lookup per 8; else scalar. */
+ * microcoded and very slow on AMD Zen 4); AVX2 a table lookup per 8; else scalar. The vector paths prefetch
+ * SCAN_AHEAD features (4 kB) ahead, into the next rows: between two rows' scans the kernel multiplies, demand
+ * loads stop and so does the hardware's stream prefetcher (Cora's input layer, 2708 x 1433 -> 128, Xeon, one
+ * thread: 1003 -> 848 us; two: 567 -> 513 us; prefetching past the end of x is harmless, it never faults). */
+#ifndef SCAN_AHEAD
+#define SCAN_AHEAD 1024
+#endif
 static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
     int64_t count = 0, k = 0;
 #if defined(__AVX512VBMI2__) && defined(__AVX512BW__)
@@ -495,6 +501,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
                                          5, 4, 3, 2, 1, 0);
     const __m512 zero = _mm512_setzero_ps();
     for (; k + 64 <= n; k += 64) {
+        for (int j = 0; j < 4; ++j) _mm_prefetch((const char *)(x + k + SCAN_AHEAD + 16 * j), _MM_HINT_T0);
         uint64_t mask = 0;
         for (int j = 0; j < 4; ++j)
             mask |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x + k + 16 * j), zero, _CMP_NEQ_UQ) << (16 * j);
@@ -512,6 +519,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
     const __m512i step = _mm512_set1_epi32(16);
     __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (; k + 16 <= n; k += 16) {
+        _mm_prefetch((const char *)(x + k + SCAN_AHEAD), _MM_HINT_T0);
         const __mmask16 mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + k), _mm512_setzero_ps(), _CMP_NEQ_UQ);
         _mm512_storeu_si512((void *)(idx + count), _mm512_maskz_compress_epi32(mask, lanes));
         count += __builtin_popcount((unsigned)mask);
@@ -520,6 +528,7 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
 #elif defined(__AVX2__)
     const __m256 zero = _mm256_setzero_ps();
     for (; k + 8 <= n; k += 8) {
+        _mm_prefetch((const char *)(x + k + SCAN_AHEAD), _MM_HINT_T0);
         const unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), zero, _CMP_NEQ_UQ));
         const __m256i at = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)compress_lut[mask]));
         _mm256_storeu_si256((__m256i *)(idx + count), _mm256_add_epi32(at, _mm256_set1_epi32((int32_t)k)));
