@@ -16,6 +16,7 @@ from mixq_compile.ir import instructions as K
 from mixq_compile.lowering.csr_aggregation import csr_features, find_aggregations, sorted_structure
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.ops import csr, elementwise, native  # noqa: F401
+from mixq_compile.ops.input_linear import density
 
 from helpers import WEIGHT_RANGES, adversarial_graphs
 from zoo import lowered
@@ -352,3 +353,16 @@ def test_linear_requantize_in_row_blocks_equals_requantize_after_linear_int(
     finally:
         linear.BLOCK_BYTES = original
     assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (17, 3), (100, 7), (2708, 33), (4, 2, 9)])
+def test_the_sampled_feature_density_counts_as_torch_does(kernels, shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x[x.abs() < 0.7] = 0
+    if x.numel():
+        x.view(-1)[0] = float("nan")  # counted: not zero
+    rows = x.reshape(-1, shape[-1])
+    sample = rows[:: max(1, rows.shape[0] // 16)]
+    expected = float(torch.count_nonzero(sample)) / sample.numel() if sample.numel() else 0.0
+    assert density(x) == pytest.approx(expected, abs=1e-12)
+    assert density(x.transpose(0, -1)) == pytest.approx(density(x.transpose(0, -1).contiguous()), abs=1e-12)

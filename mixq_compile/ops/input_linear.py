@@ -26,11 +26,16 @@ _SAMPLE_ROWS = 16
 
 def density(x: Tensor) -> float:
     """Fraction of non-zero features, estimated on up to 16 evenly spaced rows (a decision about speed only)."""
-    rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
-    if rows.numel() == 0:
+    if x.numel() == 0:
         return 0.0
-    sample = rows[:: max(1, rows.shape[0] // _SAMPLE_ROWS)]
-    return float(torch.count_nonzero(sample)) / sample.numel()
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
+    step = max(1, rows.shape[0] // _SAMPLE_ROWS)
+    samples = (rows.shape[0] + step - 1) // step
+    if rows.dtype == torch.float32 and rows.is_contiguous() and native.library() is not None:
+        found = native.count_nonzero_rows(rows, step, samples)
+    else:
+        found = int(torch.count_nonzero(rows[::step]))
+    return found / (samples * rows.shape[1])
 
 
 @operator("quantize_linear")

@@ -140,6 +140,8 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
     lib.gemm_s8_amx.argtypes = [pointer] + [i64] * 3 + [pointer, i64, pointer, i32, pointer, pointer]
     lib.amx_available.restype = i32
     lib.amx_available.argtypes = []
+    lib.count_nonzero_rows.restype = i64
+    lib.count_nonzero_rows.argtypes = [pointer, i64, i64, i64]
     lib.pack_codes.restype = None
     lib.pack_codes.argtypes = [pointer, i64, i64, i32, i32, i32, pointer]
     return lib, None
@@ -465,3 +467,9 @@ def pack_codes(codes: Tensor, qmin: int, bits: int, stride: int) -> Tensor:
         rows.data_ptr(), rows.shape[0], rows.shape[1], bits, qmin, torch.get_num_threads(), out.data_ptr()
     )
     return out
+
+
+def count_nonzero_rows(rows: Tensor, step: int, samples: int) -> int:
+    """Non-zero entries of ``samples`` rows of a contiguous float32 ``[n, in]`` tensor, ``step`` rows apart (call
+    only where :func:`library` is not None)."""
+    return library().count_nonzero_rows(rows.data_ptr(), rows.shape[1], step, samples)

@@ -542,6 +542,19 @@ static inline int64_t nonzero_indices(const float *x, int64_t n, int32_t *idx) {
     return count;
 }
 
+/* The non-zero features (NaN included, as torch.count_nonzero counts them) of `samples` rows, `step` rows apart:
+ * the input layer's sparse-or-dense decision, ~1 us where ATen's strided count took 15. */
+int64_t count_nonzero_rows(const float *x, int64_t in, int64_t step, int64_t samples) {
+    int64_t count = 0;
+    for (int64_t s = 0; s < samples; ++s) {
+        const float *restrict row = x + s * step * in;
+        int32_t found = 0;
+        for (int64_t k = 0; k < in; ++k) found += row[k] != 0.0f;
+        count += found;
+    }
+    return count;
+}
+
 /* w_offset: what every stored weight code is short of its value (0, or qmin of packed codes); STRIDE: a weight
  * row's length in WEIGHT units for the given output features */
 #define QUANTIZE_LINEAR(NAME, WEIGHT, ACCUMULATE, STRIDE)                                                              \
