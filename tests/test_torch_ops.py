@@ -366,3 +366,44 @@ def test_the_sampled_feature_density_counts_as_torch_does(kernels, shape):
     expected = float(torch.count_nonzero(sample)) / sample.numel() if sample.numel() else 0.0
     assert density(x) == pytest.approx(expected, abs=1e-12)
     assert density(x.transpose(0, -1)) == pytest.approx(density(x.transpose(0, -1).contiguous()), abs=1e-12)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("weights", WEIGHT_RANGES)
+def test_dequantize_epilogues_equal_dequantize_after_the_op(kernels, pack_every_table, per_channel, weights):
+    """``csr_sum_dequantize`` (int8 and narrow, read packed), ``linear_int_dequantize`` (in row blocks and on the
+    GEMM's own epilogue) against ``dequantize_acc`` of the plain op, bit for bit: sums past 2**24 round to float32
+    as the instruction's conversion does, and a float64 scale keeps the instruction's promotion."""
+    from mixq_compile.ops import linear
+
+    gen = torch.Generator().manual_seed(0)
+    n, channels, edges = 70, 37, 900
+    dst = torch.sort(torch.randint(0, n, (edges,), generator=gen)).values
+    src = torch.randint(0, n, (edges,), generator=gen)
+    weight = torch.randint(*weights, (edges,), dtype=torch.int32, generator=gen)
+    scale = torch.rand((channels,) if per_channel else (), generator=gen) * 1e-3 + 1e-6
+    table = torch.randint(-128, 128, (n, channels), dtype=torch.int8, generator=gen)
+    zero = torch.tensor(-5)
+    want = K.dequantize_acc(csr_sum(dst, src, weight, table, zero, n), scale)
+    got = torch.ops.mixq.csr_sum_dequantize(dst, src, weight, table, zero, n, scale)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    narrow = torch.randint(-2, 2, (n, channels), dtype=torch.int8, generator=gen)
+    want = K.dequantize_acc(csr_sum(dst, src, weight, narrow, zero, n), scale)
+    assert torch.equal(torch.ops.mixq.csr_sum_narrow_dequantize(dst, src, weight, narrow, zero, n, -2, 2, scale), want)
+    wide = scale.double()
+    got = torch.ops.mixq.csr_sum_dequantize(dst, src, weight, table, zero, n, wide)
+    want = K.dequantize_acc(csr_sum(dst, src, weight, table, zero, n), wide)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+    q_x = torch.randint(-128, 128, (300, 140), dtype=torch.int8, generator=gen)
+    w_t = torch.randint(-128, 128, (140, channels), dtype=torch.int8, generator=gen)
+    bias = torch.randint(-(2**30), 2**30, (channels,), dtype=torch.int32, generator=gen)
+    args = (q_x, torch.tensor(7), w_t, w_t.sum(0, dtype=torch.int32), bias)
+    want = K.dequantize_acc(torch.ops.mixq.linear_int(*args), scale)
+    assert torch.equal(torch.ops.mixq.linear_int_dequantize(*args, scale), want)
+    original = linear.BLOCK_BYTES
+    linear.BLOCK_BYTES = 64 * 4 * channels  # row blocks of 64 on the paths that block in Python
+    try:
+        assert torch.equal(torch.ops.mixq.linear_int_dequantize(*args, scale), want)
+    finally:
+        linear.BLOCK_BYTES = original

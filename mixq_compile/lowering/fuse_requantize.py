@@ -1,4 +1,5 @@
-"""Pass: fold each ``requantize`` into the ``mixq::`` op that computes its accumulator (torch backend).
+"""Pass: fold each ``requantize`` (and each output's ``dequantize_acc``) into the ``mixq::`` op that computes its
+accumulator (torch backend).
 
 Precondition: a feature program whose sum aggregations are ``mixq::csr_sum``, whose input layers are
 ``mixq::quantize_linear`` (:func:`~mixq_compile.lowering.csr_aggregation.csr_features`,
@@ -8,7 +9,10 @@ only reader of such an op's int32 result is gone, together with that op; a ``mix
 ``mixq::quantize_linear_requantize`` / ``mixq::linear_int_requantize`` node computes the same codes: the native
 kernels requantize each finished row, and the GEMM's int32 accumulators are requantized a block of rows at a time
 while in cache, instead of an int32 ``[rows, C]`` tensor that the next op would read back (on Cora's GCN: three
-fewer ops and 1.4 MB temporaries per layer; on a 1M-node graph a 1 GiB tensor). Other nodes are untouched.
+fewer ops and 1.4 MB temporaries per layer; on a 1M-node graph a 1 GiB tensor). Likewise a ``dequantize_acc``
+(``acc.to(float32) * scale``: a program output) that is the only reader of a ``mixq::csr_sum`` or
+``mixq::linear_int`` becomes ``mixq::csr_sum_dequantize`` / ``mixq::linear_int_dequantize``, whose kernels write
+each finished row as floats (the same IEEE conversion and product). Other nodes are untouched.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ FUSED = {
     mixq.linear_int.default: mixq.linear_int_requantize.default,
 }
 REQUANTIZE = (K.requantize, mixq.requantize.default)
+#: the producer ops that take a dequantize epilogue, and their fused forms
+DEQUANTIZED = {
+    mixq.csr_sum.default: mixq.csr_sum_dequantize.default,
+    mixq.linear_int.default: mixq.linear_int_dequantize.default,
+}
 
 
 def fuse_requantize(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
@@ -35,12 +44,13 @@ def fuse_requantize(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
     gm = quiet_deepcopy(features)
     fused = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in REQUANTIZE:
+        if node.op != "call_function" or (node.target not in REQUANTIZE and node.target is not K.dequantize_acc):
             continue
-        acc, multiplier, zero, qmin, qmax = node.args
-        if not isinstance(acc, fx.Node) or acc.target not in FUSED or len(acc.users) != 1:
+        acc, *epilogue = node.args
+        forms = DEQUANTIZED if node.target is K.dequantize_acc else FUSED
+        if not isinstance(acc, fx.Node) or acc.target not in forms or len(acc.users) != 1:
             continue
-        fuse_pair(gm, acc, node, FUSED[acc.target], (*acc.args, multiplier, zero, qmin, qmax))
+        fuse_pair(gm, acc, node, forms[acc.target], (*acc.args, *epilogue))
         fused += 1
     gm.graph.lint()
     gm.recompile()

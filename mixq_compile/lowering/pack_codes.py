@@ -1,13 +1,14 @@
 """Pass: let the aggregations and input layers of 2- and 4-bit codes read them packed (torch backend).
 
 Precondition: a feature program after :func:`~mixq_compile.lowering.fuse_requantize.fuse_requantize` (sum
-aggregations are ``mixq::csr_sum[_requantize]``, input layers ``mixq::quantize_linear[_requantize]``).
+aggregations are ``mixq::csr_sum[_requantize|_dequantize]``, input layers ``mixq::quantize_linear[_requantize]``).
 Postcondition:
 
 - every CSR aggregation whose code table comes from a producer that clamps it to at most 16 levels (a quantize or
-  requantize of at most 4 bits, possibly through ``relu_codes``) is a ``mixq::csr_sum_narrow[_requantize]``, which
-  packs the table and reads it packed when the table is large enough for that to pay
-  (:func:`~mixq_compile.ops.packed.packing_pays`, decided at run time: artifacts take any graph size);
+  requantize of at most 4 bits, possibly through ``relu_codes``) is a
+  ``mixq::csr_sum_narrow[_requantize|_dequantize]``, which packs the table and reads it packed when the table is
+  large enough for that to pay (:func:`~mixq_compile.ops.packed.packing_pays`, decided at run time: artifacts take
+  any graph size);
 - every input layer whose int8 weight constant spans at most 16 values reads a packed copy of it
   (``mixq::quantize_linear_packed[_requantize]``), and the unpacked constant leaves the program, so the artifact
   stores 2 (4) codes a byte.
@@ -32,6 +33,7 @@ mixq = torch.ops.mixq
 _NARROW_AGGREGATION = {
     mixq.csr_sum.default: mixq.csr_sum_narrow.default,
     mixq.csr_sum_requantize.default: mixq.csr_sum_narrow_requantize.default,
+    mixq.csr_sum_dequantize.default: mixq.csr_sum_narrow_dequantize.default,
 }
 #: input layers and their packed forms (the packed form takes w_qmin, w_bits, out_features after ``w_t``, argument 5)
 _PACKED_INPUT_LAYER = {

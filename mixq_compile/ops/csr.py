@@ -25,6 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..ir import instructions as K
 from ..ir.instructions import container_dtype
 from . import native
 from .op_registry import operator
@@ -107,3 +108,17 @@ def csr_sum_requantize(
 @csr_sum_requantize.register_fake
 def _(dst, src, weight, table, zero, rows, multiplier, out_zero, qmin, qmax) -> Tensor:
     return table.new_empty((rows, table.shape[1]), dtype=container_dtype(qmin, qmax))
+
+
+@operator("csr_sum_dequantize")
+def csr_sum_dequantize(
+    dst: Tensor, src: Tensor, weight: Tensor | None, table: Tensor, zero: Tensor | None, rows: int, scale: Tensor
+) -> Tensor:
+    """``dequantize_acc(csr_sum(...), scale)`` (an output aggregation): with the native kernels each finished row
+    is written as floats, so neither the int32 sums nor a separate pass over them are made."""
+    return sum_rows(dst, src, weight, table, zero, rows, native.Epilogue.dequantize(scale))
+
+
+@csr_sum_dequantize.register_fake
+def _(dst, src, weight, table, zero, rows, scale) -> Tensor:
+    return K.dequantize_acc(table.new_empty((rows, table.shape[1]), dtype=torch.int32), scale)

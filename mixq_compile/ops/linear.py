@@ -124,10 +124,10 @@ def linear_requantize(
         out = native.gemm_amx(flat, w_t, _offset(x_zero, w_sum, bias), epilogue)
         return out.reshape(*q_x.shape[:-1], w_t.shape[1])
     rows_per_block = max(1, BLOCK_BYTES // (4 * max(1, w_t.shape[1])))
-    code = container_dtype(epilogue.qmin, epilogue.qmax)
+    code = epilogue.dtype
     out = buffers.empty((flat.shape[0], w_t.shape[1]), code)
     block = torch.empty((0, w_t.shape[1]), dtype=torch.int32)
-    in_place = native.supports_requantize(block, epilogue.multiplier, epilogue.zero, code)
+    in_place = not epilogue.dequantizes and native.supports_requantize(block, epilogue.multiplier, epilogue.zero, code)
     offset = _offset(x_zero, w_sum, bias)  # once, not per block (1M rows: 505 blocks)
     for start in range(0, flat.shape[0], rows_per_block):
         acc = _accumulate(flat[start : start + rows_per_block], w_t, offset)
@@ -159,3 +159,16 @@ def linear_int_requantize(
 @linear_int_requantize.register_fake
 def _(q_x, x_zero, w_t, w_sum, bias, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
     return q_x.new_empty((*q_x.shape[:-1], w_t.shape[1]), dtype=container_dtype(out_qmin, out_qmax))
+
+
+@operator("linear_int_dequantize")
+def linear_int_dequantize(
+    q_x: Tensor, x_zero: Tensor, w_t: Tensor, w_sum: Tensor, bias: Tensor | None, scale: Tensor
+) -> Tensor:
+    """``dequantize_acc(linear_int(...), scale)`` (an output layer) in row blocks (:func:`linear_requantize`)."""
+    return linear_requantize(q_x, x_zero, w_t, w_sum, bias, native.Epilogue.dequantize(scale))
+
+
+@linear_int_dequantize.register_fake
+def _(q_x, x_zero, w_t, w_sum, bias, scale) -> Tensor:
+    return K.dequantize_acc(q_x.new_empty((*q_x.shape[:-1], w_t.shape[1]), dtype=torch.int32), scale)

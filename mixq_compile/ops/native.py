@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import cpu
+from ..ir import instructions as K
 from ..ir.instructions import container_dtype
 from ..ir.signature import non_finite_error
 from . import buffers
@@ -151,21 +152,37 @@ class _Requant(ctypes.Structure):
     """``requant_t`` of native_kernels.c."""
 
     _fields_ = [("multiplier", ctypes.c_void_p), ("zero", ctypes.c_void_p), ("qmin", ctypes.c_float),
-                ("qmax", ctypes.c_float), ("codes", ctypes.c_void_p)]  # fmt: skip
+                ("qmax", ctypes.c_float), ("codes", ctypes.c_void_p), ("values", ctypes.c_void_p)]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Epilogue:
-    """A requantize instruction fused onto a kernel's int32 rows: ``multiplier`` (float32) and ``zero`` (integer),
-    per tensor or per channel, and the int8 code range (see :func:`supports_epilogue`)."""
+    """An instruction fused onto a kernel's int32 rows: a requantize (``multiplier`` float32 and ``zero`` integer,
+    per tensor or per channel, and the int8 code range), or with ``zero`` None the dequantize of an output
+    (``acc * multiplier``, the output's scale: :meth:`dequantize`). See :func:`supports_epilogue`."""
 
     multiplier: Tensor
-    zero: Tensor
-    qmin: int
-    qmax: int
+    zero: Tensor | None
+    qmin: int = 0
+    qmax: int = 0
+
+    @classmethod
+    def dequantize(cls, scale: Tensor) -> Epilogue:
+        return cls(scale, None)
+
+    @property
+    def dequantizes(self) -> bool:
+        return self.zero is None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of what it writes."""
+        return torch.float32 if self.dequantizes else container_dtype(self.qmin, self.qmax)
 
     def apply(self, acc: Tensor) -> Tensor:
-        """The requantize on its own (``mixq::requantize``), for the paths whose kernel does not take it."""
+        """The instruction on its own, for the paths whose kernel does not take it."""
+        if self.dequantizes:
+            return K.dequantize_acc(acc, self.multiplier)
         return torch.ops.mixq.requantize(acc, self.multiplier, self.zero, self.qmin, self.qmax)
 
 
@@ -180,21 +197,25 @@ class PackedCodes:
 
 
 def supports_epilogue(epilogue: Epilogue, channels: int) -> bool:
-    """Whether the native kernels apply this requantize on their rows: int8 codes, parameters as
-    :func:`supports_requantize` takes them."""
-    return container_dtype(epilogue.qmin, epilogue.qmax) == torch.int8 and _requantize_parameters(
-        epilogue.multiplier, epilogue.zero, channels
-    )
+    """Whether the native kernels apply this epilogue on their rows: a requantize to int8 codes with parameters as
+    :func:`supports_requantize` takes them, or a dequantize by a float32 scale per tensor or per channel."""
+    if epilogue.dequantizes:
+        return epilogue.multiplier.dtype == torch.float32 and _per_tensor_or_channel(channels, epilogue.multiplier)
+    return epilogue.dtype == torch.int8 and _requantize_parameters(epilogue.multiplier, epilogue.zero, channels)
 
 
 def _requant(epilogue: Epilogue | None, rows: int, channels: int) -> tuple[Tensor, tuple, object]:
     """(int32 output or int8 codes, tensors to keep alive, the ``requant_t`` pointer or None)."""
     if epilogue is None:
         return buffers.empty((rows, channels), torch.int32), (), None
-    m, z = (channel_vector(t, channels, torch.float32) for t in (epilogue.multiplier, epilogue.zero))
-    codes = buffers.empty((rows, channels), torch.int8)
-    spec = _Requant(m.data_ptr(), z.data_ptr(), float(epilogue.qmin), float(epilogue.qmax), codes.data_ptr())
-    return codes, (m, z, spec), ctypes.byref(spec)
+    m = channel_vector(epilogue.multiplier, channels, torch.float32)
+    out = buffers.empty((rows, channels), epilogue.dtype)
+    if epilogue.dequantizes:
+        spec = _Requant(m.data_ptr(), None, 0.0, 0.0, None, out.data_ptr())
+        return out, (m, spec), ctypes.byref(spec)
+    z = channel_vector(epilogue.zero, channels, torch.float32)
+    spec = _Requant(m.data_ptr(), z.data_ptr(), float(epilogue.qmin), float(epilogue.qmax), out.data_ptr(), None)
+    return out, (m, z, spec), ctypes.byref(spec)
 
 
 def library() -> ctypes.CDLL | None:
@@ -329,7 +350,7 @@ def csr_sum(
     packed: PackedCodes | None = None,
 ) -> Tensor:
     """``mixq::csr_sum`` on integer codes in native code (call only where :func:`supports_csr_sum` holds), int32;
-    with an ``epilogue`` (where :func:`supports_epilogue` holds) its requantized int8 codes. With ``packed``,
+    with an ``epilogue`` (where :func:`supports_epilogue` holds) what it writes. With ``packed``,
     ``table`` is a packed uint8 table of ``packed.channels`` codes a row (see :mod:`.packed`)."""
     channels = table.shape[1] if packed is None else packed.channels
     out, alive, requant = _requant(epilogue, rows, channels)
@@ -385,7 +406,7 @@ def quantize_linear(
     packed: PackedCodes | None = None,
 ) -> Tensor:
     """``linear_int(quantize(x), ...)`` in one native pass that skips zero features (call only where
-    :func:`supports_quantize_linear` holds), int32, or with an ``epilogue`` its requantized int8 codes; raises
+    :func:`supports_quantize_linear` holds), int32, or with an ``epilogue`` what it writes; raises
     :class:`~mixq_compile.errors.InputValueError` if a feature is NaN or infinite. With ``packed``, ``w_t`` is a
     packed uint8 table of ``packed.channels`` output features a row."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
@@ -433,7 +454,7 @@ def _amx_granted(lib: ctypes.CDLL) -> bool:
 
 def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None = None) -> Tensor:
     """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights on AMX tiles
-    (call only where :func:`amx_ready` holds), or with an ``epilogue`` its requantized int8 codes."""
+    (call only where :func:`amx_ready` holds), or with an ``epilogue`` what it writes."""
     flat, w_t = flat.contiguous(), w_t.contiguous()
     offset = channel_vector(offset, w_t.shape[1], torch.int32)
     if 0 in (*flat.shape, w_t.shape[1]):  # nothing for the tiles: each row is its offset

@@ -21,8 +21,9 @@
  * among those quantized): the artifact then skips its own pass over x for that check.
  * Returns 0, 3 if the per-thread scratch cannot be allocated, or 4 if a feature is NaN or infinite.
  *
- * csr_sum_* and quantize_linear_* take an optional requantize epilogue (requant_t, NULL for int32 output): the
- * integer program's requantize instruction applied to each finished row, writing int8 codes instead of int32.
+ * csr_sum_*, quantize_linear_* and gemm_s8_amx take an optional epilogue (requant_t, NULL for int32 output): the
+ * integer program's requantize instruction applied to each finished row, writing int8 codes instead of int32, or
+ * its dequantize of an output (float32 values instead of int32).
  *
  * quantize_<code>: float32 -> codes for mixq::quantize, clamp(round_half_even(x / scale) + zero, qmin, qmax) with
  * the same IEEE rounding (a true division; built without fast-math or FMA contraction) as
@@ -299,18 +300,26 @@ static inline float clampf(float v, float lo, float hi) {
 /* requantize: round(float(acc) * multiplier) + zero, as the instruction (int32 -> float32 rounds to nearest) */
 #define REQUANTIZE_STEP(a, m, z) (rintf((float)(a) * (m)) + (z))
 
-/* The requantize epilogue of csr_sum / quantize_linear: each finished int32 row (in per-thread scratch) goes
- * straight to int8 codes of the next grid, codes[r, c] = clamp(REQUANTIZE_STEP(acc[c], m[c], z[c]), qmin, qmax),
- * so the [rows, C] int32 tensor and a separate requantize pass over it are never made. */
+/* The epilogue of the kernels: each finished int32 row (in per-thread scratch) goes straight to int8 codes of the
+ * next grid, codes[r, c] = clamp(REQUANTIZE_STEP(acc[c], m[c], z[c]), qmin, qmax), or (values set: the dequantize
+ * of a program output) to floats, values[r, c] = float(acc[c]) * m[c] (int32 -> float32 rounds to nearest, one
+ * IEEE product: the instruction's acc.to(float32) * scale), so the [rows, C] int32 tensor and a separate pass
+ * over it are never made. */
 typedef struct {
-    const float *multiplier, *zero; /* [C] */
+    const float *multiplier, *zero; /* [C]; zero unused by a dequantize */
     float qmin, qmax;
-    int8_t *codes; /* [rows, C] */
+    int8_t *codes;  /* [rows, C] */
+    float *values;  /* [rows, C], or NULL: requantize into codes */
 } requant_t;
 
 static inline void requantize_row(const int32_t *restrict acc, int64_t channels, const requant_t *rq, int64_t r) {
     /* fields copied out first: int8_t stores may alias anything, which would keep the loop scalar */
     const float *restrict m = rq->multiplier, *restrict z = rq->zero;
+    if (rq->values) {
+        float *restrict v = rq->values + r * channels;
+        for (int64_t c = 0; c < channels; ++c) v[c] = (float)acc[c] * m[c];
+        return;
+    }
     const float qmin = rq->qmin, qmax = rq->qmax;
     int8_t *restrict o = rq->codes + r * channels;
     for (int64_t c = 0; c < channels; ++c) o[c] = (int8_t)clampf(REQUANTIZE_STEP(acc[c], m[c], z[c]), qmin, qmax);

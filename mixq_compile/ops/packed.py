@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ir import instructions as K
 from ..ir.instructions import container_dtype
 from . import csr, native
 from .op_registry import operator
@@ -199,3 +200,25 @@ def csr_sum_narrow_requantize(
 @csr_sum_narrow_requantize.register_fake
 def _(dst, src, weight, table, zero, rows, qmin, bits, multiplier, out_zero, out_qmin, out_qmax) -> Tensor:
     return table.new_empty((rows, table.shape[1]), dtype=container_dtype(out_qmin, out_qmax))
+
+
+@operator("csr_sum_narrow_dequantize")
+def csr_sum_narrow_dequantize(
+    dst: Tensor,
+    src: Tensor,
+    weight: Tensor | None,
+    table: Tensor,
+    zero: Tensor | None,
+    rows: int,
+    qmin: int,
+    bits: int,
+    scale: Tensor,
+) -> Tensor:
+    """``mixq::csr_sum_dequantize`` over an int8 table of ``bits``-bit codes, read packed where
+    :func:`packing_pays`."""
+    return _csr_sum_narrow(dst, src, weight, table, zero, rows, qmin, bits, native.Epilogue.dequantize(scale))
+
+
+@csr_sum_narrow_dequantize.register_fake
+def _(dst, src, weight, table, zero, rows, qmin, bits, scale) -> Tensor:
+    return K.dequantize_acc(table.new_empty((rows, table.shape[1]), dtype=torch.int32), scale)
