@@ -11,6 +11,7 @@ so an id is never reused while its entry lives, and the least recently used of :
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
@@ -43,18 +44,23 @@ def derived(function: F) -> F:
     """Memoize ``function`` (a pure function of tensor and hashable arguments, returning a tensor that its callers
     only read) on its arguments' identity and version."""
     memo: OrderedDict[tuple, Tensor] = OrderedDict()
+    lock = threading.Lock()  # artifacts may be called from several threads
 
     @functools.wraps(function)
     def lookup(*args):
         key = _key(args)
         if key is None:
             return function(*args)
-        if key in memo:
-            memo.move_to_end(key)
-            return memo[key]
-        value = memo[key] = function(*args)
-        if len(memo) > ENTRIES:
-            memo.popitem(last=False)
+        with lock:
+            value = memo.get(key)
+            if value is not None:
+                memo.move_to_end(key)
+                return value
+        value = function(*args)
+        with lock:
+            memo[key] = value
+            if len(memo) > ENTRIES:
+                memo.popitem(last=False)
         return value
 
     lookup.cache_clear = memo.clear  # type: ignore[attr-defined]
