@@ -31,23 +31,24 @@ FUSED = {
     mixq.quantize_linear.default: mixq.quantize_linear_requantize.default,
     mixq.linear_int.default: mixq.linear_int_requantize.default,
 }
-REQUANTIZE = (K.requantize, mixq.requantize.default)
 #: the producer ops that take a dequantize epilogue, and their fused forms
 DEQUANTIZED = {
     mixq.csr_sum.default: mixq.csr_sum_dequantize.default,
     mixq.linear_int.default: mixq.linear_int_dequantize.default,
 }
+#: the instructions folded, each with the fused forms of the producers it folds into
+EPILOGUES = {K.requantize: FUSED, mixq.requantize.default: FUSED, K.dequantize_acc: DEQUANTIZED}
 
 
 def fuse_requantize(features: fx.GraphModule) -> tuple[fx.GraphModule, int]:
-    """A copy of ``features`` with every foldable ``requantize`` folded, and how many were."""
+    """A copy of ``features`` with every foldable ``requantize`` / ``dequantize_acc`` folded, and how many were."""
     gm = quiet_deepcopy(features)
     fused = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or (node.target not in REQUANTIZE and node.target is not K.dequantize_acc):
+        forms = EPILOGUES.get(node.target) if node.op == "call_function" else None
+        if forms is None:
             continue
         acc, *epilogue = node.args
-        forms = DEQUANTIZED if node.target is K.dequantize_acc else FUSED
         if not isinstance(acc, fx.Node) or acc.target not in forms or len(acc.users) != 1:
             continue
         fuse_pair(gm, acc, node, forms[acc.target], (*acc.args, *epilogue))

@@ -72,4 +72,4 @@ def channel_vector(t: Tensor | None, channels: int, dtype: torch.dtype, minus: i
     """``t`` (one value, or one per channel; None for zeros) as a contiguous ``[channels]`` vector of ``dtype``,
     less ``minus``."""
     vector = torch.zeros(channels, dtype=dtype) if t is None else t.reshape(-1).to(dtype).expand(channels)
-    return (vector - minus if minus else vector).to(dtype).contiguous()
+    return (vector - minus if minus else vector).contiguous()  # int32 / float32 less a Python int keep their dtype

@@ -317,7 +317,7 @@ typedef struct {
  * the same IEEE steps (int32 -> float32 to nearest, one product, rounding to nearest even, clamp, truncation of an
  * integral float). The whole 16-channel groups stay with the compiler's loop, which packs four vectors' bytes at
  * once (a masked loop over all channels measured 5-8 % slower at 128 channels). */
-static inline void requantize_tail(const int32_t *restrict acc, const int32_t *restrict offset, int64_t from,
+static inline void epilogue_tail(const int32_t *restrict acc, const int32_t *restrict offset, int64_t from,
                                    int64_t channels, const requant_t *rq, int64_t r) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if (from == channels) return;
@@ -339,12 +339,12 @@ static inline void requantize_tail(const int32_t *restrict acc, const int32_t *r
 }
 
 /* acc[c] (+ offset[c], wrapping, where offset is given: the GEMM's zero-point and bias terms) through the epilogue */
-static inline void requantize_row(const int32_t *restrict acc, const int32_t *restrict offset, int64_t channels,
+static inline void epilogue_row(const int32_t *restrict acc, const int32_t *restrict offset, int64_t channels,
                                   const requant_t *rq, int64_t r) {
     /* fields copied out first: int8_t stores may alias anything, which would keep the loop scalar */
     const float *restrict m = rq->multiplier, *restrict z = rq->zero;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    const int64_t whole = channels / 16 * 16; /* the rest: requantize_tail */
+    const int64_t whole = channels / 16 * 16; /* the rest: epilogue_tail */
 #else
     const int64_t whole = channels;
 #endif
@@ -358,7 +358,7 @@ static inline void requantize_row(const int32_t *restrict acc, const int32_t *re
         for (int64_t c = 0; c < whole; ++c) o[c] = (int8_t)clampf(REQUANTIZE_STEP(ROW_SUM(c), m[c], z[c]), qmin, qmax);
     }
 #undef ROW_SUM
-    requantize_tail(acc, offset, whole, channels, rq, r);
+    epilogue_tail(acc, offset, whole, channels, rq, r);
 }
 
 /* int32 slots rounded up to whole 64-byte lines plus one line: per-thread scratch rows then never share a cache
@@ -456,7 +456,7 @@ static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const 
             }                                                                                                \
             ACCUMULATE(acc, base, 0u - wsum, 0u, table, STRIDE(channels), channels, src + first,               \
                        weight ? weight + first : NULL, count);                                               \
-            if (rq) requantize_row(acc, NULL, channels, rq, r);                                                    \
+            if (rq) epilogue_row(acc, NULL, channels, rq, r);                                               \
         }                                                                                                    \
         }                                                                                                    \
         free(rowptr);                                                                                        \
@@ -640,7 +640,7 @@ int64_t count_nonzero_rows(const float *x, int64_t in, int64_t step, int64_t sam
                     for (int64_t i = 0; i < count; ++i) dsum += (uint32_t)d[i];                              \
                 ACCUMULATE(acc, bias, 1u, dsum * (uint32_t)w_offset, w_t, STRIDE(out_features), out_features, idx, \
                            d, count);                                                                        \
-                if (rq) requantize_row(acc, NULL, out_features, rq, r);                                            \
+                if (rq) epilogue_row(acc, NULL, out_features, rq, r);                                       \
             }                                                                                                \
         }                                                                                                    \
         free(scratch);                                                                                       \
@@ -901,7 +901,7 @@ int gemm_s8_amx(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t
             for (int64_t i = 0; i < rows; ++i) {
                 const int32_t *sums = block_c + i * width;
                 if (rq) { /* the offset added as the row is read: a store of it first would stall the reads */
-                    requantize_row(sums, offset, n, rq, r0 + i);
+                    epilogue_row(sums, offset, n, rq, r0 + i);
                     continue;
                 }
                 int32_t *acc = out + (r0 + i) * n;
