@@ -162,15 +162,16 @@ def test_bounds_widen_only_at_high_bits_and_only_when_the_data_lie_inside(bits, 
 @pytest.mark.parametrize(
     ("bits", "bounds", "batches", "expected"),
     [
-        (8, None, [[-1.0, 1.0], [-2.0, 2.0], [-3.0, 3.0]], (-4.5, 4.5)),  # 3 + 1.5 * (3 - mean 2)
+        (8, None, [[-1.0, 1.0], [-2.0, 2.0], [-3.0, 3.0]], (-5.0, 5.0)),  # 3 + 6 / 3 batches * (3 - mean 2)
+        (8, None, [[-1.0, 1.0], [-2.0, 2.0], [-3.0, 3.0], [-2.0, 2.0]] * 2, (-3.75, 3.75)),  # 3 + 6 / 8 * (3 - 2)
         (8, None, [[0.0, 3.0]], (0.0, 3.0)),  # one batch: no spread to extrapolate from
         (4, None, [[-1.0, 1.0], [-2.0, 2.0], [-3.0, 3.0]], (-3.0, 3.0)),  # low bits: resolution first
         (8, (-1.0, 1.0), [[0.0, 0.5], [0.0, 0.9]], (0.0, 1.0)),  # inside the bounds: the bound, not past it
-        (8, (-1.0, 1.0), [[0.0, 1.5], [0.0, 2.5]], (0.0, 3.25)),  # the data left the bounds: extrapolated
+        (8, (-1.0, 1.0), [[0.0, 1.5], [0.0, 2.5]], (0.0, 4.0)),  # the data left the bounds: 2.5 + 3 * 0.5
     ],
 )
 def test_ranges_over_several_batches_reach_past_the_most_extreme_one(bits, bounds, batches, expected):
-    observer = RangeObserver(QuantSpec(bits=bits, bounds=bounds, tail_margin=1.5))
+    observer = RangeObserver(QuantSpec(bits=bits, bounds=bounds, tail_margin=6.0))
     for batch in batches:
         observer.update(torch.tensor(batch))
     assert tuple(float(v) for v in observer.range()) == pytest.approx(expected)
@@ -182,7 +183,7 @@ def test_the_default_activation_ranges_cover_a_graph_past_the_calibration_graphs
     mq.calibrate(qmodel, graphs, progress=False)
     _, high = covered_range(qmodel, "inner.input")
     maxima = [float(x.max()) for x, _ in graphs]
-    extended = max(maxima) + mq.config.TAIL_MARGIN * (max(maxima) - sum(maxima) / len(maxima))
+    extended = max(maxima) + mq.config.TAIL_MARGIN / len(maxima) * (max(maxima) - sum(maxima) / len(maxima))
     assert high == pytest.approx(extended, rel=0.01) and high > 1.1 * max(maxima)
 
 

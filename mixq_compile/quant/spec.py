@@ -80,10 +80,11 @@ class QuantSpec:
             ``(-1, 1)``), or ``None``. At ``BOUNDS_FROM_BITS`` bits and above, a calibrated range inside it is widened
             to the bound on each side the data reach: a calibration graph without an isolated node never shows the
             coefficient 1 that another graph has. Data outside the bounds keep their observed range.
-        tail_margin: ``K`` for ranges observed over several calibration batches at ``BOUNDS_FROM_BITS`` bits and
+        tail_margin: ``K`` for ranges observed over ``n > 1`` calibration batches at ``BOUNDS_FROM_BITS`` bits and
             above (``range_init`` ``"minmax"`` or ``"mse"``, outside ``bounds``): each end of the range reaches
-            ``K`` times past the most extreme batch's excess over the mean of the batches' extremes, where graphs
-            not calibrated on are expected to land (0: the observed range).
+            ``K / n`` times past the most extreme batch's excess over the mean of the batches' extremes, where
+            graphs not calibrated on are expected to land; the more batches, the less often a new graph passes
+            their maximum (0: the observed range).
         learnable: whether scale (and zero-point) are trained (LSQ+ gradients) or stay at their initial values.
     """
 
