@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.export._unlift as unlift
 
-from mixq_compile.runtimes.pt2 import VALIDATED_SIGNATURES, export_program, load_pt2, save_program
+from mixq_compile.runtimes.pt2 import VALIDATED_SIGNATURES, _lifted_graph, export_program, load_pt2, save_program
 
 
 class _Project(torch.nn.Module):
@@ -63,3 +63,71 @@ def test_the_remembered_signatures_are_bounded(runner, checks):
     runner(torch.randn(2, 4))  # the oldest was forgotten: checked again
     runner(torch.randn(VALIDATED_SIGNATURES + 2, 4))  # the newest was not
     assert len(checks) == VALIDATED_SIGNATURES + 2
+
+
+class _Weighted(torch.nn.Module):
+    """A parameter, a persistent and a non-persistent buffer and a constant tensor: every kind of lifted weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.arange(12.0).reshape(4, 3), requires_grad=False)
+        self.register_buffer("b", torch.full((3,), 0.5))
+        self.register_buffer("n", torch.tensor([1.0, -1.0, 2.0]), persistent=False)
+        self.c = torch.tensor([3.0, 0.0, 1.0])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x @ self.p + self.b * self.n, y * self.c
+
+
+class _Counting(torch.nn.Module):
+    """Writes to its own buffer on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        self.calls.add_(1)
+        return (x + self.calls,)
+
+
+class _Nested(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        return ((x + 1, x * 2),)
+
+
+def _saved(program: torch.export.ExportedProgram, path) -> torch.export.ExportedProgram:
+    save_program(program, path)
+    return torch.export.load(path)
+
+
+def test_the_program_graph_runs_with_every_kind_of_weight(tmp_path):
+    inputs = (torch.randn(5, 4), torch.randn(6, 3))
+    program = _saved(export_program(_Weighted(), inputs), tmp_path / "w.pt2")
+    assert _lifted_graph(program) is not None
+    runner = load_pt2(tmp_path / "w.pt2")
+    for x, y in (inputs, (torch.randn(2, 4), torch.randn(1, 3))):
+        expected = program.module()(x, y)
+        for _ in range(2):  # checked, then the lifted graph
+            got = runner(x, y)
+            assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_program_that_writes_its_buffer_writes_it_on_every_call(tmp_path, functional):
+    # exported as is, the write stays an in-place op on the lifted buffer, the tensor the module holds too; after
+    # functionalization it is an output the module call writes back, so the lifted graph must not be used
+    program = export_program(_Counting(), (torch.zeros(3),))
+    program = _saved(program.run_decompositions() if functional else program, tmp_path / "c.pt2")
+    assert (_lifted_graph(program) is None) == functional
+    runner = load_pt2(tmp_path / "c.pt2")
+    assert [float(runner(torch.zeros(3))[0][0]) for _ in range(3)] == [1.0, 2.0, 3.0]  # each call sees the last write
+
+
+def test_a_program_with_nested_outputs_runs_as_a_module(tmp_path):
+    program = _saved(export_program(_Nested(), (torch.ones(2),)), tmp_path / "n.pt2")
+    assert _lifted_graph(program) is None
+    runner = load_pt2(tmp_path / "n.pt2")
+    for _ in range(2):
+        ((plus, times),) = runner(torch.ones(2))
+        assert torch.equal(plus, torch.full((2,), 2.0)) and torch.equal(times, torch.full((2,), 2.0))
