@@ -11,7 +11,7 @@ from torch import nn
 
 import mixq_compile as mq
 from mixq_compile.capture import capture
-from mixq_compile.ir.structure_cache import StructureCache
+from mixq_compile.ir.structure_cache import MEMCMP_BELOW, StructureCache, same_contents
 from mixq_compile.models import PlanetoidGCN
 from mixq_compile.passes.structure import cache_structure, structure_nodes
 
@@ -128,3 +128,26 @@ def test_copies_start_empty_and_frozen_and_saved_models_keep_the_cache(pair, tmp
         again = mq.load(tmp_path / "m", PlanetoidGCN(8, 3, hidden=16), (x, ei))
     assert again.config.cache_structure and isinstance(_cache(again), StructureCache)
     assert torch.equal(again.eval()(x, ei), frozen(x, ei))
+
+
+@pytest.mark.parametrize("edges", [0, 1, 10556, MEMCMP_BELOW // 16 + 1])  # none, one, Cora's, past memcmp
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_graph_tensors_compare_equal_exactly_when_every_element_is_equal(edges, dtype):
+    graph = torch.randint(0, 2 if dtype == torch.bool else 1000, (2, edges)).to(dtype)
+    assert same_contents(graph, graph.clone())
+    for position in {0, graph.numel() // 2, graph.numel() - 1} if edges else set():
+        changed = graph.clone().reshape(-1)
+        changed[position] = ~changed[position] if dtype == torch.bool else changed[position] + 1
+        assert not same_contents(changed.reshape(2, edges), graph)
+    if edges > 1:  # views: a row at an offset into its storage, and a non-contiguous column slice
+        other = graph.clone()
+        other[1, -1] = ~other[1, -1] if dtype == torch.bool else other[1, -1] + 1
+        assert same_contents(graph[1], other[1].clone()) is False and same_contents(graph[1], graph[1].clone())
+        assert same_contents(graph[:, ::2], graph[:, ::2].clone())
+        assert not same_contents(graph[:, 1:], other[:, 1:])
+
+
+def test_float_graph_tensors_compare_as_torch_equal():
+    nan = torch.tensor([float("nan"), 0.0])
+    assert not same_contents(nan, nan.clone())  # torch.equal: NaN is not equal to itself
+    assert same_contents(torch.tensor([0.0]), torch.tensor([-0.0]))

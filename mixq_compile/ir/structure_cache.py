@@ -6,6 +6,8 @@ when loaded with ``cache_structure=True`` (PyG's ``cached=True``).
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable
 
 import torch
@@ -14,12 +16,43 @@ from torch import Tensor, fx, nn
 #: name of the StructureCache submodule in a graph after ``cache_structure``
 CACHE_MODULE = "structure_cache"
 
+#: graph tensors smaller than this are compared with libc's ``memcmp``, larger ones with ``torch.equal``, whichever
+#: is faster (Intel Xeon, 2 threads: Cora's ``edge_index`` 2.7 against 11.6 us; 2 x 1M edges 1.1 against 0.8 ms)
+MEMCMP_BELOW = 1 << 20
+
+
+def _libc_memcmp() -> Callable[[int, int, int], int] | None:
+    if sys.platform == "win32":
+        return None
+    memcmp = ctypes.CDLL(None).memcmp
+    memcmp.restype, memcmp.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return memcmp
+
+
+_memcmp = _libc_memcmp()
+
+
+def same_contents(new: Tensor, old: Tensor) -> bool:
+    """Whether two tensors of the same dtype and shape hold the same values (integer and bool tensors bit for bit;
+    others as ``torch.equal`` compares them)."""
+    size = new.numel() * new.element_size()
+    if (
+        _memcmp is not None
+        and not (new.is_floating_point() or new.is_complex())
+        and size < MEMCMP_BELOW
+        and new.device.type == old.device.type == "cpu"
+        and new.is_contiguous()
+        and old.is_contiguous()
+    ):
+        return size == 0 or _memcmp(new.data_ptr(), old.data_ptr(), size) == 0
+    return torch.equal(new, old)
+
 
 class StructureCache(nn.Module):
     """Runs a structure-only subgraph and replays its outputs while the graph inputs stay the same.
 
     The cache key is, per input: for an integer tensor (``edge_index``, ``batch``), its content — a private copy
-    compared element by element with ``torch.equal`` (a few microseconds for Cora's 10k edges), because object
+    compared byte by byte (:func:`same_contents`: a few microseconds for Cora's 10k edges), because object
     identity and version counters miss writes through ``.data``, NumPy views or DLPack; for a floating-point
     tensor (node features, which structure work reads only through their shape), its shape; for a size, its value;
     and whether inference mode is on (its outputs cannot be used by autograd later). Any change of the graph
@@ -51,7 +84,7 @@ class StructureCache(nn.Module):
         for new, old in zip(key, cached, strict=True):
             if isinstance(new, Tensor):
                 same = isinstance(old, Tensor) and new.dtype == old.dtype and new.shape == old.shape
-                if not (same and torch.equal(new, old)):
+                if not (same and same_contents(new, old)):
                     return False
             elif new != old:
                 return False
