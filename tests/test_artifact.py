@@ -182,6 +182,13 @@ def test_aot_inductor_option_compiles_an_exact_feature_program(frozen_gcn, tmp_p
     other = random_graph(83, 400, 12, seed=5)
     for graph in (args, other):
         assert torch.equal(artifact(*graph), mq.lower(frozen)(*graph))
+    # NaN features: found by the input layer inside the compiled program (no scan before the call), and raised as
+    # the signature check would raise them, not as the RuntimeError AOTInductor wraps them in
+    assert artifact.manifest["backend_entries"]["finite_checked_inputs"] == [0]
+    dirty = other[0].clone()
+    dirty[7, 3] = float("inf")
+    with pytest.raises(mq.InputValueError, match=r"^the node features .* contains NaN or infinite values"):
+        artifact(dirty, other[1])
     with pytest.raises(ValueError, match="aot_inductor"):
         mq.export(frozen, args, tmp_path / "bad", backend="torch", backend_options={"fast": True})
 
