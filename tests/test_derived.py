@@ -48,6 +48,20 @@ def test_large_and_inference_tensors_are_not_memoized():
     assert len(calls) == 4
 
 
+def test_the_element_limit_is_per_derivation():
+    calls = []
+
+    @derived.derived(max_elements=10)
+    def negated(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.numel())
+        return -t
+
+    small, large = torch.ones(10), torch.ones(11)
+    for _ in range(2):
+        assert negated(small).tolist() == [-1.0] * 10 and negated(large).tolist() == [-1.0] * 11
+    assert calls == [10, 11, 11]
+
+
 def test_the_memo_is_bounded(monkeypatch):
     monkeypatch.setattr(derived, "ENTRIES", 3)
     doubled, calls = _counting()

@@ -17,6 +17,7 @@ from mixq_compile.lowering.fold_relu import fold_relu
 from mixq_compile.lowering.fuse_input_linear import fuse_input_linear
 from mixq_compile.lowering.fuse_requantize import fuse_requantize
 from mixq_compile.lowering.pack_codes import pack_narrow_codes
+from mixq_compile.ops import input_linear, native
 from mixq_compile.ops.packed import pack_reference, packed_stride, packing_bits, unpack
 from mixq_compile.runtimes.torch.integer_ops import dispatching_ops
 
@@ -90,6 +91,7 @@ def test_packed_aggregation_equals_the_unpacked_one(
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("read", ["packed", "unpacked once"])  # small tables are read as int8 by default
 @settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(
     rows=st.integers(1, 30),
@@ -101,7 +103,11 @@ def test_packed_aggregation_equals_the_unpacked_one(
     requantized=st.booleans(),
     seed=st.integers(0, 99),
 )
-def test_packed_input_layer_equals_the_unpacked_one(rows, features, out, bits, signed, density, requantized, seed):
+def test_packed_input_layer_equals_the_unpacked_one(
+    read, monkeypatch, rows, features, out, bits, signed, density, requantized, seed
+):
+    if read == "packed":
+        monkeypatch.setattr(input_linear, "UNPACK_BELOW_BYTES", 0)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, features, generator=gen) * (torch.rand(rows, features, generator=gen) < density)
     w_t, w_qmin = _codes(features, out, bits, signed, gen)
@@ -119,6 +125,33 @@ def test_packed_input_layer_equals_the_unpacked_one(rows, features, out, bits, s
         want = mixq.quantize_linear(x, scale, zero, -128, 127, w_t, w_sum, bias)
         got = mixq.quantize_linear_packed(x, scale, zero, -128, 127, packed, w_qmin, bits, out, w_sum, bias)
     assert torch.equal(got, want)
+
+
+def test_small_packed_weight_tables_are_unpacked_once_and_large_ones_read_packed(monkeypatch):
+    """The input layer reads a packed weight table that fits the caches as int8 codes, unpacked on the first call
+    only (and again after the table changes); a larger one stays packed (:data:`input_linear.UNPACK_BELOW_BYTES`)."""
+    unpacked = []
+    monkeypatch.setattr(input_linear, "unpack", lambda *a: unpacked.append(a[0].shape) or unpack(*a))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 64, generator=gen) * (torch.rand(40, 64, generator=gen) < 0.01)
+    assert input_linear.density(x) <= input_linear.SPARSE_DENSITY  # the sparse kernel's path where it is built
+    w_t, w_qmin = _codes(64, 48, 2, True, gen)
+    w_sum, scale, zero = w_t.sum(0, dtype=torch.int32), torch.tensor(0.05), torch.tensor(3.0)
+    packed = pack_reference(w_t, w_qmin, 2)
+
+    def layer():
+        return mixq.quantize_linear_packed(x, scale, zero, -128, 127, packed, w_qmin, 2, 48, w_sum, None)
+
+    want = mixq.quantize_linear(x, scale, zero, -128, 127, w_t, w_sum, None)
+    assert all(torch.equal(layer(), want) for _ in range(3)) and unpacked == [packed.shape]
+    read = int(x.ne(0).any(0).nonzero()[0])  # a weight row the layer reads
+    packed[read, 0] ^= 1  # the table changed: unpacked again
+    assert not torch.equal(layer(), want) and len(unpacked) == 2
+    monkeypatch.setattr(input_linear, "UNPACK_BELOW_BYTES", 64 * 48 - 1)  # one byte short: read packed
+    packed[read, 0] ^= 1
+    assert torch.equal(layer(), want)
+    expected_unpacks = 3 if native.library() is None else 2  # the ATen path unpacks for its GEMM
+    assert len(unpacked) == expected_unpacks
 
 
 def test_narrow_aggregation_packs_only_large_tables_of_long_rows_and_sums_alike(monkeypatch):

@@ -26,13 +26,14 @@ MAX_ELEMENTS = 1 << 16
 F = TypeVar("F", bound=Callable[..., Tensor])
 
 
-def _key(args: tuple) -> tuple | None:
+def _key(args: tuple, max_elements: int) -> tuple | None:
     """The memo key of ``args`` (tensors by identity and version, everything else by value), or None where one
-    cannot be made: a large tensor, or an inference-mode tensor (it has no version counter)."""
+    cannot be made: a tensor of more than ``max_elements``, or an inference-mode tensor (it has no version
+    counter)."""
     key = []
     for a in args:
         if isinstance(a, Tensor):
-            if a.numel() > MAX_ELEMENTS or a.is_inference():
+            if a.numel() > max_elements or a.is_inference():
                 return None
             key.append((id(a), a._version, a))
         else:
@@ -40,15 +41,18 @@ def _key(args: tuple) -> tuple | None:
     return tuple(key)
 
 
-def derived(function: F) -> F:
+def derived(function: F | None = None, *, max_elements: int = MAX_ELEMENTS) -> F | Callable[[F], F]:
     """Memoize ``function`` (a pure function of tensor and hashable arguments, returning a tensor that its callers
-    only read) on its arguments' identity and version."""
+    only read) on its arguments' identity and version; ``@derived(max_elements=n)`` for tensor arguments larger
+    than :data:`MAX_ELEMENTS`."""
+    if function is None:
+        return functools.partial(derived, max_elements=max_elements)
     memo: OrderedDict[tuple, Tensor] = OrderedDict()
     lock = threading.Lock()  # artifacts may be called from several threads
 
     @functools.wraps(function)
     def lookup(*args):
-        key = _key(args)
+        key = _key(args, max_elements)
         if key is None:
             return function(*args)
         with lock:

@@ -16,12 +16,18 @@ from torch import Tensor
 from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
+from .derived import derived
 from .linear import linear_requantize
 from .op_registry import operator
 from .packed import unpack
 
 SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
 _SAMPLE_ROWS = 16
+#: packed weight tables whose int8 codes take at most this many bytes are read as int8 codes, unpacked once per
+#: table: they stay in the caches (256 kB: the smallest L2 of recent x86 cores) and unpacking every gathered row is
+#: then pure cost. Cora's input layer (1433 x 128), sparse kernel, 2 threads, Intel Xeon: 2-bit weights 537 / int8
+#: 511 us (AMX build), 712 / 590 us (AVX2 build); the artifact still stores them packed.
+UNPACK_BELOW_BYTES = 256 << 10
 
 
 def density(x: Tensor) -> float:
@@ -63,6 +69,8 @@ def _input_layer(
     """Every form of the op: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its
     rows where the kernel takes it, else after it; on ``packed`` weights where they are), otherwise the NaN/Inf
     test, quantize and the dense GEMM (on the unpacked weights)."""
+    if packed is not None and w_t.shape[0] * packed.channels <= UNPACK_BELOW_BYTES:
+        w_t, packed = _unpacked(w_t, packed.qmin, packed.bits, packed.channels), None
     if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_DENSITY:
         outputs = w_t.shape[1] if packed is None else packed.channels
         if epilogue is None or native.supports_epilogue(epilogue, outputs):
@@ -76,6 +84,12 @@ def _input_layer(
             return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)
         acc = torch.ops.mixq.linear_int(codes, zero, w_t, w_sum, bias)
     return acc if epilogue is None else epilogue.apply(acc)
+
+
+@derived(max_elements=UNPACK_BELOW_BYTES)
+def _unpacked(w_t: Tensor, qmin: int, bits: int, channels: int) -> Tensor:
+    """A packed weight table's int8 codes, unpacked once per table (see :data:`UNPACK_BELOW_BYTES`)."""
+    return unpack(w_t, qmin, bits, channels).contiguous()
 
 
 def _quantize_finite(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
