@@ -60,15 +60,19 @@ def float_exact_matmul(a: Tensor, b: Tensor) -> Tensor:
     if bound > 1 << 14 or torch.get_float32_matmul_precision() != "highest":
         dtype = torch.float64
     chunk = max(1, (1 << _EXACT_BITS[dtype]) // bound)
-    k = a.shape[1]
-    out = torch.zeros((a.shape[0], b.shape[1]), dtype=torch.int32)
-    for start in range(0, k, chunk):
-        part = a[:, start : start + chunk].to(dtype) @ b[start : start + chunk].to(dtype)
-        if dtype == torch.float64:  # a float64 chunk may exceed int32: reduce modulo 2^32 like the int32 GEMM
-            out += part.to(torch.int64).to(torch.int32)
-        else:
-            out += part.to(torch.int32)
-    return out
+    out, b = None, _as_float(b, dtype)
+    for start in range(0, a.shape[1], chunk):
+        part = a[:, start : start + chunk].to(dtype) @ b[start : start + chunk]
+        # a float64 chunk may exceed int32: reduced modulo 2^32 like the int32 GEMM
+        part = part.to(torch.int64).to(torch.int32) if dtype == torch.float64 else part.to(torch.int32)
+        out = part if out is None else out.add_(part)
+    return torch.zeros((a.shape[0], b.shape[1]), dtype=torch.int32) if out is None else out
+
+
+@derived
+def _as_float(weights: Tensor, dtype: torch.dtype) -> Tensor:
+    """The weights as floats (memoized: a program passes the same weight tensor on every call)."""
+    return weights.to(dtype)
 
 
 def _accumulate(flat: Tensor, w_t: Tensor, offset: Tensor) -> Tensor:
