@@ -229,3 +229,22 @@ def test_export_never_replaces_a_directory_that_is_not_an_artifact(mlp, tmp_path
     with pytest.raises(mq.ArtifactError, match="overwrite=True"):
         mq.export(frozen, args, again, backend="torch")
     assert mq.export(frozen, args, again, backend="torch", overwrite=True) == again  # replaced only when asked
+
+
+@pytest.mark.parametrize(("dtype", "k"), [(torch.int8, 1), (torch.int8, 1024), (torch.int8, 1025), (torch.int8, 3000),
+                                          (torch.int16, 300), (torch.int16, 0)])  # fmt: skip
+def test_the_float_exact_gemm_equals_the_integer_product_modulo_2_to_the_32(dtype, k):
+    """One K-chunk or several, float32 or float64 chunks (int16 codes: sums past int32 wrap as int32 GEMMs do), the
+    weights converted once per weight tensor: the same integers as an int64 product reduced to int32."""
+    gen = torch.Generator().manual_seed(k)
+    info = torch.iinfo(dtype)
+    codes = torch.randint(info.min, info.max + 1, (37, k), generator=gen).to(dtype)
+    codes[0] = info.min  # the extreme products, every term alike
+    w_t = torch.randint(info.min, info.max + 1, (k, 6), generator=gen).to(dtype)
+    w_t[:, 0] = info.min
+    want = (codes.to(torch.int64) @ w_t.to(torch.int64)).to(torch.int32)
+    for _ in range(2):  # the second call reads the memoized float weights
+        assert torch.equal(linear.float_exact_matmul(codes, w_t), want)
+    w_t.add_(1)  # an in-place change of the weights is seen
+    want = (codes.to(torch.int64) @ w_t.to(torch.int64)).to(torch.int32)
+    assert torch.equal(linear.float_exact_matmul(codes, w_t), want)
