@@ -191,6 +191,44 @@ def test_native_kernel_rejects_unsorted_or_out_of_range_edges(kernels, dst, src,
         csr_sum(torch.tensor(dst), torch.tensor(src), None, table, None, 3)
 
 
+def test_checked_row_pointers_are_reused_until_the_edges_change(kernels, monkeypatch):
+    """The native kernels index with row pointers checked once per graph (``native.csr_rows``): a second call on
+    the same edge tensors skips the checks, and an in-place change of either tensor, a new ``src`` or another row
+    count is checked again (and rejected when out of range)."""
+    if kernels != "native":
+        pytest.skip("the row pointers are the native kernels'")
+    checks = []
+    lib = native.library()
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def csr_structure(self, *args):
+            checks.append(args)
+            return lib.csr_structure(*args)
+
+    monkeypatch.setattr(native, "library", lambda: Counting())
+    table = torch.arange(8, dtype=torch.int8).reshape(4, 2)
+    dst, src = torch.tensor([0, 0, 1, 3]), torch.tensor([1, 2, 3, 0])
+    expected = csr_sum(dst, src, None, table, None, 4)
+    assert torch.equal(csr_sum(dst, src, None, table, None, 4), expected) and len(checks) == 1
+    csr_sum(dst, src.clone(), None, table, None, 4)  # same values, another tensor: checked
+    csr_sum(dst, src, None, table, None, 5)  # another row count
+    assert len(checks) == 3
+    src[2] = 4  # past the table, in place
+    with pytest.raises(ValueError, match="src"):
+        csr_sum(dst, src, None, table, None, 4)
+    src[2] = 3
+    dst[1] = 2  # unsorted, in place
+    with pytest.raises(ValueError, match="sorted ascending"):
+        csr_sum(dst, src, None, table, None, 4)
+    with pytest.raises(ValueError, match="3 edge targets"):
+        csr_sum(dst[:3], src, None, table, None, 4)
+    with pytest.raises(ValueError, match="3 edge weights for 4 edges"):
+        csr_sum(torch.tensor([0, 0, 1, 3]), src, torch.ones(3, dtype=torch.int32), table, None, 4)
+
+
 @pytest.mark.parametrize(
     "dst",
     [[2, 2, 4], [0, 0, 1], [5], [], [1, 3, 3, 3, 5], list(range(6))],  # rows without edges first, between, last

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,9 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
     for name in (*_CSR.values(), *_CSR_PACKED.values()):
         function = getattr(lib, name)
         function.restype = i32
-        function.argtypes = [pointer] * 5 + [i64] * 4 + [i32, pointer, pointer]
+        function.argtypes = [pointer] * 5 + [i64] * 3 + [i32, pointer, pointer]
+    lib.csr_structure.restype = i32
+    lib.csr_structure.argtypes = [pointer] * 2 + [i64] * 3 + [i32, pointer]
     for name in (*_QUANTIZE.values(), *_REQUANTIZE.values()):
         function = getattr(lib, name)
         function.restype = i32
@@ -353,19 +356,21 @@ def csr_sum(
     with an ``epilogue`` (where :func:`supports_epilogue` holds) what it writes. With ``packed``,
     ``table`` is a packed uint8 table of ``packed.channels`` codes a row (see :mod:`.packed`)."""
     channels = table.shape[1] if packed is None else packed.channels
-    out, alive, requant = _requant(epilogue, rows, channels)
-    dst, src, table = dst.contiguous().to(torch.int64), src.contiguous().to(torch.int64), table.contiguous()
-    base = channel_vector(zero, channels, torch.int32, 0 if packed is None else packed.qmin)  # see packed codes
+    src, table = src.contiguous().to(torch.int64), table.contiguous()
+    rowptr = csr_rows(dst.contiguous().to(torch.int64), src, table.shape[0], rows)
     weights = None if weight is None else weight.reshape(-1).to(torch.int32).contiguous()
+    if weights is not None and weights.numel() != src.numel():
+        raise ValueError(f"mixq::csr_sum: {weights.numel()} edge weights for {src.numel()} edges")
+    out, alive, requant = _requant(epilogue, rows, channels)
+    base = channel_vector(zero, channels, torch.int32, 0 if packed is None else packed.qmin)  # see packed codes
     kernel = _CSR[table.dtype] if packed is None else _CSR_PACKED[packed.bits]
     status = getattr(library(), kernel)(
-        dst.data_ptr(),
+        rowptr.data_ptr(),
         src.data_ptr(),
         None if weights is None else weights.data_ptr(),
         table.data_ptr(),
         base.data_ptr(),
         src.shape[0],
-        table.shape[0],
         rows,
         channels,
         torch.get_num_threads(),
@@ -374,8 +379,41 @@ def csr_sum(
     )
     del alive
     if status:
-        raise ValueError(f"mixq::csr_sum: {_ERRORS.get(status, f'native kernel error {status}')}")
+        raise MemoryError(f"mixq::csr_sum: {_ERRORS.get(status, f'native kernel error {status}')}")
     return out
+
+
+#: the attribute of a target-sorted ``dst`` tensor that holds its checked row pointers (:func:`csr_rows`)
+_CSR_ROWS = "_mixq_csr_rows"
+
+
+def csr_rows(dst: Tensor, src: Tensor, nodes: int, rows: int) -> Tensor:
+    """The row pointers (int64 ``[rows + 1]``) of the edges ``(src, dst)`` sorted by target (contiguous int64),
+    once ``dst`` is checked sorted in ``[0, rows)`` and ``src`` in ``[0, nodes)`` (``csr_structure`` in
+    native_kernels.c; ``ValueError`` naming the bad input otherwise).
+
+    The kernels index with these without checking again, and the checks read every edge twice (1M nodes, 10M edges,
+    2 threads: 15.6 ms, a fifth of a 16-channel aggregation). A program gets its sorted edges from the structure
+    program, whose outputs are cached per graph, so each aggregation is handed the same tensors call after call: the
+    result is kept on the ``dst`` tensor itself, with the versions of both tensors and a weak reference to ``src``
+    (it lives and dies with the graph, and an in-place change of either tensor is seen). Inference-mode tensors have
+    no version counter and are checked on every call."""
+    memo = not (dst.is_inference() or src.is_inference())
+    key = (dst._version, src._version, nodes, rows) if memo else None
+    held = getattr(dst, _CSR_ROWS, None) if memo else None
+    if held is not None and held[0] == key and held[1]() is src:
+        return held[2]
+    if dst.numel() != src.numel():
+        raise ValueError(f"mixq::csr_sum: {dst.numel()} edge targets (dst) but {src.numel()} sources (src)")
+    rowptr = torch.empty(rows + 1, dtype=torch.int64)
+    status = library().csr_structure(
+        dst.data_ptr(), src.data_ptr(), src.numel(), nodes, rows, torch.get_num_threads(), rowptr.data_ptr()
+    )
+    if status:
+        raise ValueError(f"mixq::csr_sum: {_ERRORS.get(status, f'native kernel error {status}')}")
+    if memo:
+        setattr(dst, _CSR_ROWS, (key, weakref.ref(src), rowptr))
+    return rowptr
 
 
 def supports_quantize_linear(

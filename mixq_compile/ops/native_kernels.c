@@ -368,9 +368,7 @@ static inline size_t padded_slots(size_t n) { return (n + 15) / 16 * 16 + 16; }
 /* rowptr[r] = the first edge whose target is >= r, for targets sorted ascending in [0, rows): 1 if they are not.
  * Branch-free, in parallel: the first edge of each target row writes its pointer (through a pointer select: rows
  * start at ~1 edge in 5 on Cora, a branch the predictor misses), the others write a per-thread sink; rows without
- * edges then take the next row's pointer in one backward pass. Every write stays in [0, rows] whatever dst holds.
- * The checks run every call, since the kernels index with these arrays (Cora, 13k edges, 7 channels, one thread:
- * the aggregation 111 -> 102 us; 10M edges: the same). */
+ * edges then take the next row's pointer in one backward pass. Every write stays in [0, rows] whatever dst holds. */
 static int row_pointers(const int64_t *dst, int64_t edges, int64_t rows, int64_t *rowptr, int threads) {
     const int64_t unset = -1;
     for (int64_t r = 0; r < rows; ++r) rowptr[r] = edges ? unset : 0;
@@ -403,6 +401,17 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes, int t
     return bad ? 2 : 0;
 }
 
+/* The CSR form of one graph's target-sorted edges, checked: rowptr (rows + 1 entries, see row_pointers) and every
+ * source in [0, nodes). 0, or the status of the first check that fails. The kernels below index with rowptr and
+ * src unchecked, so they are called only with the rowptr this returned for the same dst and src; it runs once
+ * per graph (ops/csr_structure.py memoizes it on the tensors), not once per aggregation call: 1M nodes, 10M edges,
+ * 2 threads, Intel Xeon: 15.6 ms, against 70 ms for a 16-channel aggregation. */
+int csr_structure(const int64_t *dst, const int64_t *src, int64_t edges, int64_t nodes, int64_t rows, int threads,
+                  int64_t *rowptr) {
+    const int status = row_pointers(dst, edges, rows, rowptr, threads);
+    return status ? status : check_sources(src, edges, nodes, threads);
+}
+
 /* Gathered table rows are random accesses that the hardware prefetcher cannot predict: csr_sum asks for the lines
  * (up to 4) of every row it will gather PREFETCH_AHEAD edges ahead, across CSR rows (a graph's rows have ~10 edges
  * on average, too few for a look-ahead within one row; one within the tiles as well measured no different). Without
@@ -425,22 +434,15 @@ static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const 
     return to;
 }
 
-/* base: the table's zero-points (for packed codes, zero - qmin: see the packed section); STRIDE: a table row's
- * length in CODE units for the given channels */
+/* rowptr, src: what csr_structure returned and checked; base: the table's zero-points (for packed codes, zero -
+ * qmin: see the packed section); STRIDE: a table row's length in CODE units for the given channels */
 #define CSR_SUM(NAME, CODE, ACCUMULATE, STRIDE)                                                                        \
-    int NAME(const int64_t *dst, const int64_t *src, const int32_t *weight, const CODE *table,               \
-             const int32_t *base, int64_t edges, int64_t nodes, int64_t rows, int64_t channels, int threads,  \
-             int32_t *out, const requant_t *rq) {                                                             \
-        int64_t *rowptr = (int64_t *)malloc((size_t)(rows + 1) * sizeof(int64_t));                          \
+    int NAME(const int64_t *rowptr, const int64_t *src, const int32_t *weight, const CODE *table,            \
+             const int32_t *base, int64_t edges, int64_t rows, int64_t channels, int threads, int32_t *out,   \
+             const requant_t *rq) {                                                                          \
         const size_t row_slots = padded_slots((size_t)channels);                                            \
         int32_t *scratch = rq ? (int32_t *)aligned_alloc(64, (size_t)(threads > 0 ? threads : 1) * row_slots * 4) : NULL; \
-        int status = !rowptr || (rq && !scratch) ? 3 : row_pointers(dst, edges, rows, rowptr, threads);     \
-        if (!status) status = check_sources(src, edges, nodes, threads);                                     \
-        if (status) {                                                                                        \
-            free(rowptr);                                                                                    \
-            free(scratch);                                                                                   \
-            return status;                                                                                   \
-        }                                                                                                    \
+        if (rq && !scratch) return 3;                                                                        \
         const int64_t row_bytes = (int64_t)(STRIDE(channels) * sizeof(CODE));                                \
         _Pragma("omp parallel num_threads(threads)") {                                                       \
         int64_t horizon = 0; /* the edges below it have had their table rows prefetched by this thread */   \
@@ -462,7 +464,6 @@ static inline int64_t prefetch_rows(const void *table, int64_t row_bytes, const 
             if (rq) epilogue_row(acc, NULL, channels, rq, r);                                               \
         }                                                                                                    \
         }                                                                                                    \
-        free(rowptr);                                                                                        \
         free(scratch);                                                                                       \
         return 0;                                                                                            \
     }
