@@ -66,7 +66,7 @@ def test_artifacts_exported_here_are_exact_on_an_emulated_avx2_cpu(tmp_path):
         assert "error" not in entry, f"{name}: {entry.get('error')}"
         assert entry["max_abs_diff"] <= 1e-6, f"{name} is not exact on AVX2: {entry}"
     assert artifacts["onnx_u8s8"]["kernel_paths"]["matmul_integer"].startswith("u8u8 (rewritten at load")
-    assert artifacts["torch"]["kernel_paths"]["linear_int"].startswith("float_exact")
+    assert artifacts["torch"]["kernel_paths"]["linear_int"].startswith("int8_pairs")
     # the graph as written for a VNNI CPU is wrong on this one: what the load-time rewrite protects against
     if cpu.LEVELS.index(cpu.native_level()) >= cpu.LEVELS.index("vnni"):
         assert artifacts["onnx_u8s8"]["as_written_max_abs_diff"] > 1e-3

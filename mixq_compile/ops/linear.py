@@ -10,7 +10,13 @@ without VNNI) ATen has no fast int8 kernel and ``_int_mm`` is ~35× *slower* tha
   block of rows while in cache. oneDNN behind ``_int_mm`` runs its VNNI kernel on these CPUs: 1M × 128 × 256 took
   ~107 ms per call in 2,048-row blocks (plus 17 ms adding the offsets) against 87 ms for the tiles writing int32;
 - ``"int8_vnni"`` (level "vnni", :mod:`mixq_compile.cpu`): ``torch._int_mm``;
-- ``"float_exact"`` elsewhere: the same sums by the FP32 GEMM, exact by construction. Every product of two int8
+- ``"int8_pairs"`` (levels "avx2" and "avx512", the native kernels built): the native GEMM of int16 pairs
+  (``gemm_s8_pairs``: AVX2 ``vpmaddwd``, which cannot saturate on int8 codes), epilogue applied per row as the AMX
+  kernel's. Intel Xeon forced to AVX2, 2 threads, with requantize, against the FP32 path below: 2708 x 128 x 7
+  (Cora's second layer) 257 -> 73 us, 100k x 256 x 16 39 -> 3.9 ms, 100k x 128 x 256 37.6 -> 27.3 ms; the Cora
+  GCN artifact 1.49 -> 1.26 ms, the 1M-node one 1083 -> 708 ms (all 8-bit);
+- ``"float_exact"`` elsewhere (the portable build, an int16 operand, no C compiler): the same sums by the FP32
+  GEMM, exact by construction. Every product of two int8
   codes has magnitude ≤ 2^14, so any partial sum of ≤ 1024 of them is an integer of magnitude ≤ 2^24, which float32
   represents exactly: whatever order or FMA the BLAS uses, each K-chunk of 1024 gives the exact integer, and the
   chunks are added in int32 (wrap-around, as the reference). Wider codes (int16) use float64 chunks the same way.
@@ -33,13 +39,17 @@ from .derived import derived
 from .op_registry import operator
 
 _EXACT_BITS = {torch.float32: 24, torch.float64: 53}
+#: the paths whose GEMM is native C (:func:`mixq_compile.ops.native.gemm`), with the epilogue applied in the kernel
+NATIVE = ("int8_amx", "int8_pairs")
 
 
 def int8_path() -> str:
     """The kernel :func:`linear_int` runs for int8 codes and weights on this CPU."""
     if native.amx_ready():
         return "int8_amx"
-    return "int8_vnni" if cpu.at_least("vnni") else "float_exact"
+    if cpu.at_least("vnni"):
+        return "int8_vnni"
+    return "int8_pairs" if native.pairs_ready() else "float_exact"
 
 
 def path(q_x: Tensor, w_t: Tensor) -> str:
@@ -80,8 +90,8 @@ def _accumulate(flat: Tensor, w_t: Tensor, offset: Tensor) -> Tensor:
     codes; ``offset`` (int32 ``[out]``) holds the zero-point and bias terms, added in one pass: in modular
     arithmetic ``acc - z * w_sum + bias == acc + (bias - z * w_sum)``, so the reference's integers."""
     kernel = path(flat, w_t)
-    if kernel == "int8_amx":
-        return native.gemm_amx(flat, w_t, offset)
+    if kernel in NATIVE:
+        return native.gemm(kernel, flat, w_t, offset)
     acc = torch._int_mm(flat, w_t) if kernel == "int8_vnni" else float_exact_matmul(flat, w_t)
     return acc.add_(offset)
 
@@ -124,8 +134,9 @@ def linear_requantize(
     if q_x.device.type != "cpu":
         return epilogue.apply(torch.ops.mixq.linear_int(q_x, x_zero, w_t, w_sum, bias))
     flat = q_x.reshape(-1, q_x.shape[-1])
-    if path(flat, w_t) == "int8_amx" and native.supports_epilogue(epilogue, w_t.shape[1]):  # blocks in the kernel
-        out = native.gemm_amx(flat, w_t, _offset(x_zero, w_sum, bias), epilogue)
+    kernel = path(flat, w_t)
+    if kernel in NATIVE and native.supports_epilogue(epilogue, w_t.shape[1]):  # blocks in the kernel
+        out = native.gemm(kernel, flat, w_t, _offset(x_zero, w_sum, bias), epilogue)
         return out.reshape(*q_x.shape[:-1], w_t.shape[1])
     rows_per_block = max(1, BLOCK_BYTES // (4 * max(1, w_t.shape[1])))
     code = epilogue.dtype

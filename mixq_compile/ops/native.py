@@ -53,6 +53,7 @@ _ERRORS = {
     2: "edge sources (src) must lie in [0, number of table rows)",
     3: "out of memory for the kernel's scratch buffers",
     5: "the OS did not grant this process the AMX tile state",
+    6: "the kernels were built without AVX2",
 }
 _CSR = {torch.int8: "csr_sum_int8", torch.int16: "csr_sum_int16", torch.int32: "csr_sum_int32"}
 _QUANTIZE = {torch.int8: "quantize_int8", torch.int16: "quantize_int16"}
@@ -60,6 +61,8 @@ _REQUANTIZE = {torch.int8: "requantize_int8", torch.int16: "requantize_int16"}
 _QUANTIZE_LINEAR = {torch.int8: "quantize_linear_int8", torch.int16: "quantize_linear_int16"}
 #: kernels over packed sub-byte codes (uint8 tables, see :mod:`.packed`), by bits
 _CSR_PACKED = {2: "csr_sum_packed2", 4: "csr_sum_packed4"}
+#: the native int8 GEMMs, by ``linear_int`` path (:mod:`.linear`)
+_GEMMS = {"int8_amx": "gemm_s8_amx", "int8_pairs": "gemm_s8_pairs"}
 _QUANTIZE_LINEAR_PACKED = {2: "quantize_linear_packed2", 4: "quantize_linear_packed4"}
 
 
@@ -140,8 +143,10 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function = getattr(lib, name)
         function.restype = i32
         function.argtypes = [pointer] + [f32] * 4 + [pointer, i32, pointer] + [i64] * 3 + [i32, pointer, pointer]
-    lib.gemm_s8_amx.restype = i32
-    lib.gemm_s8_amx.argtypes = [pointer] + [i64] * 3 + [pointer, i64, pointer, i32, pointer, pointer]
+    for name in _GEMMS.values():
+        function = getattr(lib, name)
+        function.restype = i32
+        function.argtypes = [pointer] + [i64] * 3 + [pointer, i64, pointer, i32, pointer, pointer]
     lib.amx_available.restype = i32
     lib.amx_available.argtypes = []
     lib.count_nonzero_rows.restype = i64
@@ -484,22 +489,30 @@ def amx_ready() -> bool:
     return lib is not None and _amx_granted(lib)
 
 
+def pairs_ready() -> bool:
+    """Whether the int16-pair GEMM (``gemm_s8_pairs``: AVX2 ``vpmaddwd``) is the int8 GEMM here: the kernels
+    built for level "avx2" or "avx512", whose CPUs have no int8 dot-product instruction (from "vnni" on, oneDNN's
+    VNNI kernel behind ``torch._int_mm`` is faster)."""
+    return cpu.level() in ("avx2", "avx512") and library() is not None
+
+
 @functools.cache
 def _amx_granted(lib: ctypes.CDLL) -> bool:
     """The OS's answer for this process (asked once; every GEMM dispatch reads it)."""
     return bool(lib.amx_available())
 
 
-def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None = None) -> Tensor:
-    """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights on AMX tiles
-    (call only where :func:`amx_ready` holds), or with an ``epilogue`` what it writes."""
+def gemm(path: str, flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None = None) -> Tensor:
+    """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights by the
+    native GEMM of ``path`` ("int8_amx": AMX tiles, call only where :func:`amx_ready` holds; "int8_pairs": AVX2
+    int16 pairs, only where :func:`pairs_ready` holds), or with an ``epilogue`` what it writes."""
     flat, w_t = flat.contiguous(), w_t.contiguous()
     offset = channel_vector(offset, w_t.shape[1], torch.int32)
-    if 0 in (*flat.shape, w_t.shape[1]):  # nothing for the tiles: each row is its offset
+    if 0 in (*flat.shape, w_t.shape[1]):  # nothing to multiply: each row is its offset
         acc = offset.expand(flat.shape[0], w_t.shape[1]).clone()
         return acc if epilogue is None else epilogue.apply(acc)
     out, alive, requant = _requant(epilogue, flat.shape[0], w_t.shape[1])
-    status = library().gemm_s8_amx(
+    status = getattr(library(), _GEMMS[path])(
         flat.data_ptr(),
         flat.shape[0],
         flat.shape[1],
@@ -513,7 +526,7 @@ def gemm_amx(flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogue | Non
     )
     del alive
     if status:
-        raise RuntimeError(f"mixq::linear_int: the AMX kernel failed ({_ERRORS.get(status, f'status {status}')})")
+        raise RuntimeError(f"mixq::linear_int: the {path} kernel failed ({_ERRORS.get(status, f'status {status}')})")
     return out
 
 

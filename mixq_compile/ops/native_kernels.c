@@ -810,6 +810,110 @@ CSR_SUM(csr_sum_packed4, uint8_t, accumulate_packed4_i64, PACKED_STRIDE_4)
 QUANTIZE_LINEAR(quantize_linear_packed2, uint8_t, accumulate_packed2_i32, PACKED_STRIDE_2)
 QUANTIZE_LINEAR(quantize_linear_packed4, uint8_t, accumulate_packed4_i32, PACKED_STRIDE_4)
 
+/* ---- int16-pair int8 GEMM (AVX2) ---------------------------------------------------------------------------
+ * gemm_s8_pairs: what gemm_s8_amx computes, for CPUs without VNNI (AVX2; AVX-512 without VNNI). There ATen's int8
+ * GEMM is ~35x slower than FP32, and the exact FP32 path of ops/linear.py converts every code to float first and
+ * runs skinny GEMMs badly (2708 x 128 x 7 with requantize: 257 us; 100k x 256 x 16: 39 ms). vpmaddwd multiplies
+ * int16 pairs and adds each pair into an int32 lane without saturating (int8 codes widened to int16: a pair sums to
+ * at most 2 * 128 * 128 = 2^15 in magnitude), and int32 adds wrap, so the sums are the reference's integers in any
+ * order. b is laid out once per call as k / 2 rows of n (padded to 8) int32 words, each the int16 pair
+ * (b[2p][j], b[2p + 1][j]); each block of 4 rows of a is widened to int16 in per-thread scratch, and each 32-bit
+ * pair of a row is broadcast against 8 columns of b: 4 rows x 16 columns of int32 sums in 8 ymm registers per step
+ * of two k. Finished rows get the offset and the epilogue, as the AMX kernel's. Returns 6 in builds without AVX2
+ * (the caller then takes the FP32 path), 3 when scratch cannot be allocated. */
+#if defined(__AVX2__)
+#if defined(__AVXVNNI__)
+#define PAIR_DOT_256(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
+#else
+#define PAIR_DOT_256(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+#endif
+#define PAIR_ROWS 4
+static inline size_t whole_lines(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+/* c[i, j0 .. j0 + 8 tiles) = sum over pairs p of a16[i, 2p .. 2p + 1] . bp[p, j0 ..], for `rows` rows */
+static inline __attribute__((always_inline)) void pair_block(const int16_t *a16, int64_t a_stride, const int rows,
+                                                             const int32_t *bp, int64_t width, int64_t pairs,
+                                                             int64_t j0, const int tiles, int32_t *c) {
+    __m256i acc[PAIR_ROWS][2];
+    for (int i = 0; i < rows; ++i)
+        for (int t = 0; t < tiles; ++t) acc[i][t] = _mm256_setzero_si256();
+    for (int64_t p = 0; p < pairs; ++p) {
+        const int32_t *row_b = bp + p * width + j0;
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)row_b);
+        const __m256i b1 = tiles > 1 ? _mm256_loadu_si256((const __m256i *)(row_b + 8)) : b0;
+        for (int i = 0; i < rows; ++i) {
+            int32_t word;
+            memcpy(&word, a16 + i * a_stride + 2 * p, sizeof word);
+            const __m256i pair = _mm256_set1_epi32(word);
+            acc[i][0] = PAIR_DOT_256(acc[i][0], pair, b0);
+            if (tiles > 1) acc[i][1] = PAIR_DOT_256(acc[i][1], pair, b1);
+        }
+    }
+    for (int i = 0; i < rows; ++i)
+        for (int t = 0; t < tiles; ++t) _mm256_storeu_si256((__m256i *)(c + i * width + j0 + 8 * t), acc[i][t]);
+}
+
+int gemm_s8_pairs(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                  const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+    const int64_t pairs = (k + 1) / 2, width = (n + 7) / 8 * 8, a_stride = 2 * pairs;
+    const size_t a_bytes = whole_lines((size_t)(PAIR_ROWS * a_stride * 2)), c_bytes = whole_lines((size_t)(PAIR_ROWS * width * 4));
+    const int team = threads > 0 ? threads : 1;
+    int32_t *bp = (int32_t *)aligned_alloc(64, whole_lines((size_t)(pairs * width * 4)));
+    char *scratch = (char *)aligned_alloc(64, (size_t)team * (a_bytes + c_bytes));
+    if (!bp || !scratch) {
+        free(bp);
+        free(scratch);
+        return 3;
+    }
+    for (int64_t p = 0; p < pairs; ++p)
+        for (int64_t j = 0; j < width; ++j)
+            bp[p * width + j] = j < n ? int16_pair(b[2 * p * n + j], 2 * p + 1 < k ? b[(2 * p + 1) * n + j] : 0) : 0;
+    _Pragma("omp parallel num_threads(team)") {
+        int thread = 0;
+        THREAD_NUM(thread);
+        int16_t *a16 = (int16_t *)(scratch + (size_t)thread * (a_bytes + c_bytes));
+        int32_t *c = (int32_t *)((char *)a16 + a_bytes);
+        _Pragma("omp for schedule(static)")
+        for (int64_t r0 = 0; r0 < m; r0 += PAIR_ROWS) {
+            const int rows = m - r0 < PAIR_ROWS ? (int)(m - r0) : PAIR_ROWS;
+            for (int i = 0; i < rows; ++i) {
+                const int8_t *row = a + (r0 + i) * lda;
+                int16_t *wide = a16 + i * a_stride;
+                for (int64_t q = 0; q < k; ++q) wide[q] = row[q];
+                if (k % 2) wide[k] = 0;
+            }
+            for (int64_t j0 = 0; j0 < width; j0 += 16) {
+                const int tiles = width - j0 >= 16 ? 2 : 1;
+                if (rows == PAIR_ROWS && tiles == 2)
+                    pair_block(a16, a_stride, PAIR_ROWS, bp, width, pairs, j0, 2, c);
+                else if (rows == PAIR_ROWS)
+                    pair_block(a16, a_stride, PAIR_ROWS, bp, width, pairs, j0, 1, c);
+                else
+                    pair_block(a16, a_stride, rows, bp, width, pairs, j0, tiles, c);
+            }
+            for (int i = 0; i < rows; ++i) {
+                const int32_t *sums = c + i * width;
+                if (rq) {
+                    epilogue_row(sums, offset, n, rq, r0 + i);
+                    continue;
+                }
+                int32_t *acc = out + (r0 + i) * n;
+                for (int64_t j = 0; j < n; ++j) acc[j] = (int32_t)((uint32_t)sums[j] + (uint32_t)offset[j]);
+            }
+        }
+    }
+    free(bp);
+    free(scratch);
+    return 0;
+}
+#else
+int gemm_s8_pairs(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                  const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+    (void)a, (void)m, (void)k, (void)lda, (void)b, (void)n, (void)offset, (void)threads, (void)out, (void)rq;
+    return 6;
+}
+#endif
+
 /* ---- AMX int8 GEMM -----------------------------------------------------------------------------------------
  * gemm_s8_amx: out = a @ b + offset in int32 (wrap-around) for int8 a [m, k] (row stride lda) and b [k, n], or its
  * requantized int8 codes (rq): mixq::linear_int on CPUs with AMX-INT8 (Sapphire Rapids and later), whose tile

@@ -94,6 +94,7 @@ class TorchBackend(Backend):
         described = {
             "int8_amx": "AMX tiles, native C",
             "int8_vnni": "torch._int_mm",
+            "int8_pairs": "int16-pair GEMM, native C",
             "float_exact": "K-chunked FP32 GEMM, exact",
         }
         gemm = linear.int8_path()
