@@ -6,6 +6,8 @@ the CPU's own (``MIXQ_ISA``: portable, AVX2, AVX-512, VNNI) and the ATen code us
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -227,6 +229,11 @@ def test_checked_row_pointers_are_reused_until_the_edges_change(kernels, monkeyp
         csr_sum(dst[:3], src, None, table, None, 4)
     with pytest.raises(ValueError, match="3 edge weights for 4 edges"):
         csr_sum(torch.tensor([0, 0, 1, 3]), src, torch.ones(3, dtype=torch.int32), table, None, 4)
+    dst = torch.tensor([0, 0, 1, 3])
+    csr_sum(dst, src, None, table, None, 4)
+    saved = io.BytesIO()
+    torch.save(dst, saved)  # the tensor that holds checked row pointers still pickles
+    assert torch.equal(torch.load(io.BytesIO(saved.getvalue())), dst)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -400,13 +399,13 @@ def csr_rows(dst: Tensor, src: Tensor, nodes: int, rows: int) -> Tensor:
     The kernels index with these without checking again, and the checks read every edge twice (1M nodes, 10M edges,
     2 threads: 15.6 ms, a fifth of a 16-channel aggregation). A program gets its sorted edges from the structure
     program, whose outputs are cached per graph, so each aggregation is handed the same tensors call after call: the
-    result is kept on the ``dst`` tensor itself, with the versions of both tensors and a weak reference to ``src``
-    (it lives and dies with the graph, and an in-place change of either tensor is seen). Inference-mode tensors have
-    no version counter and are checked on every call."""
+    result is kept on the ``dst`` tensor itself with ``src`` and the versions of both (it lives and dies with the
+    graph, an in-place change of either tensor is seen, and a tensor holding it still pickles: a weak reference
+    would not). Inference-mode tensors have no version counter and are checked on every call."""
     memo = not (dst.is_inference() or src.is_inference())
     key = (dst._version, src._version, nodes, rows) if memo else None
     held = getattr(dst, _CSR_ROWS, None) if memo else None
-    if held is not None and held[0] == key and held[1]() is src:
+    if held is not None and held[0] == key and held[1] is src:
         return held[2]
     if dst.numel() != src.numel():
         raise ValueError(f"mixq::csr_sum: {dst.numel()} edge targets (dst) but {src.numel()} sources (src)")
@@ -417,7 +416,7 @@ def csr_rows(dst: Tensor, src: Tensor, nodes: int, rows: int) -> Tensor:
     if status:
         raise ValueError(f"mixq::csr_sum: {_ERRORS.get(status, f'native kernel error {status}')}")
     if memo:
-        setattr(dst, _CSR_ROWS, (key, weakref.ref(src), rowptr))
+        setattr(dst, _CSR_ROWS, (key, src, rowptr))
     return rowptr
 
 
