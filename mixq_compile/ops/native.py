@@ -400,8 +400,10 @@ def csr_rows(dst: Tensor, src: Tensor, nodes: int, rows: int) -> Tensor:
     2 threads: 15.6 ms, a fifth of a 16-channel aggregation). A program gets its sorted edges from the structure
     program, whose outputs are cached per graph, so each aggregation is handed the same tensors call after call: the
     result is kept on the ``dst`` tensor itself with ``src`` and the versions of both (it lives and dies with the
-    graph, an in-place change of either tensor is seen, and a tensor holding it still pickles: a weak reference
-    would not). Inference-mode tensors have no version counter and are checked on every call."""
+    graph, an in-place change of either tensor by a torch op is seen, and a tensor holding it still pickles: a weak
+    reference would not). Writes that bypass torch's version counters (through a NumPy view) are not seen: these
+    are the structure program's own outputs, which nothing else writes. Inference-mode tensors have no version
+    counter and are checked on every call."""
     memo = not (dst.is_inference() or src.is_inference())
     key = (dst._version, src._version, nodes, rows) if memo else None
     held = getattr(dst, _CSR_ROWS, None) if memo else None
