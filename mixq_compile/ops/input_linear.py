@@ -17,7 +17,7 @@ from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
 from .derived import derived
-from .linear import linear_requantize
+from .linear import linear_requantize, quantized_by_the_gemm
 from .op_registry import operator
 from .packed import unpack
 
@@ -68,7 +68,8 @@ def _input_layer(
 ) -> Tensor:  # fmt: skip
     """Every form of the op: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its
     rows where the kernel takes it, else after it; on ``packed`` weights where they are), otherwise the NaN/Inf
-    test, quantize and the dense GEMM (on the unpacked weights)."""
+    test, quantize and the dense GEMM (on the unpacked weights): in one pass where a native GEMM runs, which
+    quantizes the features as it reads them."""
     if packed is not None and w_t.shape[0] * packed.channels <= UNPACK_BELOW_BYTES:
         w_t, packed = _unpacked(w_t, packed.qmin, packed.bits, packed.channels), None
     if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_DENSITY:
@@ -79,6 +80,9 @@ def _input_layer(
     else:
         if packed is not None:
             w_t = unpack(w_t, packed.qmin, packed.bits, packed.channels)
+        fused = quantized_by_the_gemm(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue)
+        if fused is not None:
+            return fused
         codes = _quantize_finite(x, scale, zero, qmin, qmax)
         if epilogue is not None:
             return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)

@@ -154,6 +154,26 @@ def linear_requantize(
     return out.reshape(*q_x.shape[:-1], w_t.shape[1])
 
 
+def quantized_by_the_gemm(
+    x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, w_t: Tensor, w_sum: Tensor, bias: Tensor | None,
+    epilogue: native.Epilogue | None,
+) -> Tensor | None:  # fmt: skip
+    """``linear_int(quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)`` (and the ``epilogue``) by a
+    native GEMM that quantizes the float32 features as it reads them (:func:`~.native.quantize_gemm`: one pass
+    over x, no code tensor), or None where that GEMM does not take these operands (then quantize, then the GEMM).
+    Raises :class:`~mixq_compile.errors.InputValueError` for NaN/Inf features."""
+    if container_dtype(qmin, qmax) != torch.int8 or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    kernel = int8_path() if w_t.dtype == torch.int8 else "float_exact"
+    if kernel not in NATIVE or scale.numel() != 1 or zero.numel() != 1:
+        return None
+    if epilogue is not None and not native.supports_epilogue(epilogue, w_t.shape[1]):
+        return None
+    flat = x.reshape(-1, x.shape[-1])
+    out = native.quantize_gemm(kernel, flat, (scale, zero, qmin, qmax), w_t, _offset(zero, w_sum, bias), epilogue)
+    return out.reshape(*x.shape[:-1], w_t.shape[1])
+
+
 @operator("linear_int_requantize")
 def linear_int_requantize(
     q_x: Tensor,
