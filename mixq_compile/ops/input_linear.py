@@ -17,11 +17,19 @@ from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
 from .derived import derived
-from .linear import linear_requantize, quantized_by_the_gemm
+from .linear import int8_path, linear_requantize, quantized_by_the_gemm
 from .op_registry import operator
 from .packed import unpack
 
-SPARSE_DENSITY = 0.03  # non-zero fraction below which skipping zeros beats the VNNI GEMM (crossover ~5 % on Cora)
+#: non-zero fraction of the features up to which the zero-skipping kernel runs instead of quantize + the dense int8
+#: GEMM, by the GEMM's path (:func:`.linear.int8_path`), decided per call. Crossovers on Cora-shaped features (2708 x
+#: 1433 -> 128, requantized) at densities of 3-50 %, 2 threads, Intel Xeon: AMX tiles ~10 %, VNNI (``_int_mm``)
+#: ~14 %, int16 pairs ~30 % (AVX2) and ~40 % (AVX-512), the FP32 path ~15 % (at 5 %: 0.79 against 1.11 ms on AMX,
+#: 1.32 against 4.50 ms on AVX2); each threshold sits a little below. A single 3 % took the slower dense GEMM on
+#: every level between 3 % and the crossover.
+SPARSE_BELOW = {"int8_amx": 0.08, "int8_vnni": 0.10, "int8_pairs": 0.25, "float_exact": 0.10}
+#: the TVM backend's export-time choice for its own kernels (``runtimes/tvm/backend.py``, ``sparse_input_layers``)
+SPARSE_DENSITY = 0.03
 _SAMPLE_ROWS = 16
 #: packed weight tables whose int8 codes take at most this many bytes are read as int8 codes, unpacked once per
 #: table: they stay in the caches (256 kB: the smallest L2 of recent x86 cores) and unpacking every gathered row is
@@ -72,7 +80,9 @@ def _input_layer(
     quantizes the features as it reads them."""
     if packed is not None and w_t.shape[0] * packed.channels <= UNPACK_BELOW_BYTES:
         w_t, packed = _unpacked(w_t, packed.qmin, packed.bits, packed.channels), None
-    if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_DENSITY:
+    int8 = container_dtype(qmin, qmax) == torch.int8 and (packed is not None or w_t.dtype == torch.int8)
+    gemm = int8_path() if int8 else "float_exact"  # the dense path's GEMM
+    if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_BELOW[gemm]:
         outputs = w_t.shape[1] if packed is None else packed.channels
         if epilogue is None or native.supports_epilogue(epilogue, outputs):
             return native.quantize_linear(x, scale, zero, qmin, qmax, w_t, bias, epilogue, packed)
