@@ -94,30 +94,6 @@ def test_linear_int_takes_empty_operands_on_every_path(level, m, n):
     assert codes_out.shape == (m, n) and codes_out.dtype == torch.int8
 
 
-@pytest.mark.parametrize("rows", [1, 31, 33, 300])  # AMX blocks of 32 rows, pair blocks of 4, and their tails
-def test_dense_input_layers_quantize_inside_the_native_gemm(level, monkeypatch, rows):
-    """Where the int8 GEMM is native (AMX tiles, int16 pairs), a dense input layer's features are quantized by the
-    GEMM as it reads them: the same integers as quantize-then-GEMM, no separate quantize pass, and NaN/Inf found."""
-    gen = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 70, generator=gen) * 3
-    w_t = torch.randint(-128, 128, (70, 19), dtype=torch.int8, generator=gen)
-    w_sum, bias = w_t.to(torch.int32).sum(0), torch.randint(-999, 999, (19,), dtype=torch.int32, generator=gen)
-    scale, zero = torch.tensor(0.02), torch.tensor(-3.0)
-    want = K.linear_int(K.quantize(x, scale, zero, -128, 127), zero, w_t, w_sum, bias)
-    multiplier, out_zero = torch.rand(19, generator=gen) * 1e-3, torch.zeros(19, dtype=torch.int32)
-    want_codes = K.requantize(want, multiplier, out_zero, -128, 127)
-    if linear.int8_path() in linear.NATIVE:
-        monkeypatch.setattr(native, "quantize", lambda *a, **k: pytest.fail("the features were quantized apart"))
-    assert torch.equal(torch.ops.mixq.quantize_linear(x, scale, zero, -128, 127, w_t, w_sum, bias), want)
-    got = torch.ops.mixq.quantize_linear_requantize(
-        x, scale, zero, -128, 127, w_t, w_sum, bias, multiplier, out_zero, -128, 127
-    )
-    assert torch.equal(got, want_codes)
-    x[rows - 1, 69] = float("inf")
-    with pytest.raises(mq.InputValueError, match="NaN or infinite"):
-        torch.ops.mixq.quantize_linear(x, scale, zero, -128, 127, w_t, w_sum, bias)
-
-
 def test_linear_int_stays_exact_when_fp32_matmuls_are_allowed_to_round(monkeypatch):
     monkeypatch.setenv(cpu.ENV, "avx2" if "avx2" in RUNNABLE else "portable")
     codes = torch.full((8, 2000), -128, dtype=torch.int8)

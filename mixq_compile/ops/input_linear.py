@@ -17,12 +17,12 @@ from ..ir.instructions import container_dtype
 from ..ir.signature import all_finite, non_finite_error
 from . import native
 from .derived import derived
-from .linear import int8_path, linear_requantize, quantized_by_the_gemm
+from .linear import gemm_path, linear_requantize
 from .op_registry import operator
 from .packed import unpack
 
 #: non-zero fraction of the features up to which the zero-skipping kernel runs instead of quantize + the dense int8
-#: GEMM, by the GEMM's path (:func:`.linear.int8_path`), decided per call. Crossovers on Cora-shaped features (2708 x
+#: GEMM, by the GEMM's path (:func:`.linear.gemm_path`), decided per call. Crossovers on Cora-shaped features (2708 x
 #: 1433 -> 128, requantized) at densities of 3-50 %, 2 threads, Intel Xeon: AMX tiles ~10 %, VNNI (``_int_mm``)
 #: ~14 %, int16 pairs ~30 % (AVX2) and ~40 % (AVX-512), the FP32 path ~15 % (at 5 %: 0.79 against 1.11 ms on AMX,
 #: 1.32 against 4.50 ms on AVX2); each threshold sits a little below. A single 3 % took the slower dense GEMM on
@@ -76,12 +76,11 @@ def _input_layer(
 ) -> Tensor:  # fmt: skip
     """Every form of the op: the native sparse kernel for sparse features (with the requantize ``epilogue`` on its
     rows where the kernel takes it, else after it; on ``packed`` weights where they are), otherwise the NaN/Inf
-    test, quantize and the dense GEMM (on the unpacked weights): in one pass where a native GEMM runs, which
-    quantizes the features as it reads them."""
+    test, quantize and the dense GEMM (on the unpacked weights)."""
     if packed is not None and w_t.shape[0] * packed.channels <= UNPACK_BELOW_BYTES:
         w_t, packed = _unpacked(w_t, packed.qmin, packed.bits, packed.channels), None
-    int8 = container_dtype(qmin, qmax) == torch.int8 and (packed is not None or w_t.dtype == torch.int8)
-    gemm = int8_path() if int8 else "float_exact"  # the dense path's GEMM
+    # the dense path's GEMM (packed weights are unpacked to int8 codes for it)
+    gemm = gemm_path(container_dtype(qmin, qmax), torch.int8 if packed is not None else w_t.dtype)
     if native.supports_quantize_linear(x, scale, zero, w_t, packed) and density(x) <= SPARSE_BELOW[gemm]:
         outputs = w_t.shape[1] if packed is None else packed.channels
         if epilogue is None or native.supports_epilogue(epilogue, outputs):
@@ -90,9 +89,6 @@ def _input_layer(
     else:
         if packed is not None:
             w_t = unpack(w_t, packed.qmin, packed.bits, packed.channels)
-        fused = quantized_by_the_gemm(x, scale, zero, qmin, qmax, w_t, w_sum, bias, epilogue)
-        if fused is not None:
-            return fused
         codes = _quantize_finite(x, scale, zero, qmin, qmax)
         if epilogue is not None:
             return linear_requantize(codes, zero, w_t, w_sum, bias, epilogue)

@@ -54,7 +54,12 @@ def int8_path() -> str:
 
 def path(q_x: Tensor, w_t: Tensor) -> str:
     """The kernel :func:`linear_int` runs for these operands on this CPU (wider codes always take the float one)."""
-    return int8_path() if q_x.dtype == torch.int8 and w_t.dtype == torch.int8 else "float_exact"
+    return gemm_path(q_x.dtype, w_t.dtype)
+
+
+def gemm_path(codes: torch.dtype, weights: torch.dtype) -> str:
+    """:func:`path` for operands of these dtypes."""
+    return int8_path() if codes == torch.int8 and weights == torch.int8 else "float_exact"
 
 
 def _magnitude(dtype: torch.dtype) -> int:
@@ -152,26 +157,6 @@ def linear_requantize(
         else:
             rows.copy_(epilogue.apply(acc))
     return out.reshape(*q_x.shape[:-1], w_t.shape[1])
-
-
-def quantized_by_the_gemm(
-    x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, w_t: Tensor, w_sum: Tensor, bias: Tensor | None,
-    epilogue: native.Epilogue | None,
-) -> Tensor | None:  # fmt: skip
-    """``linear_int(quantize(x, scale, zero, qmin, qmax), zero, w_t, w_sum, bias)`` (and the ``epilogue``) by a
-    native GEMM that quantizes the float32 features as it reads them (:func:`~.native.quantize_gemm`: one pass
-    over x, no code tensor), or None where that GEMM does not take these operands (then quantize, then the GEMM).
-    Raises :class:`~mixq_compile.errors.InputValueError` for NaN/Inf features."""
-    if container_dtype(qmin, qmax) != torch.int8 or x.dtype != torch.float32 or x.device.type != "cpu":
-        return None
-    kernel = int8_path() if w_t.dtype == torch.int8 else "float_exact"
-    if kernel not in NATIVE or scale.numel() != 1 or zero.numel() != 1:
-        return None
-    if epilogue is not None and not native.supports_epilogue(epilogue, w_t.shape[1]):
-        return None
-    flat = x.reshape(-1, x.shape[-1])
-    out = native.quantize_gemm(kernel, flat, (scale, zero, qmin, qmax), w_t, _offset(zero, w_sum, bias), epilogue)
-    return out.reshape(*x.shape[:-1], w_t.shape[1])
 
 
 @operator("linear_int_requantize")

@@ -146,9 +146,6 @@ def _load_for(build_flags: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | N
         function = getattr(lib, name)
         function.restype = i32
         function.argtypes = [pointer] + [i64] * 3 + [pointer, i64, pointer, i32, pointer, pointer]
-        function = getattr(lib, "quantize_" + name)
-        function.restype = i32
-        function.argtypes = [pointer] + [f32] * 4 + [i64] * 2 + [pointer, i64, pointer, i32, pointer, pointer]
     lib.amx_available.restype = i32
     lib.amx_available.argtypes = []
     lib.count_nonzero_rows.restype = i64
@@ -510,44 +507,27 @@ def gemm(path: str, flat: Tensor, w_t: Tensor, offset: Tensor, epilogue: Epilogu
     """``flat @ w_t + offset`` in int32 (wrap-around) for int8 ``[M, K]`` codes and ``[K, N]`` weights by the
     native GEMM of ``path`` ("int8_amx": AMX tiles, call only where :func:`amx_ready` holds; "int8_pairs": AVX2
     int16 pairs, only where :func:`pairs_ready` holds), or with an ``epilogue`` what it writes."""
-    flat = flat.contiguous()
-    return _gemm(_GEMMS[path], (flat.data_ptr(), *flat.shape, flat.shape[1]), flat.shape[0], w_t, offset, epilogue)
-
-
-def quantize_gemm(
-    path: str,
-    x: Tensor,
-    quantizer: tuple[Tensor, Tensor, int, int],
-    w_t: Tensor,
-    offset: Tensor,
-    epilogue: Epilogue | None = None,
-) -> Tensor:
-    """:func:`gemm` of the int8 codes of float32 ``[M, K]`` features ``x`` under a per-tensor ``quantizer``
-    ``(scale, zero, qmin, qmax)``, quantized as the GEMM reads them (the codes :func:`quantize` gives); raises
-    :class:`~mixq_compile.errors.InputValueError` if ``x`` holds NaN or infinite values (found in that pass)."""
-    scale, zero, qmin, qmax = quantizer
-    x = x.contiguous()
-    s, z = (float(channel_vector(t, 1, torch.float32)) for t in (scale, zero))
-    args = (x.data_ptr(), s, z, float(qmin), float(qmax), *x.shape)
-    return _gemm("quantize_" + _GEMMS[path], args, x.shape[0], w_t, offset, epilogue)
-
-
-def _gemm(kernel: str, a: tuple, rows: int, w_t: Tensor, offset: Tensor, epilogue: Epilogue | None) -> Tensor:
-    """One of the native GEMMs on the operand arguments ``a`` (``rows`` of them), then the weights and the rest."""
-    w_t = w_t.contiguous()
+    flat, w_t = flat.contiguous(), w_t.contiguous()
     offset = channel_vector(offset, w_t.shape[1], torch.int32)
-    if 0 in (rows, a[-1], w_t.shape[1]):  # nothing to multiply: each row is its offset
-        acc = offset.expand(rows, w_t.shape[1]).clone()
+    if 0 in (*flat.shape, w_t.shape[1]):  # nothing to multiply: each row is its offset
+        acc = offset.expand(flat.shape[0], w_t.shape[1]).clone()
         return acc if epilogue is None else epilogue.apply(acc)
-    out, alive, requant = _requant(epilogue, rows, w_t.shape[1])
-    status = getattr(library(), kernel)(
-        *a, w_t.data_ptr(), w_t.shape[1], offset.data_ptr(), torch.get_num_threads(), out.data_ptr(), requant
+    out, alive, requant = _requant(epilogue, flat.shape[0], w_t.shape[1])
+    status = getattr(library(), _GEMMS[path])(
+        flat.data_ptr(),
+        flat.shape[0],
+        flat.shape[1],
+        flat.shape[1],
+        w_t.data_ptr(),
+        w_t.shape[1],
+        offset.data_ptr(),
+        torch.get_num_threads(),
+        out.data_ptr(),
+        requant,
     )
     del alive
-    if status == 4:
-        raise non_finite_error(NODE_FEATURES)
     if status:
-        raise RuntimeError(f"mixq::linear_int: {kernel} failed ({_ERRORS.get(status, f'status {status}')})")
+        raise RuntimeError(f"mixq::linear_int: the {path} kernel failed ({_ERRORS.get(status, f'status {status}')})")
     return out
 
 

@@ -404,8 +404,8 @@ static int check_sources(const int64_t *src, int64_t edges, int64_t nodes, int t
 /* The CSR form of one graph's target-sorted edges, checked: rowptr (rows + 1 entries, see row_pointers) and every
  * source in [0, nodes). 0, or the status of the first check that fails. The kernels below index with rowptr and
  * src unchecked, so they are called only with the rowptr this returned for the same dst and src; it runs once
- * per graph (ops/csr_structure.py memoizes it on the tensors), not once per aggregation call: 1M nodes, 10M edges,
- * 2 threads, Intel Xeon: 15.6 ms, against 70 ms for a 16-channel aggregation. */
+ * per graph (csr_rows in ops/native.py keeps it on the tensors), not once per aggregation call: 1M nodes, 10M
+ * edges, 2 threads, Intel Xeon: 15.6 ms, against 70 ms for a 16-channel aggregation. */
 int csr_structure(const int64_t *dst, const int64_t *src, int64_t edges, int64_t nodes, int64_t rows, int threads,
                   int64_t *rowptr) {
     const int status = row_pointers(dst, edges, rows, rowptr, threads);
@@ -810,34 +810,6 @@ CSR_SUM(csr_sum_packed4, uint8_t, accumulate_packed4_i64, PACKED_STRIDE_4)
 QUANTIZE_LINEAR(quantize_linear_packed2, uint8_t, accumulate_packed2_i32, PACKED_STRIDE_2)
 QUANTIZE_LINEAR(quantize_linear_packed4, uint8_t, accumulate_packed4_i32, PACKED_STRIDE_4)
 
-/* ---- the a operand of the int8 GEMMs ------------------------------------------------------------------------
- * int8 codes, or float32 features quantized as the GEMM reads them (codes[r, q] = clamp(QUANTIZE_STEP(x, scale,
- * zero), qmin, qmax), the quantize kernel's IEEE steps): a dense input layer then reads its features once and never
- * writes their codes, and finds NaN/Inf features in the same pass. 1M x 128 -> 256 with requantize, 2 threads,
- * Intel Xeon: AMX 71.6 -> 68.4 ms (reading the 512 MB of features is most of either), AVX2 int16 pairs 314 -> 285
- * ms (the quantize pass no longer adds to the GEMM). */
-typedef struct {
-    const int8_t *codes; /* [m, lda], or NULL: quantize x */
-    const float *x;      /* [m, lda] */
-    float scale, zero, qmin, qmax;
-} a_operand_t;
-
-/* k entries of row `row` of a as int8 codes into `to`; whether one of the features read was NaN or infinite */
-static inline int a_codes(const a_operand_t *a, int64_t row, int64_t k, int64_t lda, int8_t *restrict to) {
-    if (a->codes) {
-        memcpy(to, a->codes + row * lda, (size_t)k);
-        return 0;
-    }
-    const float *restrict xr = a->x + row * lda;
-    const float s = a->scale, z = a->zero, lo = a->qmin, hi = a->qmax;
-    int bad = 0;
-    for (int64_t q = 0; q < k; ++q) {
-        bad |= NOT_FINITE(xr[q]);
-        to[q] = (int8_t)clampf(QUANTIZE_STEP(xr[q], s, z), lo, hi);
-    }
-    return bad;
-}
-
 /* ---- int16-pair int8 GEMM (AVX2) ---------------------------------------------------------------------------
  * gemm_s8_pairs: what gemm_s8_amx computes, for CPUs without VNNI (AVX2; AVX-512 without VNNI). There ATen's int8
  * GEMM is ~35x slower than FP32, and the exact FP32 path of ops/linear.py converts every code to float first and
@@ -899,12 +871,10 @@ static inline __attribute__((always_inline)) void pair_block(const int16_t *a16,
         for (int t = 0; t < tiles; ++t) PAIR_STORE(c + i * width + j0 + PAIR_LANES * t, acc[i][t]);
 }
 
-static int gemm_pairs(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                      const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+int gemm_s8_pairs(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                  const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
     const int64_t pairs = (k + 1) / 2, width = (n + PAIR_LANES - 1) / PAIR_LANES * PAIR_LANES, a_stride = 2 * pairs;
-    /* per thread: the block's codes widened to int16 (a_bytes, then k more bytes of int8 codes) and its sums */
-    const size_t a_bytes = whole_lines((size_t)(PAIR_ROWS * a_stride * 2)) + whole_lines((size_t)k),
-                 c_bytes = whole_lines((size_t)(PAIR_ROWS * width * 4));
+    const size_t a_bytes = whole_lines((size_t)(PAIR_ROWS * a_stride * 2)), c_bytes = whole_lines((size_t)(PAIR_ROWS * width * 4));
     const int team = threads > 0 ? threads : 1;
     int32_t *bp = (int32_t *)aligned_alloc(64, whole_lines((size_t)(pairs * width * 4)));
     char *scratch = (char *)aligned_alloc(64, (size_t)team * (a_bytes + c_bytes));
@@ -916,19 +886,16 @@ static int gemm_pairs(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, c
     for (int64_t p = 0; p < pairs; ++p)
         for (int64_t j = 0; j < width; ++j)
             bp[p * width + j] = j < n ? int16_pair(b[2 * p * n + j], 2 * p + 1 < k ? b[(2 * p + 1) * n + j] : 0) : 0;
-    int nonfinite = 0;
-    _Pragma("omp parallel num_threads(team) reduction(|: nonfinite)") {
+    _Pragma("omp parallel num_threads(team)") {
         int thread = 0;
         THREAD_NUM(thread);
         int16_t *a16 = (int16_t *)(scratch + (size_t)thread * (a_bytes + c_bytes));
-        int8_t *codes = (int8_t *)a16 + whole_lines((size_t)(PAIR_ROWS * a_stride * 2));
         int32_t *c = (int32_t *)((char *)a16 + a_bytes);
         _Pragma("omp for schedule(static)")
         for (int64_t r0 = 0; r0 < m; r0 += PAIR_ROWS) {
             const int rows = m - r0 < PAIR_ROWS ? (int)(m - r0) : PAIR_ROWS;
             for (int i = 0; i < rows; ++i) {
-                const int8_t *row = a->codes ? a->codes + (r0 + i) * lda : codes;
-                if (!a->codes) nonfinite |= a_codes(a, r0 + i, k, lda, codes);
+                const int8_t *row = a + (r0 + i) * lda;
                 int16_t *wide = a16 + i * a_stride;
                 for (int64_t q = 0; q < k; ++q) wide[q] = row[q];
                 if (k % 2) wide[k] = 0;
@@ -955,28 +922,16 @@ static int gemm_pairs(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, c
     }
     free(bp);
     free(scratch);
-    return nonfinite ? 4 : 0;
+    return 0;
 }
 #else
-static int gemm_pairs(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                      const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+int gemm_s8_pairs(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                  const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
     (void)a, (void)m, (void)k, (void)lda, (void)b, (void)n, (void)offset, (void)threads, (void)out, (void)rq;
     return 6;
 }
 #endif
 
-int gemm_s8_pairs(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                  const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
-    const a_operand_t operand = {a, NULL, 0.0f, 0.0f, 0.0f, 0.0f};
-    return gemm_pairs(&operand, m, k, lda, b, n, offset, threads, out, rq);
-}
-
-int quantize_gemm_s8_pairs(const float *x, float scale, float zero, float qmin, float qmax, int64_t m, int64_t k,
-                           const int8_t *b, int64_t n, const int32_t *offset, int threads, int32_t *out,
-                           const requant_t *rq) {
-    const a_operand_t operand = {NULL, x, scale, zero, qmin, qmax};
-    return gemm_pairs(&operand, m, k, k, b, n, offset, threads, out, rq);
-}
 /* ---- AMX int8 GEMM -----------------------------------------------------------------------------------------
  * gemm_s8_amx: out = a @ b + offset in int32 (wrap-around) for int8 a [m, k] (row stride lda) and b [k, n], or its
  * requantized int8 codes (rq): mixq::linear_int on CPUs with AMX-INT8 (Sapphire Rapids and later), whose tile
@@ -1011,8 +966,8 @@ int amx_available(void) {
     return amx_permission;
 }
 
-static int gemm_amx(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                    const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+int gemm_s8_amx(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
     if (!amx_available()) return 5;
     const int64_t depth = (k + AMX_DEPTH - 1) / AMX_DEPTH * AMX_DEPTH, width = (n + AMX_COLS - 1) / AMX_COLS * AMX_COLS;
     const int64_t b_stride = width * 4; /* bytes of one row of the laid-out b: n groups of 4 consecutive k */
@@ -1028,9 +983,8 @@ static int gemm_amx(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, con
     memset(tiles_b, 0, (size_t)(depth / 4 * b_stride));
     for (int64_t kk = 0; kk < k; ++kk)
         for (int64_t j = 0; j < n; ++j) tiles_b[kk / 4 * b_stride + j * 4 + kk % 4] = b[kk * n + j];
-    const int direct_depth = depth == k && a->codes != NULL; /* whole blocks of codes are tiled where they lie */
-    int nonfinite = 0;
-    _Pragma("omp parallel num_threads(team) reduction(|: nonfinite)") {
+    const int direct_depth = depth == k;
+    _Pragma("omp parallel num_threads(team)") {
         int thread = 0;
         THREAD_NUM(thread);
         int8_t *block_a = (int8_t *)(scratch + (size_t)thread * (a_bytes + c_bytes));
@@ -1043,13 +997,12 @@ static int gemm_amx(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, con
         _Pragma("omp for schedule(static)")
         for (int64_t r0 = 0; r0 < m; r0 += AMX_ROWS) {
             const int64_t rows = m - r0 < AMX_ROWS ? m - r0 : AMX_ROWS;
-            const int8_t *rows_a = block_a;
-            int64_t stride = depth;
-            if (rows == AMX_ROWS && direct_depth) {
-                rows_a = a->codes + r0 * lda, stride = lda;
-            } else {
+            const int8_t *rows_a = a + r0 * lda;
+            int64_t stride = lda;
+            if (rows < AMX_ROWS || !direct_depth) {
                 memset(block_a, 0, a_bytes);
-                for (int64_t i = 0; i < rows; ++i) nonfinite |= a_codes(a, r0 + i, k, lda, block_a + i * depth);
+                for (int64_t i = 0; i < rows; ++i) memcpy(block_a + i * depth, a + (r0 + i) * lda, (size_t)k);
+                rows_a = block_a, stride = depth;
             }
             for (int64_t j0 = 0; j0 < width; j0 += AMX_COLS) {
                 _tile_zero(0);
@@ -1085,27 +1038,14 @@ static int gemm_amx(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, con
     }
     free(tiles_b);
     free(scratch);
-    return nonfinite ? 4 : 0;
+    return 0;
 }
 #else
 int amx_available(void) { return 0; }
 
-static int gemm_amx(const a_operand_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                    const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
+int gemm_s8_amx(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
+                const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
     (void)a, (void)m, (void)k, (void)lda, (void)b, (void)n, (void)offset, (void)threads, (void)out, (void)rq;
     return 5;
 }
 #endif
-
-int gemm_s8_amx(const int8_t *a, int64_t m, int64_t k, int64_t lda, const int8_t *b, int64_t n,
-                const int32_t *offset, int threads, int32_t *out, const requant_t *rq) {
-    const a_operand_t operand = {a, NULL, 0.0f, 0.0f, 0.0f, 0.0f};
-    return gemm_amx(&operand, m, k, lda, b, n, offset, threads, out, rq);
-}
-
-int quantize_gemm_s8_amx(const float *x, float scale, float zero, float qmin, float qmax, int64_t m, int64_t k,
-                         const int8_t *b, int64_t n, const int32_t *offset, int threads, int32_t *out,
-                         const requant_t *rq) {
-    const a_operand_t operand = {NULL, x, scale, zero, qmin, qmax};
-    return gemm_amx(&operand, m, k, k, b, n, offset, threads, out, rq);
-}
